@@ -1,0 +1,1 @@
+//! adjq: pipeline runner for quantization research.
