@@ -1,1 +1,13 @@
-//! adjq: pipeline runner for quantization research.
+//! adjq: a declarative, cached, resumable pipeline runner for quantization research.
+//!
+//! Modules, one job each: `manifest` (TOML → validated stages), `graph` (the DAG),
+//! `store` (content-addressed artifacts and records), `exec` (planning, scheduling,
+//! child-process stage execution, resume), `stages` (stage kinds), `sweep` (grids).
+
+pub mod cli;
+pub mod exec;
+pub mod graph;
+pub mod manifest;
+pub mod stages;
+pub mod store;
+pub mod sweep;

@@ -1,0 +1,891 @@
+//! The `runner` command line.
+
+use crate::exec::plan::{self, Plan, Resolution, Resolver};
+use crate::exec::{self, JobState, Outcome, RunOptions};
+use crate::manifest::value::ParamDefault;
+use crate::manifest::{self, Manifest, Override};
+use crate::store::{self, RunLog, Store, gc, verify};
+use crate::{graph, stages, sweep};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "runner",
+    version,
+    about = "Declarative, cached, resumable pipelines for quantization research",
+    long_about = "Runs the stages a TOML manifest declares, in dependency order, caching every \
+                  result in a content-addressed store: a stage reruns only when its kind, params \
+                  or input content change. See README.md for the manifest format."
+)]
+struct Cli {
+    /// Artifact store to use instead of the one the manifest names (default: <root>/artifacts).
+    #[arg(long, global = true, value_name = "DIR", env = "ADJQ_STORE")]
+    store: Option<PathBuf>,
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// No progress bars or per-stage lines (the summary is still printed).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline's stages (or the named ones and what they need); cached stages are skipped.
+    Run(RunArgs),
+    /// Run every point of a parameter grid; stages whose keys coincide run once.
+    Sweep(SweepArgs),
+    /// Show each stage's state: cached, stale (and why), new, running or failed.
+    Status(ManifestArgs),
+    /// Explain why a stage would (or would not) run: the params and inputs that changed.
+    Explain(StageArgs),
+    /// Print the stage graph as text, Graphviz dot or Mermaid.
+    Dag(DagArgs),
+    /// Show a stage's record: params, inputs, output paths, metrics, timings, log.
+    Show(ShowArgs),
+    /// List the records in the store.
+    Ls,
+    /// Delete store entries that neither the given manifests nor the last runs reference.
+    Gc(GcArgs),
+    /// Rehash every stored object; evict corrupt ones and the records that need them.
+    Verify,
+    /// List stage kinds, or describe one kind's params and inputs.
+    Kinds {
+        /// Kind to describe.
+        kind: Option<String>,
+    },
+    /// Print the content hash of files or directories, as cache keys see them.
+    Hash {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Internal: run one stage (the child side of `run`).
+    #[command(name = "__exec-stage", hide = true)]
+    ExecStage,
+}
+
+#[derive(Args)]
+struct ManifestArgs {
+    /// Pipeline manifest (TOML).
+    manifest: PathBuf,
+    /// Override a param: STAGE.PARAM=VALUE or params.NAME=VALUE (VALUE is TOML, or a bare string).
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    /// Stages that may run at the same time.
+    #[arg(short, long, default_value_t = 2)]
+    jobs: usize,
+    /// Rerun STAGE even if cached (repeatable). Dependants rerun only if its outputs change.
+    #[arg(long, value_name = "STAGE")]
+    force: Vec<String>,
+    /// After a failure, keep running stages that do not depend on it.
+    #[arg(short, long)]
+    keep_going: bool,
+    /// Resource slot limit, e.g. gpu=2 (default gpu=1 and the pipeline's [pipeline] resources).
+    #[arg(long, value_name = "NAME=N")]
+    resource: Vec<String>,
+    /// Print what would run and why, then stop.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    manifest: ManifestArgs,
+    /// Run only these stages (and their upstream).
+    stages: Vec<String>,
+    #[command(flatten)]
+    exec: ExecArgs,
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    #[command(flatten)]
+    manifest: ManifestArgs,
+    /// A grid axis: STAGE.PARAM=V1,V2,... (repeatable; replaces the same axis of [sweep]).
+    #[arg(long, value_name = "STAGE.PARAM=V1,V2")]
+    grid: Vec<String>,
+    /// A metric column STAGE.METRIC (repeatable; default [sweep] metrics, else all final-stage metrics).
+    #[arg(long, value_name = "STAGE.METRIC")]
+    metric: Vec<String>,
+    /// Where to write results.csv and results.md (default <store>/sweeps/<pipeline>-<time>).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    exec: ExecArgs,
+}
+
+#[derive(Args)]
+struct StageArgs {
+    #[command(flatten)]
+    manifest: ManifestArgs,
+    /// Stage name.
+    stage: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DagFormat {
+    Text,
+    Dot,
+    Mermaid,
+}
+
+#[derive(Args)]
+struct DagArgs {
+    #[command(flatten)]
+    manifest: ManifestArgs,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = DagFormat::Text)]
+    format: DagFormat,
+}
+
+#[derive(Args)]
+struct ShowArgs {
+    #[command(flatten)]
+    stage: StageArgs,
+    /// Print the raw JSON record.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct GcArgs {
+    /// Manifests whose current results must be kept (their [sweep] variants too).
+    manifests: Vec<PathBuf>,
+    /// Also keep everything the newest N runs used.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    keep_runs: usize,
+    /// Report what would be deleted without deleting.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+}
+
+/// Exit codes: 0 success, 1 a stage failed, 2 bad usage or manifest, 130 interrupted.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let child = matches!(cli.command, Command::ExecStage);
+    init_logging(cli.verbose, child);
+    if child {
+        let Some(store) = cli.store else {
+            eprintln!("__exec-stage needs --store");
+            return 2;
+        };
+        return exec::child::main(store);
+    }
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            match e.downcast_ref::<Usage>() {
+                Some(_) => 2,
+                None => 1,
+            }
+        }
+    }
+}
+
+/// An error in what the user asked for (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    Usage(msg.into()).into()
+}
+
+fn init_logging(verbose: u8, child: bool) {
+    let default = match (child, verbose) {
+        (true, _) => "info",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(!child && std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    let progress = !cli.quiet && std::io::stderr().is_terminal();
+    let store_flag = cli.store.clone();
+    match cli.command {
+        Command::Run(a) => run(a, store_flag.as_deref(), progress, cli.quiet),
+        Command::Sweep(a) => run_sweep(a, store_flag.as_deref(), progress, cli.quiet),
+        Command::Status(a) => {
+            let m = load(&a)?;
+            let store = open_store(&m, store_flag.as_deref())?;
+            let plan = Plan::build(&[(vec![], m)], &[]).map_err(usage)?;
+            print_plan(&plan, &store, &BTreeSet::new(), true);
+            Ok(0)
+        }
+        Command::Explain(a) => explain(a, store_flag.as_deref()),
+        Command::Dag(a) => {
+            let m = load(&a.manifest)?;
+            let dag = graph::Dag::new(&m);
+            print!(
+                "{}",
+                match a.format {
+                    DagFormat::Text => dag.text(),
+                    DagFormat::Dot => dag.dot(),
+                    DagFormat::Mermaid => dag.mermaid(),
+                }
+            );
+            Ok(0)
+        }
+        Command::Show(a) => show(a, store_flag.as_deref()),
+        Command::Ls => ls(&Store::open(
+            &store_flag.unwrap_or_else(|| PathBuf::from("artifacts")),
+        )?),
+        Command::Gc(a) => run_gc(a, store_flag.as_deref()),
+        Command::Verify => {
+            let store = Store::open(&store_flag.unwrap_or_else(|| PathBuf::from("artifacts")))?;
+            let _lock = store.use_lock(true)?;
+            let r = verify::verify(&store)?;
+            println!(
+                "checked {} objects ({})",
+                r.objects_checked,
+                human_bytes(r.bytes_checked)
+            );
+            for (h, why) in &r.corrupt {
+                println!("corrupt object {h}: {why} (evicted)");
+            }
+            for (stage, key) in &r.records_evicted {
+                println!(
+                    "record of stage `{stage}` ({}) evicted: an output was corrupt or missing; it will rerun",
+                    &key[..12]
+                );
+            }
+            for p in &r.unreadable_records {
+                println!("unreadable record {p} (removed)");
+            }
+            if r.clean() {
+                println!("store is clean");
+                Ok(0)
+            } else {
+                Ok(1)
+            }
+        }
+        Command::Kinds { kind } => kinds(kind.as_deref()),
+        Command::Hash { paths } => {
+            let cache = store::hash::StatCache::none();
+            for p in paths {
+                let t0 = Instant::now();
+                let (kind, h) = cache
+                    .hash_path(&p)
+                    .with_context(|| format!("cannot hash {}", p.display()))?;
+                let bytes = store::tree_size(&p);
+                let secs = t0.elapsed().as_secs_f64();
+                println!("{h}  {}", p.display());
+                tracing::info!(
+                    "{kind:?} {} in {secs:.3}s ({}/s)",
+                    human_bytes(bytes),
+                    human_bytes((bytes as f64 / secs.max(1e-9)) as u64)
+                );
+            }
+            Ok(0)
+        }
+        Command::ExecStage => unreachable!("handled before dispatch"),
+    }
+}
+
+fn overrides(a: &ManifestArgs) -> Result<Vec<Override>> {
+    a.set
+        .iter()
+        .map(|s| Override::parse(s).map_err(|e| usage(format!("--set {e}"))))
+        .collect()
+}
+
+fn load(a: &ManifestArgs) -> Result<Manifest> {
+    manifest::load(&a.manifest, &overrides(a)?)
+        .map_err(|e| usage(e.to_string().trim_end().to_string()))
+}
+
+fn open_store(m: &Manifest, flag: Option<&Path>) -> Result<Store> {
+    Store::open(flag.unwrap_or(&m.store))
+}
+
+fn run_options(e: &ExecArgs, manifests: &[&Manifest]) -> Result<RunOptions> {
+    let mut resources = BTreeMap::new();
+    for m in manifests {
+        resources.extend(m.resources.clone());
+    }
+    for r in &e.resource {
+        let (name, n) = r
+            .split_once('=')
+            .and_then(|(k, v)| Some((k.to_string(), v.parse::<u32>().ok()?)))
+            .ok_or_else(|| usage(format!("--resource `{r}` is not NAME=N")))?;
+        resources.insert(name, n);
+    }
+    for f in &e.force {
+        if !manifests.iter().any(|m| m.stage(f).is_some()) {
+            let names: Vec<&str> = manifests[0].stage_names().collect();
+            return Err(usage(format!(
+                "--force {f}: no such stage; stages: {}",
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(RunOptions {
+        jobs: e.jobs,
+        force: e.force.iter().cloned().collect(),
+        keep_going: e.keep_going,
+        resources,
+    })
+}
+
+/// Fails fast, before anything runs, when a file input is missing.
+fn check_inputs(plan: &Plan) -> Result<()> {
+    let mut missing = Vec::new();
+    for j in &plan.jobs {
+        for (name, input) in &j.inputs {
+            if let plan::JobInput::Path(p) = input
+                && !p.exists()
+            {
+                missing.push(format!(
+                    "  stage `{}`, input `{name}`: {} does not exist",
+                    j.stage.name,
+                    p.display()
+                ));
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        missing.sort();
+        missing.dedup();
+        bail!(
+            "missing input paths:\n{}\n  = hint: fix the path in the manifest or pass it with --set params.NAME=PATH",
+            missing.join("\n")
+        )
+    }
+}
+
+fn run(a: RunArgs, store_flag: Option<&Path>, progress: bool, quiet: bool) -> Result<i32> {
+    let m = load(&a.manifest)?;
+    let store = open_store(&m, store_flag)?;
+    let opts = run_options(&a.exec, &[&m])?;
+    let manifest_path = a.manifest.manifest.display().to_string();
+    let pipeline = m.name.clone();
+    let plan = Plan::build(&[(vec![], m)], &a.stages).map_err(usage)?;
+    execute_plan(
+        &plan,
+        &store,
+        &opts,
+        a.exec.dry_run,
+        progress,
+        quiet,
+        &manifest_path,
+        &pipeline,
+    )
+    .map(|(code, _)| code)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn execute_plan(
+    plan: &Plan,
+    store: &Store,
+    opts: &RunOptions,
+    dry_run: bool,
+    progress: bool,
+    quiet: bool,
+    manifest_path: &str,
+    pipeline: &str,
+) -> Result<(i32, Vec<Outcome>)> {
+    let _use = store.use_lock(false)?;
+    if dry_run {
+        print_plan(plan, store, &opts.force, false);
+        return Ok((0, Vec::new()));
+    }
+    check_inputs(plan)?;
+    let started = store::now_rfc3339();
+    let t0 = Instant::now();
+    let resolver = Resolver::new(store);
+    let outcomes = exec::execute(plan, store, &resolver, opts, progress && !quiet);
+    let log = RunLog {
+        manifest: manifest_path.to_string(),
+        pipeline: pipeline.to_string(),
+        started,
+        finished: store::now_rfc3339(),
+        keys: outcomes.iter().filter_map(|o| o.key.clone()).collect(),
+    };
+    store.write_run_log(&log)?;
+    print_summary(plan, &outcomes, t0.elapsed().as_secs_f64());
+    let code = if outcomes.iter().all(|o| o.state.ok()) {
+        0
+    } else if outcomes.iter().any(|o| o.state == JobState::Interrupted) {
+        130
+    } else {
+        1
+    };
+    Ok((code, outcomes))
+}
+
+fn run_sweep(a: SweepArgs, store_flag: Option<&Path>, progress: bool, quiet: bool) -> Result<i32> {
+    let base = overrides(&a.manifest)?;
+    let axes = a
+        .grid
+        .iter()
+        .map(|g| sweep::parse_grid_flag(g).map_err(usage))
+        .collect::<Result<Vec<_>>>()?;
+    let variants = sweep::expand(&a.manifest.manifest, &base, &axes).map_err(usage)?;
+    let first = &variants[0].1;
+    let store = open_store(first, store_flag)?;
+    let opts = run_options(
+        &a.exec,
+        &variants.iter().map(|(_, m)| m).collect::<Vec<_>>(),
+    )?;
+    let metrics = if a.metric.is_empty() {
+        first.sweep.metrics.clone()
+    } else {
+        a.metric.clone()
+    };
+    let pipeline = first.name.clone();
+    let plan = Plan::build(&variants, &[]).map_err(usage)?;
+    eprintln!(
+        "sweep: {} variants, {} distinct stage runs (of {} stage instances)",
+        plan.variants.len(),
+        plan.jobs.len(),
+        plan.variants.iter().map(|v| v.stages.len()).sum::<usize>()
+    );
+    let manifest_path = a.manifest.manifest.display().to_string();
+    let (code, outcomes) = execute_plan(
+        &plan,
+        &store,
+        &opts,
+        a.exec.dry_run,
+        progress,
+        quiet,
+        &manifest_path,
+        &pipeline,
+    )?;
+    if a.exec.dry_run {
+        return Ok(code);
+    }
+    let table = sweep::table(&plan, &outcomes, &metrics);
+    let dir = a.out.unwrap_or_else(|| {
+        let stamp = store::now_rfc3339().replace([':', '-'], "");
+        store
+            .root
+            .join("sweeps")
+            .join(format!("{pipeline}-{stamp}"))
+    });
+    store::atomic::write(&dir.join("results.csv"), &table.csv()?)?;
+    store::atomic::write(&dir.join("results.md"), table.markdown().as_bytes())?;
+    println!("\n{}", table.markdown());
+    println!("results: {}", dir.join("results.csv").display());
+    Ok(code)
+}
+
+fn short(key: &Option<String>) -> String {
+    key.as_deref()
+        .map(|k| k[..12].to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_summary(plan: &Plan, outcomes: &[Outcome], secs: f64) {
+    let multi = plan.variants.len() > 1;
+    let mut header = vec!["stage", "status", "cached", "duration", "key"];
+    if multi {
+        header.push("variants");
+    }
+    let mut t = new_table(header);
+    for (i, (j, o)) in plan.jobs.iter().zip(outcomes).enumerate() {
+        let (status, cached) = match &o.state {
+            JobState::Cached => ("ok".to_string(), "yes"),
+            JobState::Ran { resumed: true } => ("ok (resumed)".to_string(), "no"),
+            JobState::Ran { resumed: false } => ("ok".to_string(), "no"),
+            JobState::Reused => ("ok (computed by another runner)".to_string(), "yes"),
+            JobState::Failed(e) => (format!("FAILED: {}", e.lines().next().unwrap_or("")), "no"),
+            JobState::Interrupted => ("interrupted".to_string(), "no"),
+            JobState::Skipped(up) => (format!("skipped ({up} failed)"), "no"),
+            JobState::NotRun => ("not run".to_string(), "no"),
+        };
+        let dur = o
+            .duration
+            .map(|d| format!("{:.1}s", d.as_secs_f64()))
+            .unwrap_or_else(|| "-".into());
+        let mut row = vec![
+            j.stage.name.clone(),
+            status,
+            cached.into(),
+            dur,
+            short(&o.key),
+        ];
+        if multi {
+            let vs: Vec<String> = plan
+                .variants
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.stages.values().any(|x| *x == i))
+                .map(|(n, _)| (n + 1).to_string())
+                .collect();
+            row.push(vs.join(","));
+        }
+        t.add_row(row);
+    }
+    println!("{t}");
+    let cached = outcomes
+        .iter()
+        .filter(|o| o.state == JobState::Cached)
+        .count();
+    let ran = outcomes
+        .iter()
+        .filter(|o| matches!(o.state, JobState::Ran { .. }))
+        .count();
+    let bad = outcomes.iter().filter(|o| !o.state.ok()).count();
+    println!(
+        "{} stages: {ran} ran, {cached} cached, {bad} not ok, in {secs:.2}s",
+        outcomes.len()
+    );
+}
+
+/// The plan as it stands now; `status` also shows running and failed keys.
+fn print_plan(plan: &Plan, store: &Store, force: &BTreeSet<String>, status: bool) {
+    let resolver = Resolver::new(store);
+    let res = plan::resolve_all(plan, &resolver, &|j| force.contains(&j.stage.name));
+    let mut t = new_table(vec!["stage", "kind", "state", "why"]);
+    for (j, r) in plan.jobs.iter().zip(&res) {
+        let (state, why) = match r {
+            Resolution::Cached(rec) => (
+                "cached".to_string(),
+                format!("{} finished {}", &rec.key[..12], rec.finished),
+            ),
+            Resolution::Run { key, reason, .. } => {
+                let state = if status && store.key_busy(key) {
+                    "running"
+                } else if status && store.failed(key).is_some() {
+                    "failed"
+                } else if status {
+                    "out of date"
+                } else {
+                    "will run"
+                };
+                (state.to_string(), reason.clone())
+            }
+            Resolution::Waiting(ups) => {
+                let names: Vec<&str> = ups
+                    .iter()
+                    .map(|u| plan.jobs[*u].stage.name.as_str())
+                    .collect();
+                (
+                    if status { "out of date" } else { "will run" }.to_string(),
+                    format!(
+                        "upstream changed ({}); may be cut off if their outputs come out identical",
+                        names.join(", ")
+                    ),
+                )
+            }
+            Resolution::BadInput(msg) => ("error".to_string(), msg.clone()),
+        };
+        t.add_row(vec![
+            j.stage.name.clone(),
+            j.stage.kind.name().to_string(),
+            state,
+            why,
+        ]);
+    }
+    println!("{t}");
+}
+
+fn stage_job(plan: &Plan, stage: &str) -> Result<usize> {
+    plan.variants[0]
+        .stages
+        .get(stage)
+        .copied()
+        .ok_or_else(|| usage(format!("no stage `{stage}`")))
+}
+
+fn explain(a: StageArgs, store_flag: Option<&Path>) -> Result<i32> {
+    let m = load(&a.manifest)?;
+    let store = open_store(&m, store_flag)?;
+    let plan = Plan::build(&[(vec![], m)], std::slice::from_ref(&a.stage)).map_err(usage)?;
+    let job = stage_job(&plan, &a.stage)?;
+    let resolver = Resolver::new(&store);
+    let res = plan::resolve_all(&plan, &resolver, &|_| false);
+    let j = &plan.jobs[job];
+    println!(
+        "stage `{}` (kind `{}` v{})",
+        j.stage.name,
+        j.stage.kind.name(),
+        j.stage.kind.version()
+    );
+    let prev = store
+        .get_ref(&j.pipeline, &j.stage.name)
+        .and_then(|k| store.record(&k).or_else(|| store.failed(&k)));
+    match &res[job] {
+        Resolution::Cached(rec) => {
+            println!(
+                "cached: key {} (finished {}, took {:.1}s); nothing to do",
+                rec.key, rec.finished, rec.duration_s
+            );
+        }
+        Resolution::Run {
+            key,
+            inputs,
+            reason,
+        } => {
+            println!("will run: key {key}\n{reason}");
+            if let Some(prev) = &prev {
+                println!(
+                    "compared with the last run ({}, key {}):",
+                    prev.finished,
+                    &prev.key[..12]
+                );
+                let d = plan::diff(prev, j, inputs);
+                if d.is_empty() {
+                    println!("  no differences in params or inputs");
+                }
+                for line in d {
+                    println!("  {line}");
+                }
+            }
+        }
+        Resolution::Waiting(ups) => {
+            let names: Vec<&str> = ups
+                .iter()
+                .map(|u| plan.jobs[*u].stage.name.as_str())
+                .collect();
+            println!(
+                "key not yet known: upstream stages {} must run first; it is then decided by their outputs",
+                names.join(", ")
+            );
+            if let Some(prev) = &prev {
+                for (n, v) in &j.stage.params.0 {
+                    if prev.params.get(n) != Some(v) {
+                        println!(
+                            "  param {n}: {} -> {v}",
+                            prev.params
+                                .get(n)
+                                .map(|x| x.to_string())
+                                .unwrap_or("unset".into())
+                        );
+                    }
+                }
+            }
+        }
+        Resolution::BadInput(msg) => println!("cannot run: {msg}"),
+    }
+    Ok(0)
+}
+
+fn show(a: ShowArgs, store_flag: Option<&Path>) -> Result<i32> {
+    let m = load(&a.stage.manifest)?;
+    let store = open_store(&m, store_flag)?;
+    let plan = Plan::build(&[(vec![], m)], std::slice::from_ref(&a.stage.stage)).map_err(usage)?;
+    let job = stage_job(&plan, &a.stage.stage)?;
+    let res = plan::resolve_all(&plan, &Resolver::new(&store), &|_| false);
+    let j = &plan.jobs[job];
+    let (rec, current) = match &res[job] {
+        Resolution::Cached(r) => ((**r).clone(), true),
+        _ => match store
+            .get_ref(&j.pipeline, &j.stage.name)
+            .and_then(|k| store.record(&k).or_else(|| store.failed(&k)))
+        {
+            Some(r) => (r, false),
+            None => bail!(
+                "stage `{}` has never run in {}",
+                j.stage.name,
+                store.root.display()
+            ),
+        },
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rec)?);
+        return Ok(0);
+    }
+    if !current {
+        println!("note: this is the last run; the stage is out of date now (see `runner explain`)");
+    }
+    println!(
+        "stage     {} ({} v{})",
+        rec.stage, rec.kind, rec.kind_version
+    );
+    println!("key       {}", rec.key);
+    println!(
+        "status    {:?}{}",
+        rec.status,
+        rec.error
+            .as_ref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    );
+    println!(
+        "ran       {} → {} ({:.1}s) on {}{}",
+        rec.started,
+        rec.finished,
+        rec.duration_s,
+        rec.host,
+        if rec.resumed { ", resumed" } else { "" }
+    );
+    println!("log       {}", store.root.join(&rec.log).display());
+    println!("params");
+    for (k, v) in &rec.params.0 {
+        println!("  {k} = {v}");
+    }
+    println!("inputs");
+    for (k, v) in &rec.inputs {
+        println!("  {k}: {} ({})", v.source, &v.hash[..12]);
+    }
+    println!("outputs");
+    for (k, o) in &rec.outputs {
+        println!(
+            "  {k}: {} ({})",
+            store.object_path(&o.hash).display(),
+            human_bytes(o.bytes)
+        );
+    }
+    if !rec.metrics.is_empty() {
+        println!("metrics");
+        for (k, v) in &rec.metrics {
+            println!("  {k} = {v}");
+        }
+    }
+    Ok(0)
+}
+
+fn ls(store: &Store) -> Result<i32> {
+    let mut recs = store.records();
+    recs.sort_by(|a, b| a.finished.cmp(&b.finished));
+    let mut t = new_table(vec![
+        "pipeline", "stage", "kind", "finished", "took", "outputs", "key",
+    ]);
+    for r in &recs {
+        let bytes: u64 = r.outputs.values().map(|o| o.bytes).sum();
+        t.add_row(vec![
+            r.pipeline.clone(),
+            r.stage.clone(),
+            r.kind.clone(),
+            r.finished.clone(),
+            format!("{:.1}s", r.duration_s),
+            human_bytes(bytes),
+            r.key[..12].to_string(),
+        ]);
+    }
+    println!("{t}");
+    println!("{} records in {}", recs.len(), store.root.display());
+    Ok(0)
+}
+
+fn run_gc(a: GcArgs, store_flag: Option<&Path>) -> Result<i32> {
+    let mut keep = BTreeSet::new();
+    let mut store_root = store_flag.map(Path::to_path_buf);
+    for path in &a.manifests {
+        let m = manifest::load(path, &[]).map_err(|e| usage(e.to_string()))?;
+        let root = store_root.get_or_insert_with(|| m.store.clone()).clone();
+        let variants = if m.sweep.grid.is_empty() {
+            vec![(vec![], m)]
+        } else {
+            sweep::expand(path, &[], &[]).map_err(usage)?
+        };
+        let store = Store::open(&root)?;
+        let plan = Plan::build(&variants, &[]).map_err(usage)?;
+        for r in plan::resolve_all(&plan, &Resolver::new(&store), &|_| false) {
+            match r {
+                Resolution::Cached(rec) => {
+                    keep.insert(rec.key);
+                }
+                Resolution::Run { key, .. } => {
+                    keep.insert(key);
+                }
+                _ => {}
+            }
+        }
+    }
+    let store = Store::open(&store_root.unwrap_or_else(|| PathBuf::from("artifacts")))?;
+    let _lock = store.use_lock(true)?;
+    let r = gc::collect(&store, keep, a.keep_runs, a.dry_run)?;
+    println!(
+        "{}{} records kept, {} removed; {} objects and {} work dirs removed; {} freed",
+        if a.dry_run { "dry run: " } else { "" },
+        r.records_kept,
+        r.records_removed,
+        r.objects_removed,
+        r.work_dirs_removed,
+        human_bytes(r.bytes_freed)
+    );
+    Ok(0)
+}
+
+fn kinds(name: Option<&str>) -> Result<i32> {
+    let list: Vec<_> = match name {
+        None => stages::all().to_vec(),
+        Some(n) => vec![stages::find(n).ok_or_else(|| {
+            let names: Vec<&str> = stages::all().iter().map(|k| k.name()).collect();
+            usage(format!("no stage kind `{n}`; kinds: {}", names.join(", ")))
+        })?],
+    };
+    for k in list {
+        println!("{} (version {})\n  {}\n", k.name(), k.version(), k.doc());
+        let mut t = new_table(vec!["param", "type", "default", "meaning"]);
+        for p in k.params() {
+            let default = match p.default {
+                ParamDefault::Required => "required".to_string(),
+                ParamDefault::Absent => "unset".to_string(),
+                ParamDefault::Toml(lit) => lit.to_string(),
+            };
+            t.add_row(vec![
+                p.name.to_string(),
+                p.ty.to_string(),
+                default,
+                p.doc.to_string(),
+            ]);
+        }
+        println!("{t}");
+        match k.inputs() {
+            stages::InputsSpec::Any => println!("inputs: any names\n"),
+            stages::InputsSpec::Named(specs) => {
+                for s in specs {
+                    println!(
+                        "input {}{}: {}",
+                        s.name,
+                        if s.required { "" } else { " (optional)" },
+                        s.doc
+                    );
+                }
+                println!();
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn new_table(header: Vec<&str>) -> Table {
+    let mut t = Table::new();
+    t.load_style(UTF8_BORDERS_ONLY);
+    t.set_header(header);
+    t
+}

@@ -1,0 +1,178 @@
+//! The child side of stage execution (`runner __exec-stage`): lock the key, run the
+//! stage in its work dir, move outputs into the store, write the record last.
+
+use super::context::{Event, Interrupted, StageContext, send};
+use crate::manifest::Params;
+use crate::stages;
+use crate::store::{InputRecord, Record, RunStatus, Store, hostname, now_rfc3339, remove_tree};
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+/// What the parent tells the child to do (sent as JSON on stdin).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub pipeline: String,
+    pub stage: String,
+    pub kind: String,
+    pub kind_version: u32,
+    pub params: Params,
+    pub inputs: BTreeMap<String, InputRecord>,
+    pub input_paths: BTreeMap<String, PathBuf>,
+    pub key: String,
+    pub force: bool,
+}
+
+/// Exit code of a child that stopped on request (like a shell's 128 + SIGINT).
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+pub fn main(store_root: PathBuf) -> i32 {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, interrupted.clone());
+    }
+    let mut input = String::new();
+    let spec: JobSpec = match std::io::stdin()
+        .read_to_string(&mut input)
+        .map_err(anyhow::Error::from)
+        .and_then(|_| serde_json::from_str(&input).map_err(anyhow::Error::from))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: bad job spec on stdin: {e}");
+            return 2;
+        }
+    };
+    match run(&store_root, spec, interrupted) {
+        Ok(()) => 0,
+        Err(e) if e.is::<Interrupted>() => {
+            eprintln!("stage interrupted; its work dir is kept for resume");
+            EXIT_INTERRUPTED
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn run(store_root: &std::path::Path, spec: JobSpec, interrupted: Arc<AtomicBool>) -> Result<()> {
+    let store = Store::open(store_root)?;
+    let kind =
+        stages::find(&spec.kind).ok_or_else(|| anyhow!("unknown stage kind `{}`", spec.kind))?;
+    if kind.version() != spec.kind_version {
+        bail!(
+            "stage kind `{}` is version {} here but the plan expected {}",
+            spec.kind,
+            kind.version(),
+            spec.kind_version
+        );
+    }
+    let (_lock, waited) = match store.try_lock_key(&spec.key)? {
+        Some(lock) => (lock, false),
+        None => {
+            send(&Event::Waiting);
+            (store.lock_key(&spec.key)?, true)
+        }
+    };
+    if (waited || !spec.force) && store.record(&spec.key).is_some() {
+        tracing::info!(
+            "key {} was computed by another runner; reusing it",
+            spec.key
+        );
+        send(&Event::Done { reused: true });
+        return Ok(());
+    }
+
+    let work = store.work_dir(&spec.key);
+    let resumed = work.exists()
+        && std::fs::read_dir(&work)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+    std::fs::create_dir_all(&work)
+        .with_context(|| format!("cannot create work dir {}", work.display()))?;
+    tracing::info!(
+        stage = %spec.stage, key = %spec.key, resumed,
+        "running in {}", work.display()
+    );
+    let started = now_rfc3339();
+    let t0 = Instant::now();
+    let mut ctx = StageContext::new(
+        spec.stage.clone(),
+        spec.key.clone(),
+        spec.params.clone(),
+        spec.input_paths.clone(),
+        work.clone(),
+        resumed,
+        store.root.join(store.log_rel(&spec.key)),
+        interrupted,
+    );
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kind.run(&mut ctx)))
+        .unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(anyhow!("stage panicked: {msg}"))
+        });
+    let outputs = result.and_then(|()| {
+        let mut outs = BTreeMap::new();
+        for name in kind.outputs(&spec.params) {
+            let path = ctx.output_path(&name);
+            if std::fs::symlink_metadata(&path).is_err() {
+                bail!(
+                    "stage did not produce its declared output `{name}` ({})",
+                    path.display()
+                );
+            }
+            outs.insert(name, store.commit_object(&path)?);
+        }
+        Ok(outs)
+    });
+    let (status, error, outputs) = match outputs {
+        Ok(o) => (RunStatus::Ok, None, o),
+        Err(e) if e.is::<Interrupted>() => (
+            RunStatus::Interrupted,
+            Some("interrupted".to_string()),
+            BTreeMap::new(),
+        ),
+        Err(e) => (RunStatus::Failed, Some(format!("{e:#}")), BTreeMap::new()),
+    };
+    let record = Record {
+        key: spec.key.clone(),
+        pipeline: spec.pipeline,
+        stage: spec.stage,
+        kind: spec.kind,
+        kind_version: spec.kind_version,
+        params: spec.params,
+        inputs: spec.inputs,
+        outputs,
+        metrics: std::mem::take(&mut ctx.metrics),
+        status: status.clone(),
+        error: error.clone(),
+        started,
+        finished: now_rfc3339(),
+        duration_s: t0.elapsed().as_secs_f64(),
+        resumed,
+        runner_version: env!("CARGO_PKG_VERSION").to_string(),
+        host: hostname(),
+        pid: std::process::id(),
+        log: store.log_rel(&spec.key),
+    };
+    store.write_record(&record)?;
+    match status {
+        RunStatus::Ok => {
+            remove_tree(&work)?;
+            send(&Event::Done { reused: false });
+            Ok(())
+        }
+        RunStatus::Interrupted => Err(Interrupted.into()),
+        RunStatus::Failed => Err(anyhow!(error.unwrap_or_default())),
+    }
+}

@@ -1,0 +1,315 @@
+//! Typed parameter values, their schema types, and the canonical form used in cache keys.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A parameter value after parsing. Tables are `BTreeMap`s so that serialising a value
+/// is canonical (sorted keys) whatever order the manifest wrote them in.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Value {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    List(Vec<Value>),
+    Table(BTreeMap<String, Value>),
+}
+
+impl Value {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Bool(_) => "boolean",
+            Value::Int(_) => "integer",
+            Value::Float(_) => "float",
+            Value::Str(_) => "string",
+            Value::List(_) => "array",
+            Value::Table(_) => "table",
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Float(f) => Some(*f),
+            Value::Int(i) => Some(*i as f64),
+            _ => None,
+        }
+    }
+
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    pub fn as_list(&self) -> Option<&[Value]> {
+        match self {
+            Value::List(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// Parses a value the way `--set` and `--grid` receive it: as a TOML value when it is
+    /// one (`0.1`, `true`, `[1, 2]`, `"quoted"`), otherwise as a bare string.
+    pub fn parse_cli(text: &str) -> Value {
+        match toml::de::DeValue::parse(text) {
+            Ok(v) => from_toml(v.get_ref()).unwrap_or_else(|_| Value::Str(text.to_string())),
+            Err(_) => Value::Str(text.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    /// TOML-like rendering, used in messages, plans and sweep tables.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Float(x) => write!(f, "{x:?}"),
+            Value::Str(s) => write!(f, "{s:?}"),
+            Value::List(l) => {
+                write!(f, "[")?;
+                for (i, v) in l.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{v}")?;
+                }
+                write!(f, "]")
+            }
+            Value::Table(t) => {
+                write!(f, "{{")?;
+                for (i, (k, v)) in t.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, " {k} = {v}")?;
+                }
+                write!(f, " }}")
+            }
+        }
+    }
+}
+
+/// Converts a parsed TOML value; fails on values a parameter cannot hold.
+pub fn from_toml(v: &toml::de::DeValue<'_>) -> Result<Value, String> {
+    use toml::de::DeValue as D;
+    Ok(match v {
+        D::String(s) => Value::Str(s.to_string()),
+        D::Boolean(b) => Value::Bool(*b),
+        D::Integer(i) => {
+            let digits: String = i.as_str().chars().filter(|c| *c != '_').collect();
+            let (neg, body) = match digits.strip_prefix('-') {
+                Some(rest) => (true, rest),
+                None => (false, digits.trim_start_matches('+')),
+            };
+            let body = if i.radix() == 10 { body } else { &body[2..] };
+            let mag = i64::from_str_radix(body, i.radix())
+                .map_err(|_| format!("integer `{}` does not fit in 64 bits", i.as_str()))?;
+            Value::Int(if neg { -mag } else { mag })
+        }
+        D::Float(x) => {
+            let text: String = x.as_str().chars().filter(|c| *c != '_').collect();
+            let f: f64 = text
+                .parse()
+                .map_err(|_| format!("invalid float `{}`", x.as_str()))?;
+            if !f.is_finite() {
+                return Err(format!(
+                    "float `{}` is not finite; parameters must be finite numbers",
+                    x.as_str()
+                ));
+            }
+            Value::Float(f)
+        }
+        D::Datetime(d) => {
+            return Err(format!(
+                "date-time `{d}` is not a supported parameter type; quote it to pass a string"
+            ));
+        }
+        D::Array(a) => Value::List(
+            a.iter()
+                .map(|e| from_toml(e.get_ref()))
+                .collect::<Result<_, _>>()?,
+        ),
+        D::Table(t) => Value::Table(
+            t.iter()
+                .map(|(k, e)| Ok((k.get_ref().to_string(), from_toml(e.get_ref())?)))
+                .collect::<Result<_, String>>()?,
+        ),
+    })
+}
+
+/// The type a stage kind declares for one of its parameters.
+#[derive(Clone, Copy, Debug)]
+pub enum ParamType {
+    Bool,
+    Int,
+    Float,
+    Str,
+    /// A string restricted to the listed values.
+    Choice(&'static [&'static str]),
+    /// An array whose elements all have the given type.
+    List(&'static ParamType),
+    /// A free-form table (string keys, any values).
+    Table,
+}
+
+impl fmt::Display for ParamType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParamType::Bool => write!(f, "boolean"),
+            ParamType::Int => write!(f, "integer"),
+            ParamType::Float => write!(f, "float"),
+            ParamType::Str => write!(f, "string"),
+            ParamType::Choice(c) => write!(f, "one of {}", c.join(" | ")),
+            ParamType::List(t) => write!(f, "array of {t}"),
+            ParamType::Table => write!(f, "table"),
+        }
+    }
+}
+
+impl ParamType {
+    /// Checks `v` against this type. Integers widen to floats; nothing else converts.
+    pub fn coerce(&self, v: Value) -> Result<Value, String> {
+        match (self, v) {
+            (ParamType::Bool, v @ Value::Bool(_)) => Ok(v),
+            (ParamType::Int, v @ Value::Int(_)) => Ok(v),
+            (ParamType::Float, Value::Int(i)) => Ok(Value::Float(i as f64)),
+            (ParamType::Float, v @ Value::Float(_)) => Ok(v),
+            (ParamType::Str, v @ Value::Str(_)) => Ok(v),
+            (ParamType::Choice(options), Value::Str(s)) => {
+                if options.contains(&s.as_str()) {
+                    Ok(Value::Str(s))
+                } else {
+                    Err(format!(
+                        "`{s}` is not allowed here; expected one of {}",
+                        options.join(", ")
+                    ))
+                }
+            }
+            (ParamType::List(elem), Value::List(items)) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| elem.coerce(item).map_err(|e| format!("element {i}: {e}")))
+                .collect::<Result<_, _>>()
+                .map(Value::List),
+            (ParamType::Table, v @ Value::Table(_)) => Ok(v),
+            (ty, v) => Err(format!("expected {ty}, found {} `{v}`", v.type_name())),
+        }
+    }
+
+    /// Whether a string given on the command line should be taken verbatim for this type
+    /// (so `--set s.cmd=true` sets the string "true", not a boolean).
+    pub fn wants_string(&self) -> bool {
+        matches!(self, ParamType::Str | ParamType::Choice(_))
+    }
+}
+
+/// Default for a declared parameter.
+#[derive(Clone, Copy, Debug)]
+pub enum ParamDefault {
+    /// The manifest must set it.
+    Required,
+    /// Unset means absent (and absent from the cache key).
+    Absent,
+    /// A TOML literal, parsed when used.
+    Toml(&'static str),
+}
+
+/// One parameter in a stage kind's schema.
+#[derive(Clone, Copy, Debug)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub ty: ParamType,
+    pub default: ParamDefault,
+    pub doc: &'static str,
+}
+
+impl ParamSpec {
+    pub const fn new(
+        name: &'static str,
+        ty: ParamType,
+        default: ParamDefault,
+        doc: &'static str,
+    ) -> Self {
+        ParamSpec {
+            name,
+            ty,
+            default,
+            doc,
+        }
+    }
+
+    /// The default value, if the parameter has one.
+    pub fn default_value(&self) -> Option<Value> {
+        match self.default {
+            ParamDefault::Toml(lit) => {
+                let parsed = toml::de::DeValue::parse(lit)
+                    .unwrap_or_else(|e| panic!("bad built-in default `{lit}`: {e}"));
+                let v = from_toml(parsed.get_ref())
+                    .unwrap_or_else(|e| panic!("bad built-in default `{lit}`: {e}"));
+                Some(
+                    self.ty
+                        .coerce(v)
+                        .unwrap_or_else(|e| panic!("bad built-in default `{lit}`: {e}")),
+                )
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_values_parse_as_toml_or_string() {
+        assert_eq!(Value::parse_cli("0.5"), Value::Float(0.5));
+        assert_eq!(Value::parse_cli("7"), Value::Int(7));
+        assert_eq!(Value::parse_cli("true"), Value::Bool(true));
+        assert_eq!(Value::parse_cli("echo hi"), Value::Str("echo hi".into()));
+        assert_eq!(
+            Value::parse_cli("[1, 2]"),
+            Value::List(vec![Value::Int(1), Value::Int(2)])
+        );
+    }
+
+    #[test]
+    fn integers_widen_to_float_only() {
+        assert_eq!(
+            ParamType::Float.coerce(Value::Int(3)),
+            Ok(Value::Float(3.0))
+        );
+        assert!(ParamType::Int.coerce(Value::Float(3.0)).is_err());
+        assert!(
+            ParamType::Choice(&["a", "b"])
+                .coerce(Value::Str("c".into()))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn hex_and_underscored_integers() {
+        let v = toml::de::DeValue::parse("0xff").unwrap();
+        assert_eq!(from_toml(v.get_ref()), Ok(Value::Int(255)));
+        let v = toml::de::DeValue::parse("-1_000").unwrap();
+        assert_eq!(from_toml(v.get_ref()), Ok(Value::Int(-1000)));
+    }
+}

@@ -1,0 +1,204 @@
+//! Sweeps: expand a grid of param values into variants and tabulate their metrics.
+
+use crate::exec::Outcome;
+use crate::exec::plan::{Plan, Settings};
+use crate::manifest::diag::ManifestErrors;
+use crate::manifest::value::Value;
+use crate::manifest::{self, GridAxis, Manifest, Override};
+use std::path::Path;
+
+/// Parses `--grid stage.param=v1,v2,...` (commas inside brackets or quotes do not split).
+pub fn parse_grid_flag(flag: &str) -> Result<(String, Value), String> {
+    let (label, list) = flag
+        .split_once('=')
+        .ok_or_else(|| format!("`{flag}` is not of the form stage.param=v1,v2,..."))?;
+    let mut values = Vec::new();
+    let (mut depth, mut quote, mut start) = (0i32, None, 0);
+    for (i, c) in list.char_indices() {
+        match (c, quote) {
+            ('"' | '\'', None) => quote = Some(c),
+            (c, Some(q)) if c == q => quote = None,
+            ('[' | '{', None) => depth += 1,
+            (']' | '}', None) => depth -= 1,
+            (',', None) if depth == 0 => {
+                values.push(Value::parse_cli(list[start..i].trim()));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    values.push(Value::parse_cli(list[start..].trim()));
+    Ok((label.to_string(), Value::List(values)))
+}
+
+/// Loads one manifest per grid point. Axes from the command line replace same-named axes
+/// of the manifest's `[sweep]` table.
+pub fn expand(
+    path: &Path,
+    base: &[Override],
+    cli_axes: &[(String, Value)],
+) -> Result<Vec<(Settings, Manifest)>, String> {
+    let first = manifest::load(path, base).map_err(|e| e.to_string())?;
+    let mut axes: Vec<GridAxis> = first.sweep.grid.clone();
+    for (label, values) in cli_axes {
+        let axis = manifest::grid_axis(label, values.clone(), &first.stages, &first.params)
+            .map_err(|(msg, hint)| {
+                format!(
+                    "--grid {label}: {msg}{}",
+                    hint.map(|h| format!("\n  = hint: {h}")).unwrap_or_default()
+                )
+            })?;
+        axes.retain(|a| a.label() != axis.label());
+        axes.push(axis);
+    }
+    if axes.is_empty() {
+        return Err(format!(
+            "nothing to sweep: {} has no [sweep] grid and no --grid was given",
+            path.display()
+        ));
+    }
+    let mut points: Vec<Settings> = vec![Vec::new()];
+    for axis in &axes {
+        points = points
+            .into_iter()
+            .flat_map(|p| {
+                axis.values.iter().map(move |v| {
+                    let mut q = p.clone();
+                    q.push((axis.label(), v.clone()));
+                    q
+                })
+            })
+            .collect();
+    }
+    points
+        .into_iter()
+        .map(|settings| {
+            let mut overrides = base.to_vec();
+            for (label, v) in &settings {
+                let (target, key) = label.split_once('.').expect("axis labels are stage.param");
+                overrides.push(Override {
+                    target: target.into(),
+                    key: key.into(),
+                    text: v
+                        .as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| v.to_string()),
+                    value: v.clone(),
+                });
+            }
+            manifest::load(path, &overrides)
+                .map(|m| (settings, m))
+                .map_err(|e: ManifestErrors| e.to_string())
+        })
+        .collect()
+}
+
+/// The results table: one row per variant, grid settings then the chosen metrics.
+pub struct Table {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+/// `metrics` are `stage.metric` names; when empty, every metric of the stages nothing
+/// else in the variant reads (the pipeline's final stages).
+pub fn table(plan: &Plan, outcomes: &[Outcome], metrics: &[String]) -> Table {
+    let metrics: Vec<String> = if metrics.is_empty() {
+        let mut found = std::collections::BTreeSet::new();
+        for v in &plan.variants {
+            for (stage, job) in &v.stages {
+                let read = v
+                    .stages
+                    .values()
+                    .any(|j| plan.jobs[*j].upstream().any(|u| u == *job));
+                if let (false, Some(rec)) = (read, &outcomes[*job].record) {
+                    found.extend(rec.metrics.keys().map(|k| format!("{stage}.{k}")));
+                }
+            }
+        }
+        found.into_iter().collect()
+    } else {
+        metrics.to_vec()
+    };
+    let mut header: Vec<String> = plan.variants[0]
+        .settings
+        .iter()
+        .map(|(k, _)| k.clone())
+        .collect();
+    header.extend(metrics.iter().cloned());
+    header.push("status".into());
+    let rows = plan
+        .variants
+        .iter()
+        .map(|v| {
+            let mut row: Vec<String> = v
+                .settings
+                .iter()
+                .map(|(_, val)| {
+                    val.as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| val.to_string())
+                })
+                .collect();
+            for m in &metrics {
+                let (stage, key) = m.split_once('.').unwrap_or((m, ""));
+                let cell = v
+                    .stages
+                    .get(stage)
+                    .and_then(|j| outcomes[*j].record.as_ref())
+                    .and_then(|r| r.metrics.get(key))
+                    .map(|x| match x {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .unwrap_or_else(|| "-".into());
+                row.push(cell);
+            }
+            let ok = v.stages.values().all(|j| outcomes[*j].state.ok());
+            row.push(if ok { "ok".into() } else { "incomplete".into() });
+            row
+        })
+        .collect();
+    Table { header, rows }
+}
+
+impl Table {
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "| {} |\n|{}\n",
+            self.header.join(" | "),
+            "---|".repeat(self.header.len())
+        );
+        for r in &self.rows {
+            out.push_str(&format!("| {} |\n", r.join(" | ")));
+        }
+        out
+    }
+
+    pub fn csv(&self) -> anyhow::Result<Vec<u8>> {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(&self.header)?;
+        for r in &self.rows {
+            w.write_record(r)?;
+        }
+        Ok(w.into_inner()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_flag_splits_on_top_level_commas() {
+        let (label, v) = parse_grid_flag("a.b=1,[2,3],\"x,y\"").unwrap();
+        assert_eq!(label, "a.b");
+        assert_eq!(
+            v,
+            Value::List(vec![
+                Value::Int(1),
+                Value::List(vec![Value::Int(2), Value::Int(3)]),
+                Value::Str("x,y".into())
+            ])
+        );
+    }
+}
