@@ -570,9 +570,12 @@ fn print_plan(plan: &Plan, store: &Store, force: &BTreeSet<String>, status: bool
                 format!("{} finished {}", &rec.key[..12], rec.finished),
             ),
             Resolution::Run { key, reason, .. } => {
+                let failed = store.failed(key).map(|f| f.status);
                 let state = if status && store.key_busy(key) {
                     "running"
-                } else if status && store.failed(key).is_some() {
+                } else if status && failed == Some(store::RunStatus::Interrupted) {
+                    "interrupted (will resume)"
+                } else if status && failed.is_some() {
                     "failed"
                 } else if status {
                     "out of date"

@@ -134,3 +134,34 @@ impl StageContext {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_round_trip_and_survive_a_new_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = || {
+            StageContext::new(
+                "s".into(),
+                "k".into(),
+                Params::default(),
+                BTreeMap::new(),
+                dir.path().to_path_buf(),
+                true,
+                dir.path().join("log"),
+                Arc::new(AtomicBool::new(false)),
+            )
+        };
+        let ctx = make();
+        assert_eq!(ctx.load_checkpoint("step"), None);
+        ctx.save_checkpoint("step", b"41").unwrap();
+        ctx.save_checkpoint("step", b"42").unwrap();
+        // A later attempt (new process, same work dir) sees the last saved state.
+        assert_eq!(make().load_checkpoint("step").as_deref(), Some(&b"42"[..]));
+        assert!(ctx.check_interrupted().is_ok());
+        ctx.interrupted.store(true, Ordering::Relaxed);
+        assert!(ctx.check_interrupted().unwrap_err().is::<Interrupted>());
+    }
+}

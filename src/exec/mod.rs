@@ -136,7 +136,7 @@ pub fn execute(
             }
         }
         let mut progressed = true;
-        while progressed && !stopping {
+        while progressed {
             progressed = false;
             for i in 0..n {
                 if outcomes[i].is_some() || running.contains_key(&i) {
@@ -156,7 +156,7 @@ pub fn execute(
                     progressed = true;
                     continue;
                 }
-                if job.upstream().any(|u| !outputs.contains_key(&u)) {
+                if stopping || job.upstream().any(|u| !outputs.contains_key(&u)) {
                     continue;
                 }
                 match resolver.resolve(plan, i, &outputs, opts.force.contains(&job.stage.name)) {

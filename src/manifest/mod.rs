@@ -624,8 +624,11 @@ impl Loader<'_> {
         let mut inputs = BTreeMap::new();
         let mut resources = BTreeMap::new();
         let mut description = None;
+        // Params that were set, valid or not (an invalid one is not also reported missing).
+        let mut set: BTreeSet<String> = overrides.iter().map(|o| o.key.clone()).collect();
         for (k, v) in t.iter() {
             let key = k.get_ref().as_ref();
+            set.insert(key.to_string());
             match key {
                 "kind" => {}
                 "description" => {
@@ -695,7 +698,7 @@ impl Loader<'_> {
             }
         }
         for spec in specs {
-            if params.contains_key(spec.name) {
+            if params.contains_key(spec.name) || set.contains(spec.name) {
                 continue;
             }
             if let Some((v, o)) = defaults.get(spec.name) {
@@ -739,9 +742,17 @@ impl Loader<'_> {
                             format!("stage `{name}` uses unknown resource `{r}`"),
                         )
                         .suggest(r, head.resources.keys().map(String::as_str));
-                    let d = d.hint(format!(
-                        "declare a limit in [pipeline] resources = {{ {r} = N }}"
-                    ));
+                    let d = if d
+                        .hint
+                        .as_deref()
+                        .is_some_and(|h| h.starts_with("did you mean"))
+                    {
+                        d
+                    } else {
+                        d.hint(format!(
+                            "declare a limit in [pipeline] resources = {{ {r} = N }}"
+                        ))
+                    };
                     self.push(d);
                 }
                 Some(limit) if n > limit => {
@@ -796,6 +807,8 @@ impl Loader<'_> {
         raw: Value,
         shared: &BTreeMap<String, Value>,
     ) -> Option<Value> {
+        let whole_reference =
+            matches!(&raw, Value::Str(s) if s.starts_with("${params.") && s.ends_with('}'));
         let interpolated = match interpolate(raw, shared) {
             Ok(v) => v,
             Err((msg, hint)) => {
@@ -808,6 +821,15 @@ impl Loader<'_> {
                 });
                 return None;
             }
+        };
+        // `cmd = "${params.lr}"` means the text of the value when the param is a string.
+        let interpolated = match interpolated {
+            v @ (Value::Int(_) | Value::Float(_) | Value::Bool(_))
+                if whole_reference && ty.wants_string() =>
+            {
+                Value::Str(v.to_string())
+            }
+            v => v,
         };
         match ty.coerce(interpolated) {
             Ok(v) => Some(v),

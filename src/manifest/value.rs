@@ -119,7 +119,11 @@ pub fn from_toml(v: &toml::de::DeValue<'_>) -> Result<Value, String> {
                 Some(rest) => (true, rest),
                 None => (false, digits.trim_start_matches('+')),
             };
-            let body = if i.radix() == 10 { body } else { &body[2..] };
+            // The parser may or may not keep the 0x/0o/0b prefix in the text.
+            let body = match body.get(..2) {
+                Some("0x" | "0o" | "0b") if i.radix() != 10 => &body[2..],
+                _ => body,
+            };
             let mag = i64::from_str_radix(body, i.radix())
                 .map_err(|_| format!("integer `{}` does not fit in 64 bits", i.as_str()))?;
             Value::Int(if neg { -mag } else { mag })
