@@ -1,0 +1,36 @@
+//! ImageFolder layout: `root/<class>/<image>.{jpg,jpeg,png}`, classes sorted by name.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::error::{DataError, Result};
+
+/// Class names (sorted) and every image with its class index, in class then name order.
+pub fn scan_folder(root: &Path) -> Result<(Vec<String>, Vec<(PathBuf, i64)>)> {
+    let list = |dir: &Path| -> Result<Vec<PathBuf>> {
+        let mut v = fs::read_dir(dir)
+            .map_err(|e| DataError::io(dir, e))?
+            .map(|e| e.map(|e| e.path()).map_err(|e| DataError::io(dir, e)))
+            .collect::<Result<Vec<_>>>()?;
+        v.sort();
+        Ok(v)
+    };
+    let mut classes = Vec::new();
+    let mut items = Vec::new();
+    for dir in list(root)?.into_iter().filter(|p| p.is_dir()) {
+        let label = classes.len() as i64;
+        classes.push(dir.file_name().unwrap_or_default().to_string_lossy().into_owned());
+        for file in list(&dir)? {
+            let ext = file
+                .extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase());
+            if file.is_file() && matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png")) {
+                items.push((file, label));
+            }
+        }
+    }
+    if items.is_empty() {
+        return Err(DataError::NoFiles(format!("{}/<class>/*.{{jpg,jpeg,png}}", root.display())));
+    }
+    Ok((classes, items))
+}
