@@ -43,14 +43,33 @@ pub trait SkipRead: Read {
     }
 }
 
-impl SkipRead for BufReader<File> {
-    // Seeking past the end is allowed here; the record count from the scan keeps
-    // readers from going there, and the next header read would report it anyway.
-    fn skip_bytes(&mut self, n: u64) -> io::Result<()> {
-        let n = i64::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        self.seek_relative(n)
+/// A plain file that knows its length, so skipping past the end is caught as truncation.
+pub struct PlainFile {
+    inner: BufReader<File>,
+    pos: u64,
+    len: u64,
+}
+
+impl Read for PlainFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
     }
 }
+
+impl SkipRead for PlainFile {
+    fn skip_bytes(&mut self, n: u64) -> io::Result<()> {
+        let end = self.pos.saturating_add(n);
+        if end > self.len {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.inner.seek_relative(n as i64)?;
+        self.pos = end;
+        Ok(())
+    }
+}
+
 impl SkipRead for BufReader<MultiGzDecoder<File>> {}
 impl SkipRead for &[u8] {}
 impl<T: SkipRead + ?Sized> SkipRead for Box<T> {
@@ -82,7 +101,12 @@ pub fn open(path: &Path, compression: Compression) -> Result<RecordReader<Box<dy
     let inner: Box<dyn SkipRead + Send> = if gzip {
         Box::new(BufReader::with_capacity(1 << 16, MultiGzDecoder::new(file)))
     } else {
-        Box::new(BufReader::with_capacity(1 << 16, file))
+        let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
+        Box::new(PlainFile {
+            inner: BufReader::with_capacity(1 << 16, file),
+            pos: 0,
+            len,
+        })
     };
     Ok(RecordReader::new(inner, path))
 }
