@@ -58,7 +58,11 @@ fn jpeg(grey: &[u8]) -> Vec<u8> {
 fn example(index: usize, digit: usize, grey: &[u8], with_box: bool) -> Example {
     let bytes = |s: &[u8]| Feature::Bytes(vec![s.to_vec()]);
     let label = digit as i64 + 1;
-    let boxes: Vec<[f32; 4]> = if with_box { vec![tight_box(grey)] } else { vec![] };
+    let boxes: Vec<[f32; 4]> = if with_box {
+        vec![tight_box(grey)]
+    } else {
+        vec![]
+    };
     let coord = |k: usize| Feature::Float(boxes.iter().map(|b| b[k]).collect());
     Example::default()
         .with("image/height", Feature::Int64(vec![SIDE as i64]))
@@ -72,9 +76,15 @@ fn example(index: usize, digit: usize, grey: &[u8], with_box: bool) -> Example {
         .with("image/object/bbox/ymin", coord(1))
         .with("image/object/bbox/xmax", coord(2))
         .with("image/object/bbox/ymax", coord(3))
-        .with("image/object/bbox/label", Feature::Int64(vec![label; boxes.len()]))
+        .with(
+            "image/object/bbox/label",
+            Feature::Int64(vec![label; boxes.len()]),
+        )
         .with("image/format", bytes(b"JPEG"))
-        .with("image/filename", bytes(format!("d{digit}_{index:04}.JPEG").as_bytes()))
+        .with(
+            "image/filename",
+            bytes(format!("d{digit}_{index:04}.JPEG").as_bytes()),
+        )
         .with("image/encoded", bytes(&jpeg(grey)))
 }
 
@@ -87,7 +97,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
-            let v: Vec<u8> = l.split(',').map(|x| x.trim().parse()).collect::<Result<_, _>>()?;
+            let v: Vec<u8> = l
+                .split(',')
+                .map(|x| x.trim().parse())
+                .collect::<Result<_, _>>()?;
             if v.len() != 65 || v[0] > 9 || v[1..].iter().any(|&p| p > 16) {
                 return Err(format!("bad CSV line: {l}").into());
             }

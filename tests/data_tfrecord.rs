@@ -74,7 +74,10 @@ fn fixture_matches_manifest() {
             let ex = Example::parse(rec).unwrap();
             // Our encoder reproduces TF's deterministic serialization byte for byte.
             assert_eq!(&ex.encode(), rec, "{file} record {}", row.index);
-            assert_eq!(bytes_feature(&ex, "image/filename"), row.filename.as_bytes());
+            assert_eq!(
+                bytes_feature(&ex, "image/filename"),
+                row.filename.as_bytes()
+            );
             let li = schema.extract(rec).unwrap();
             assert_eq!(li.label, row.label - 1, "Slim label_offset 1");
             assert_eq!(li.encoded.len(), row.jpeg_len);
@@ -91,15 +94,24 @@ fn fixture_matches_manifest() {
         }
     }
     // Both are accurate integer IDCTs; they differ in rounding and chroma upsampling.
-    assert!(max_diff <= 8, "zune-jpeg vs jpeg-decoder differ by {max_diff}");
+    assert!(
+        max_diff <= 8,
+        "zune-jpeg vs jpeg-decoder differ by {max_diff}"
+    );
 }
 
 #[test]
 fn validation_bboxes_are_empty_lists() {
     let rec = &read_all(&fixtures().join("validation-00000-of-00001"))[0];
     let ex = Example::parse(rec).unwrap();
-    assert_eq!(ex.features["image/object/bbox/xmin"], Feature::Float(vec![]));
-    assert_eq!(ex.features["image/object/bbox/label"], Feature::Int64(vec![]));
+    assert_eq!(
+        ex.features["image/object/bbox/xmin"],
+        Feature::Float(vec![])
+    );
+    assert_eq!(
+        ex.features["image/object/bbox/label"],
+        Feature::Int64(vec![])
+    );
     let train = &read_all(&fixtures().join("train-00000-of-00002"))[0];
     let Feature::Float(xmin) = &Example::parse(train).unwrap().features["image/object/bbox/xmin"]
     else {
@@ -135,7 +147,10 @@ fn gzip_reads_identically() {
 #[test]
 fn shard_glob_is_sorted_and_counted() {
     let files = expand_pattern(fixtures().join("train-*-of-*").to_str().unwrap()).unwrap();
-    let names: Vec<_> = files.iter().map(|f| f.file_name().unwrap().to_owned()).collect();
+    let names: Vec<_> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_owned())
+        .collect();
     assert_eq!(names, ["train-00000-of-00002", "train-00001-of-00002"]);
     let ds = Dataset::tfrecord(
         fixtures().join("train-*-of-*").to_str().unwrap(),
@@ -210,7 +225,8 @@ fn cases(dir: &Path) -> Vec<(&'static str, PathBuf, &'static str)> {
                 |ex| {
                     let mut jpeg = bytes_feature(ex, "image/encoded");
                     jpeg.truncate(jpeg.len() / 2);
-                    ex.features.insert("image/encoded".into(), Feature::Bytes(vec![jpeg]));
+                    ex.features
+                        .insert("image/encoded".into(), Feature::Bytes(vec![jpeg]));
                 },
                 no_corrupt,
             ),
@@ -254,14 +270,22 @@ fn bad_records_are_errors_naming_file_and_index() {
         let err = match open(&path, OnBadRecord::Error) {
             Err(e) => e,
             Ok(ds) => {
-                let loader = Loader::new(Arc::new(ds), eval_cfg(OnBadRecord::Error), Cursor::default()).unwrap();
+                let loader = Loader::new(
+                    Arc::new(ds),
+                    eval_cfg(OnBadRecord::Error),
+                    Cursor::default(),
+                )
+                .unwrap();
                 let mut errors = loader.filter_map(Result::err);
                 errors.next().unwrap_or_else(|| panic!("{what}: no error"))
             }
         };
         let msg = err.to_string();
         let want = format!("{}: record {BAD}: ", path.display());
-        assert!(msg.starts_with(&want) && msg.contains(reason), "{what}: {msg}");
+        assert!(
+            msg.starts_with(&want) && msg.contains(reason),
+            "{what}: {msg}"
+        );
     }
 }
 
@@ -277,10 +301,16 @@ fn bad_records_can_be_skipped_and_counted() {
         // Framing errors lose the rest of the file; content errors lose one record.
         let expect = if ds.len() < N as u64 { BAD } else { N - 1 };
         assert_eq!(images, expect, "{what}");
-        assert!(batches.iter().all(|b| !b.indices.contains(&(BAD as u64))), "{what}");
+        assert!(
+            batches.iter().all(|b| !b.indices.contains(&(BAD as u64))),
+            "{what}"
+        );
         let skipped = loader.skipped();
         assert_eq!(skipped.len(), 1, "{what}: {skipped:?}");
-        assert!(skipped[0].contains(&format!("record {BAD}: ")), "{what}: {skipped:?}");
+        assert!(
+            skipped[0].contains(&format!("record {BAD}: ")),
+            "{what}: {skipped:?}"
+        );
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use super::error::{BadRecord, DataError, OnBadRecord, Result};
-use super::folder::scan_folder;
+use super::folder::{Folder, scan_folder};
 use super::image::{Image, decode_into};
 use super::schema::ExampleSchema;
 use super::tfrecord::{self, Compression, RecordReader, SkipRead};
@@ -67,7 +67,12 @@ impl Dataset {
         schema: ExampleSchema,
         on_bad: OnBadRecord,
     ) -> Result<Dataset> {
-        Self::tfrecord_files(&tfrecord::expand_pattern(pattern)?, compression, schema, on_bad)
+        Self::tfrecord_files(
+            &tfrecord::expand_pattern(pattern)?,
+            compression,
+            schema,
+            on_bad,
+        )
     }
 
     /// Like [`Dataset::tfrecord`], for an explicit file list (kept in the given order).
@@ -108,7 +113,7 @@ impl Dataset {
 
     /// An ImageFolder tree: `root/<class>/*.{jpg,jpeg,png}`, class ids by sorted name.
     pub fn image_folder(root: &Path) -> Result<Dataset> {
-        let (classes, items) = scan_folder(root)?;
+        let Folder { classes, items } = scan_folder(root)?;
         let labels = items.iter().map(|(_, l)| *l).collect();
         Ok(Dataset {
             shards: with_offsets(items.into_iter().map(|(p, _)| (p, 1))),
@@ -152,7 +157,12 @@ impl Dataset {
     }
 
     /// Turns one raw record into a decoded image (in `img`) and returns its label.
-    pub(crate) fn decode(&self, shard: usize, raw: &[u8], img: &mut Image) -> Result<i64, BadRecord> {
+    pub(crate) fn decode(
+        &self,
+        shard: usize,
+        raw: &[u8],
+        img: &mut Image,
+    ) -> Result<i64, BadRecord> {
         match &self.kind {
             Kind::TfRecord { schema, .. } => {
                 let rec = schema.extract(raw)?;

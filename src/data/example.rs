@@ -210,14 +210,16 @@ impl Example {
     pub fn parse(buf: &[u8]) -> Result<Example, String> {
         let mut ex = Example::default();
         message(buf).each_field(|field, wire, d| match (field, wire) {
-            (1, LEN) => message(d.len_delimited()?).each_field(|field, wire, d| match (field, wire) {
-                (1, LEN) => {
-                    let (k, v) = parse_map_entry(d.len_delimited()?)?;
-                    ex.features.insert(k, v);
-                    Ok(())
-                }
-                _ => d.skip(wire),
-            }),
+            (1, LEN) => {
+                message(d.len_delimited()?).each_field(|field, wire, d| match (field, wire) {
+                    (1, LEN) => {
+                        let (k, v) = parse_map_entry(d.len_delimited()?)?;
+                        ex.features.insert(k, v);
+                        Ok(())
+                    }
+                    _ => d.skip(wire),
+                })
+            }
             _ => d.skip(wire),
         })?;
         Ok(ex)

@@ -5,8 +5,15 @@ use std::path::{Path, PathBuf};
 
 use super::error::{DataError, Result};
 
-/// Class names (sorted) and every image with its class index, in class then name order.
-pub fn scan_folder(root: &Path) -> Result<(Vec<String>, Vec<(PathBuf, i64)>)> {
+/// The images of an ImageFolder tree.
+pub struct Folder {
+    /// Class names, sorted; a class id is an index into this list.
+    pub classes: Vec<String>,
+    /// Every image with its class id, in class then file-name order.
+    pub items: Vec<(PathBuf, i64)>,
+}
+
+pub fn scan_folder(root: &Path) -> Result<Folder> {
     let list = |dir: &Path| -> Result<Vec<PathBuf>> {
         let mut v = fs::read_dir(dir)
             .map_err(|e| DataError::io(dir, e))?
@@ -19,7 +26,12 @@ pub fn scan_folder(root: &Path) -> Result<(Vec<String>, Vec<(PathBuf, i64)>)> {
     let mut items = Vec::new();
     for dir in list(root)?.into_iter().filter(|p| p.is_dir()) {
         let label = classes.len() as i64;
-        classes.push(dir.file_name().unwrap_or_default().to_string_lossy().into_owned());
+        classes.push(
+            dir.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+        );
         for file in list(&dir)? {
             let ext = file
                 .extension()
@@ -30,7 +42,10 @@ pub fn scan_folder(root: &Path) -> Result<(Vec<String>, Vec<(PathBuf, i64)>)> {
         }
     }
     if items.is_empty() {
-        return Err(DataError::NoFiles(format!("{}/<class>/*.{{jpg,jpeg,png}}", root.display())));
+        return Err(DataError::NoFiles(format!(
+            "{}/<class>/*.{{jpg,jpeg,png}}",
+            root.display()
+        )));
     }
-    Ok((classes, items))
+    Ok(Folder { classes, items })
 }

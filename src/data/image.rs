@@ -37,7 +37,9 @@ pub fn decode_into(bytes: &[u8], out: &mut Image) -> Result<(), BadRecord> {
     } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
         decode_png(bytes, out)
     } else {
-        Err(BadRecord::Image("neither JPEG nor PNG (unknown magic bytes)".into()))
+        Err(BadRecord::Image(
+            "neither JPEG nor PNG (unknown magic bytes)".into(),
+        ))
     }
 }
 
@@ -52,13 +54,17 @@ fn decode_jpeg(bytes: &[u8], out: &mut Image) -> Result<(), BadRecord> {
     let err = |e: zune_jpeg::errors::DecodeErrors| BadRecord::Image(format!("JPEG: {e:?}"));
     let mut dec = JpegDecoder::new_with_options(ZCursor::new(bytes), options());
     dec.decode_headers().map_err(err)?;
-    let info = dec.info().ok_or_else(|| BadRecord::Image("JPEG: no header".into()))?;
+    let info = dec
+        .info()
+        .ok_or_else(|| BadRecord::Image("JPEG: no header".into()))?;
     let size = dec
         .output_buffer_size()
         .ok_or_else(|| BadRecord::Image("JPEG: no header".into()))?;
     let (w, h) = (usize::from(info.width), usize::from(info.height));
     if size != w * h * 3 || w == 0 || h == 0 {
-        return Err(BadRecord::Image(format!("JPEG: unexpected output size {size} for {w}x{h}")));
+        return Err(BadRecord::Image(format!(
+            "JPEG: unexpected output size {size} for {w}x{h}"
+        )));
     }
     out.rgb.resize(size, 0);
     dec.decode_into(&mut out.rgb).map_err(err)?;
@@ -89,10 +95,16 @@ fn decode_png(bytes: &[u8], out: &mut Image) -> Result<(), BadRecord> {
     match cs {
         ColorSpace::RGB => out.rgb.extend_from_slice(&raw),
         // Alpha is dropped, as tf.io.decode_png(channels=3) does.
-        ColorSpace::RGBA => raw.chunks_exact(4).for_each(|p| out.rgb.extend_from_slice(&p[..3])),
+        ColorSpace::RGBA => raw
+            .chunks_exact(4)
+            .for_each(|p| out.rgb.extend_from_slice(&p[..3])),
         ColorSpace::Luma => raw.iter().for_each(|&g| out.rgb.extend([g, g, g])),
         ColorSpace::LumaA => raw.chunks_exact(2).for_each(|p| out.rgb.extend([p[0]; 3])),
-        other => return Err(BadRecord::Image(format!("PNG: unsupported colour space {other:?}"))),
+        other => {
+            return Err(BadRecord::Image(format!(
+                "PNG: unsupported colour space {other:?}"
+            )));
+        }
     }
     out.width = w;
     out.height = h;

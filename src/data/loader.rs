@@ -262,7 +262,15 @@ impl Loader {
         {
             let (ds, cfg) = (dataset.clone(), cfg.clone());
             threads.push(std::thread::spawn(move || {
-                read_loop(&ds, &layout, &cfg, start, batches_per_epoch, &ticket_rx, &job_tx)
+                read_loop(
+                    &ds,
+                    &layout,
+                    &cfg,
+                    start,
+                    batches_per_epoch,
+                    &ticket_rx,
+                    &job_tx,
+                )
             }));
         }
         for _ in 0..cfg.workers {
@@ -273,7 +281,9 @@ impl Loader {
                 done_tx.clone(),
                 skipped.clone(),
             );
-            threads.push(std::thread::spawn(move || work_loop(&ds, &cfg, &jobs, &done, &log)));
+            threads.push(std::thread::spawn(move || {
+                work_loop(&ds, &cfg, &jobs, &done, &log)
+            }));
         }
         let progress = cfg.progress.then(|| {
             let bar = ProgressBar::new(batches_per_epoch);
@@ -324,7 +334,11 @@ impl Loader {
     }
 
     fn report_epoch_end(&self, epoch: u64) {
-        let n = self.skipped.lock().unwrap_or_else(PoisonError::into_inner).len()
+        let n = self
+            .skipped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
             + self.dataset.skipped_at_open().len();
         if n > 0 {
             tracing::warn!("end of epoch {epoch}: {n} bad records skipped so far");
@@ -372,7 +386,11 @@ impl Iterator for Loader {
                     // All threads ended. That is the normal end of a single pass, unless
                     // a thread died early.
                     self.results = None;
-                    let panicked = self.threads.drain(..).filter_map(|t| t.join().err()).count();
+                    let panicked = self
+                        .threads
+                        .drain(..)
+                        .filter_map(|t| t.join().err())
+                        .count();
                     if panicked > 0 || self.cursor.batch < self.batches_per_epoch {
                         return Some(Err(DataError::Internal(format!(
                             "{panicked} loader threads panicked; stopped at {:?}",
@@ -428,10 +446,20 @@ fn read_loop(
             }
             let lo = b * bs;
             let hi = ((b + 1) * bs).min(layout.records);
-            let items = (lo..hi).map(|t| stream.take(plan.order[t as usize])).collect();
-            let next = Cursor {
-                epoch: cursor.epoch,
-                batch: b + 1,
+            let items = (lo..hi)
+                .map(|t| stream.take(plan.order[t as usize]))
+                .collect();
+            // The end of a repeating epoch is the start of the next one.
+            let next = if b + 1 == batches_per_epoch && cfg.repeat {
+                Cursor {
+                    epoch: cursor.epoch + 1,
+                    batch: 0,
+                }
+            } else {
+                Cursor {
+                    epoch: cursor.epoch,
+                    batch: b + 1,
+                }
             };
             let job = Job {
                 seq,
@@ -579,7 +607,10 @@ fn make_batch(
             }
             Err(e) => match cfg.on_bad_record {
                 OnBadRecord::Error => return Err(e),
-                OnBadRecord::Skip => skipped.lock().unwrap_or_else(PoisonError::into_inner).push(e),
+                OnBadRecord::Skip => skipped
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(e),
             },
         }
     }

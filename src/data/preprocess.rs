@@ -94,9 +94,15 @@ pub fn random_resized_crop(width: usize, height: usize, rng: &mut Rng) -> Crop {
     // Fallback: the whole image, trimmed to the allowed aspect range.
     let in_ratio = width as f64 / height as f64;
     let (w, h) = if in_ratio < min_ratio {
-        (width, ((width as f64 / min_ratio).round() as usize).clamp(1, height))
+        (
+            width,
+            ((width as f64 / min_ratio).round() as usize).clamp(1, height),
+        )
     } else if in_ratio > max_ratio {
-        (((height as f64 * max_ratio).round() as usize).clamp(1, width), height)
+        (
+            ((height as f64 * max_ratio).round() as usize).clamp(1, width),
+            height,
+        )
     } else {
         (width, height)
     };
@@ -136,7 +142,15 @@ impl Preprocess {
         } else {
             (center_crop(img.width, img.height, self.size), false)
         };
-        resample(img, crop, self.size, flip, self.resize, self.normalization, out);
+        resample(
+            img,
+            crop,
+            self.size,
+            flip,
+            self.resize,
+            self.normalization,
+            out,
+        );
     }
 }
 
@@ -215,9 +229,13 @@ fn resample(
             let sy = crop.y + ys.start[oy] + t;
             let src = &img.rgb[sy * stride + crop.x * 3..sy * stride + (crop.x + crop.w) * 3];
             if t == 0 {
-                row.iter_mut().zip(src).for_each(|(a, &p)| *a = w * f32::from(p));
+                row.iter_mut()
+                    .zip(src)
+                    .for_each(|(a, &p)| *a = w * f32::from(p));
             } else {
-                row.iter_mut().zip(src).for_each(|(a, &p)| *a += w * f32::from(p));
+                row.iter_mut()
+                    .zip(src)
+                    .for_each(|(a, &p)| *a += w * f32::from(p));
             }
         }
         // Horizontal pass, writing each channel to its plane.
@@ -251,7 +269,11 @@ mod tests {
                 rgb.extend([(x * 255 / w) as u8, (y * 255 / h) as u8, 100]);
             }
         }
-        Image { width: w, height: h, rgb }
+        Image {
+            width: w,
+            height: h,
+            rgb,
+        }
     }
 
     #[test]
@@ -277,8 +299,21 @@ mod tests {
             ..Default::default()
         };
         let mut out = vec![0.0; p.image_len()];
-        let crop = Crop { x: 0, y: 0, w: 16, h: 16 };
-        resample(&img, crop, 16, false, Resize::Bicubic, Normalization::Lite, &mut out);
+        let crop = Crop {
+            x: 0,
+            y: 0,
+            w: 16,
+            h: 16,
+        };
+        resample(
+            &img,
+            crop,
+            16,
+            false,
+            Resize::Bicubic,
+            Normalization::Lite,
+            &mut out,
+        );
         for y in 0..16 {
             for x in 0..16 {
                 let want = (f32::from(img.rgb[(y * 16 + x) * 3]) - 127.0) / 128.0;
@@ -290,10 +325,31 @@ mod tests {
     #[test]
     fn flip_mirrors() {
         let img = gradient(40, 30);
-        let crop = Crop { x: 3, y: 2, w: 30, h: 20 };
+        let crop = Crop {
+            x: 3,
+            y: 2,
+            w: 30,
+            h: 20,
+        };
         let (mut a, mut b) = (vec![0.0; 3 * 64], vec![0.0; 3 * 64]);
-        resample(&img, crop, 8, false, Resize::Bilinear, Normalization::B0, &mut a);
-        resample(&img, crop, 8, true, Resize::Bilinear, Normalization::B0, &mut b);
+        resample(
+            &img,
+            crop,
+            8,
+            false,
+            Resize::Bilinear,
+            Normalization::B0,
+            &mut a,
+        );
+        resample(
+            &img,
+            crop,
+            8,
+            true,
+            Resize::Bilinear,
+            Normalization::B0,
+            &mut b,
+        );
         for c in 0..3 {
             for y in 0..8 {
                 for x in 0..8 {
@@ -309,12 +365,23 @@ mod tests {
         for (w, h) in [(1, 1), (500, 375), (10, 300), (300, 10), (32, 32)] {
             for _ in 0..200 {
                 let c = random_resized_crop(w, h, &mut rng);
-                assert!(c.w > 0 && c.h > 0 && c.x + c.w <= w && c.y + c.h <= h, "{c:?}");
+                assert!(
+                    c.w > 0 && c.h > 0 && c.x + c.w <= w && c.y + c.h <= h,
+                    "{c:?}"
+                );
             }
             let c = center_crop(w, h, 224);
             assert!(c.w > 0 && c.x + c.w <= w && c.y + c.h <= h, "{c:?}");
         }
         // EfficientNet: 224/(224+32)·375 = 328.125 -> 328, offsets rounded up.
-        assert_eq!(center_crop(500, 375, 224), Crop { x: 86, y: 24, w: 328, h: 328 });
+        assert_eq!(
+            center_crop(500, 375, 224),
+            Crop {
+                x: 86,
+                y: 24,
+                w: 328,
+                h: 328
+            }
+        );
     }
 }

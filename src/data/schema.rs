@@ -107,7 +107,8 @@ mod tests {
     use super::*;
 
     fn record(label: Option<i64>) -> Vec<u8> {
-        let mut ex = Example::default().with("image/encoded", Feature::Bytes(vec![b"jpg".to_vec()]));
+        let mut ex =
+            Example::default().with("image/encoded", Feature::Bytes(vec![b"jpg".to_vec()]));
         if let Some(l) = label {
             ex = ex.with("image/class/label", Feature::Int64(vec![l]));
         }
@@ -118,7 +119,10 @@ mod tests {
     fn slim_labels_are_shifted() {
         let s = ExampleSchema::default();
         let r = s.extract(&record(Some(1))).unwrap();
-        assert_eq!((r.label, r.encoded.as_slice(), r.declared_size), (0, &b"jpg"[..], None));
+        assert_eq!(
+            (r.label, r.encoded.as_slice(), r.declared_size),
+            (0, &b"jpg"[..], None)
+        );
     }
 
     #[test]

@@ -17,7 +17,9 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// TensorFlow's masked crc32c.
 pub fn masked_crc(data: &[u8]) -> u32 {
-    crc32c::crc32c(data).rotate_right(15).wrapping_add(MASK_DELTA)
+    crc32c::crc32c(data)
+        .rotate_right(15)
+        .wrapping_add(MASK_DELTA)
 }
 
 /// How a TFRecord file is compressed.
@@ -86,7 +88,10 @@ pub struct RecordReader<R> {
 }
 
 /// Open a TFRecord file for reading.
-pub fn open(path: &Path, compression: Compression) -> Result<RecordReader<Box<dyn SkipRead + Send>>> {
+pub fn open(
+    path: &Path,
+    compression: Compression,
+) -> Result<RecordReader<Box<dyn SkipRead + Send>>> {
     let mut file = File::open(path).map_err(|e| DataError::io(path, e))?;
     let gzip = match compression {
         Compression::None => false,
@@ -163,7 +168,9 @@ impl<R: SkipRead> RecordReader<R> {
         if stored != computed {
             return Err(self.bad(BadRecord::LengthCrc { stored, computed }));
         }
-        Ok(Some(u64::from_le_bytes(h[..8].try_into().expect("8 bytes"))))
+        Ok(Some(u64::from_le_bytes(
+            h[..8].try_into().expect("8 bytes"),
+        )))
     }
 
     /// Reads the next record into `buf`; `Ok(false)` at a clean end of file.
@@ -178,7 +185,9 @@ impl<R: SkipRead> RecordReader<R> {
             .read_to_end(buf)
             .map_err(|e| self.bad(BadRecord::Io(e)))?;
         let mut crc = [0u8; 4];
-        if got as u64 != len || read_full(&mut self.inner, &mut crc).map_err(|e| self.bad(BadRecord::Io(e)))? != 4 {
+        if got as u64 != len
+            || read_full(&mut self.inner, &mut crc).map_err(|e| self.bad(BadRecord::Io(e)))? != 4
+        {
             return Err(self.bad(BadRecord::Truncated("file ends inside the record data")));
         }
         let stored = u32::from_le_bytes(crc);
@@ -187,7 +196,11 @@ impl<R: SkipRead> RecordReader<R> {
         // The record was consumed whole, so later records keep their indices.
         self.index += 1;
         if stored != computed {
-            return Err(DataError::record(&self.path, index, BadRecord::DataCrc { stored, computed }));
+            return Err(DataError::record(
+                &self.path,
+                index,
+                BadRecord::DataCrc { stored, computed },
+            ));
         }
         Ok(true)
     }
@@ -284,7 +297,8 @@ pub fn expand_pattern(pattern: &str) -> Result<Vec<PathBuf>> {
     })?;
     let mut files = Vec::new();
     for p in paths {
-        let p = p.map_err(|e| DataError::io(e.path().to_path_buf(), io::Error::other(e.to_string())))?;
+        let p =
+            p.map_err(|e| DataError::io(e.path().to_path_buf(), io::Error::other(e.to_string())))?;
         if p.is_file() {
             files.push(p);
         }
@@ -338,6 +352,9 @@ mod tests {
         let mut r = RecordReader::new(bytes.as_slice(), "x/shard");
         assert!(r.read_record().unwrap().is_some());
         let e = r.read_record().unwrap_err().to_string();
-        assert!(e.starts_with("x/shard: record 1: data crc32c mismatch"), "{e}");
+        assert!(
+            e.starts_with("x/shard: record 1: data crc32c mismatch"),
+            "{e}"
+        );
     }
 }
