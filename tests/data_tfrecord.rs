@@ -93,7 +93,7 @@ fn fixture_matches_manifest() {
             }
         }
     }
-    // Both are accurate integer IDCTs; they differ in rounding and chroma upsampling.
+    // Both use accurate integer IDCTs; rounding and chroma upsampling differ (we saw 1).
     assert!(
         max_diff <= 8,
         "zune-jpeg vs jpeg-decoder differ by {max_diff}"
@@ -338,4 +338,43 @@ proptest! {
         prop_assert_eq!(&rec, &payload);
         let _ = ExampleSchema::default().extract(&rec);
     }
+}
+
+#[test]
+fn bundled_demo_digits_match_the_tensorflow_fixture() {
+    // data/digits is written by examples/make_digits.rs from the same sklearn pixels.
+    let ours_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits");
+    let schema = ExampleSchema::default();
+    let mut max_diff = 0u8;
+    for file in [
+        "train-00000-of-00002",
+        "train-00001-of-00002",
+        "validation-00000-of-00001",
+    ] {
+        let ours = read_all(&ours_dir.join(file));
+        let tf = read_all(&fixtures().join(file));
+        assert_eq!(ours.len(), tf.len(), "{file}");
+        for (a, b) in ours.iter().zip(&tf) {
+            let (ea, eb) = (Example::parse(a).unwrap(), Example::parse(b).unwrap());
+            // Same features apart from the JPEG bytes.
+            let strip = |mut e: Example| {
+                e.features.remove("image/encoded");
+                e
+            };
+            assert_eq!(strip(ea.clone()), strip(eb.clone()));
+            let (ia, ib) = (schema.extract(a).unwrap(), schema.extract(b).unwrap());
+            let (pa, pb) = (
+                image::decode(&ia.encoded).unwrap(),
+                image::decode(&ib.encoded).unwrap(),
+            );
+            assert_eq!((pa.width, pa.height), (pb.width, pb.height));
+            for (x, y) in pa.rgb.iter().zip(&pb.rgb) {
+                max_diff = max_diff.max(x.abs_diff(*y));
+            }
+        }
+    }
+    assert!(
+        max_diff <= 4,
+        "our JPEGs decode {max_diff} levels away from TF's"
+    );
 }
