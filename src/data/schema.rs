@@ -19,6 +19,9 @@ pub struct ExampleSchema {
     /// Optional declared size, checked against the decoded image when present.
     pub height_key: Option<String>,
     pub width_key: Option<String>,
+    /// Optional metadata, returned when present.
+    pub synset_key: Option<String>,
+    pub filename_key: Option<String>,
 }
 
 impl Default for ExampleSchema {
@@ -30,6 +33,8 @@ impl Default for ExampleSchema {
             num_classes: None,
             height_key: Some("image/height".into()),
             width_key: Some("image/width".into()),
+            synset_key: Some("image/class/synset".into()),
+            filename_key: Some("image/filename".into()),
         }
     }
 }
@@ -41,6 +46,8 @@ pub struct LabeledImage {
     pub label: i64,
     /// Declared (height, width), when the schema names those features.
     pub declared_size: Option<(i64, i64)>,
+    pub synset: Option<String>,
+    pub filename: Option<String>,
 }
 
 fn take(ex: &mut Example, key: &str) -> Result<Feature, BadRecord> {
@@ -94,10 +101,18 @@ impl ExampleSchema {
             }
             _ => None,
         };
+        let mut text = |key: &Option<String>| match key.as_ref().map(|k| ex.features.remove(k)) {
+            Some(Some(Feature::Bytes(v))) if v.len() == 1 => {
+                Some(String::from_utf8_lossy(&v[0]).into_owned())
+            }
+            _ => None,
+        };
         Ok(LabeledImage {
             encoded,
             label,
             declared_size,
+            synset: text(&self.synset_key),
+            filename: text(&self.filename_key),
         })
     }
 }
