@@ -3,7 +3,7 @@
 
 /// What a random stream is used for; keeps streams with equal keys apart.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Purpose {
+pub enum Purpose {
     ShardOrder = 1,
     ShuffleBuffer = 2,
     Augment = 3,
@@ -22,7 +22,7 @@ fn mix(mut z: u64) -> u64 {
 
 impl Rng {
     /// A stream keyed by `seed`, `purpose`, `epoch` and `index`.
-    pub(crate) fn keyed(seed: u64, purpose: Purpose, epoch: u64, index: u64) -> Self {
+    pub fn keyed(seed: u64, purpose: Purpose, epoch: u64, index: u64) -> Self {
         let mut s = mix(seed ^ GOLDEN);
         for k in [purpose as u64, epoch, index] {
             s = mix(s.wrapping_add(GOLDEN) ^ mix(k));
