@@ -2,9 +2,11 @@
 //!
 //! Modules, one job each: `manifest` (TOML → validated stages), `graph` (the DAG),
 //! `store` (content-addressed artifacts and records), `exec` (planning, scheduling,
-//! child-process stage execution, resume), `stages` (stage kinds), `sweep` (grids).
+//! child-process stage execution, resume), `stages` (stage kinds), `sweep` (grids),
+//! `data` (datasets, decoding, preprocessing and batch loading).
 
 pub mod cli;
+pub mod data;
 pub mod exec;
 pub mod graph;
 pub mod manifest;
