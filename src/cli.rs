@@ -227,8 +227,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
     let progress = !cli.quiet && std::io::stderr().is_terminal();
     let store_flag = cli.store.clone();
     match cli.command {
-        Command::Run(a) => run(a, store_flag.as_deref(), progress, cli.quiet),
-        Command::Sweep(a) => run_sweep(a, store_flag.as_deref(), progress, cli.quiet),
+        Command::Run(a) => run(a, store_flag.as_deref(), progress),
+        Command::Sweep(a) => run_sweep(a, store_flag.as_deref(), progress),
         Command::Status(a) => {
             let m = load(&a)?;
             let store = open_store(&m, store_flag.as_deref())?;
@@ -379,67 +379,65 @@ fn check_inputs(plan: &Plan) -> Result<()> {
     }
 }
 
-fn run(a: RunArgs, store_flag: Option<&Path>, progress: bool, quiet: bool) -> Result<i32> {
+fn run(a: RunArgs, store_flag: Option<&Path>, progress: bool) -> Result<i32> {
     let m = load(&a.manifest)?;
     let store = open_store(&m, store_flag)?;
     let opts = run_options(&a.exec, &[&m])?;
-    let manifest_path = a.manifest.manifest.display().to_string();
-    let pipeline = m.name.clone();
-    let plan = Plan::build(&[(vec![], m)], &a.stages).map_err(usage)?;
-    execute_plan(
-        &plan,
-        &store,
-        &opts,
-        a.exec.dry_run,
+    let variants = [(vec![], m)];
+    let plan = Plan::build(&variants, &a.stages).map_err(usage)?;
+    let session = Session {
+        manifest: &variants[0].1,
+        store: &store,
+        opts: &opts,
         progress,
-        quiet,
-        &manifest_path,
-        &pipeline,
-    )
-    .map(|(code, _)| code)
+    };
+    session.execute(&plan, a.exec.dry_run).map(|(code, _)| code)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn execute_plan(
-    plan: &Plan,
-    store: &Store,
-    opts: &RunOptions,
-    dry_run: bool,
+/// What one `run` or `sweep` invocation executes with.
+struct Session<'a> {
+    /// The (first) manifest: its path and pipeline name go into the run log.
+    manifest: &'a Manifest,
+    store: &'a Store,
+    opts: &'a RunOptions,
     progress: bool,
-    quiet: bool,
-    manifest_path: &str,
-    pipeline: &str,
-) -> Result<(i32, Vec<Outcome>)> {
-    let _use = store.use_lock(false)?;
-    if dry_run {
-        print_plan(plan, store, &opts.force, false);
-        return Ok((0, Vec::new()));
-    }
-    check_inputs(plan)?;
-    let started = store::now_rfc3339();
-    let t0 = Instant::now();
-    let resolver = Resolver::new(store);
-    let outcomes = exec::execute(plan, store, &resolver, opts, progress && !quiet);
-    let log = RunLog {
-        manifest: manifest_path.to_string(),
-        pipeline: pipeline.to_string(),
-        started,
-        finished: store::now_rfc3339(),
-        keys: outcomes.iter().filter_map(|o| o.key.clone()).collect(),
-    };
-    store.write_run_log(&log)?;
-    print_summary(plan, &outcomes, t0.elapsed().as_secs_f64());
-    let code = if outcomes.iter().all(|o| o.state.ok()) {
-        0
-    } else if outcomes.iter().any(|o| o.state == JobState::Interrupted) {
-        130
-    } else {
-        1
-    };
-    Ok((code, outcomes))
 }
 
-fn run_sweep(a: SweepArgs, store_flag: Option<&Path>, progress: bool, quiet: bool) -> Result<i32> {
+impl Session<'_> {
+    /// Runs the plan (or prints it, for a dry run), logs the run and prints the summary.
+    fn execute(&self, plan: &Plan, dry_run: bool) -> Result<(i32, Vec<Outcome>)> {
+        let store = self.store;
+        let _use = store.use_lock(false)?;
+        if dry_run {
+            print_plan(plan, store, &self.opts.force, false);
+            return Ok((0, Vec::new()));
+        }
+        check_inputs(plan)?;
+        let started = store::now_rfc3339();
+        let t0 = Instant::now();
+        let resolver = Resolver::new(store);
+        let outcomes = exec::execute(plan, store, &resolver, self.opts, self.progress);
+        let log = RunLog {
+            manifest: self.manifest.path.display().to_string(),
+            pipeline: self.manifest.name.clone(),
+            started,
+            finished: store::now_rfc3339(),
+            keys: outcomes.iter().filter_map(|o| o.key.clone()).collect(),
+        };
+        store.write_run_log(&log)?;
+        print_summary(plan, &outcomes, t0.elapsed().as_secs_f64());
+        let code = if outcomes.iter().all(|o| o.state.ok()) {
+            0
+        } else if outcomes.iter().any(|o| o.state == JobState::Interrupted) {
+            130
+        } else {
+            1
+        };
+        Ok((code, outcomes))
+    }
+}
+
+fn run_sweep(a: SweepArgs, store_flag: Option<&Path>, progress: bool) -> Result<i32> {
     let base = overrides(&a.manifest)?;
     let axes = a
         .grid
@@ -466,17 +464,13 @@ fn run_sweep(a: SweepArgs, store_flag: Option<&Path>, progress: bool, quiet: boo
         plan.jobs.len(),
         plan.variants.iter().map(|v| v.stages.len()).sum::<usize>()
     );
-    let manifest_path = a.manifest.manifest.display().to_string();
-    let (code, outcomes) = execute_plan(
-        &plan,
-        &store,
-        &opts,
-        a.exec.dry_run,
+    let session = Session {
+        manifest: first,
+        store: &store,
+        opts: &opts,
         progress,
-        quiet,
-        &manifest_path,
-        &pipeline,
-    )?;
+    };
+    let (code, outcomes) = session.execute(&plan, a.exec.dry_run)?;
     if a.exec.dry_run {
         return Ok(code);
     }
