@@ -10,6 +10,7 @@ pub mod data;
 pub mod exec;
 pub mod graph;
 pub mod manifest;
+pub mod model;
 pub mod stages;
 pub mod store;
 pub mod sweep;

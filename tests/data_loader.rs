@@ -85,6 +85,26 @@ fn same_seed_same_batches_for_any_worker_count() {
 }
 
 #[test]
+fn batches_become_burn_tensors_unchanged() {
+    let ds = train_set();
+    let (batch, _) = take(&ds, &train_cfg(1), Cursor::default(), 1).remove(0);
+    let (images, labels) = batch.to_tensors(&burn::prelude::Device::flex());
+    assert_eq!(images.dims(), [64, 3, 24, 24]);
+    assert_eq!(
+        images.into_data().try_to_vec::<f32>().unwrap(),
+        batch.images
+    );
+    assert_eq!(
+        labels
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .unwrap(),
+        batch.labels
+    );
+}
+
+#[test]
 fn resume_from_cursor_reproduces_the_rest() {
     let ds = train_set();
     let cfg = train_cfg(2);

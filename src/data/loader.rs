@@ -36,6 +36,22 @@ pub struct Batch {
     pub indices: Vec<u64>,
 }
 
+impl Batch {
+    /// The batch as burn tensors on `device`: images `[N, C, H, W]` and 0-based labels `[N]`.
+    pub fn to_tensors(
+        &self,
+        device: &burn::prelude::Device,
+    ) -> (burn::Tensor<4>, burn::Tensor<1, burn::prelude::Int>) {
+        use burn::prelude::{Tensor, TensorData};
+        let images = Tensor::from_data(TensorData::new(self.images.clone(), self.shape), device);
+        let labels = Tensor::from_data(
+            TensorData::new(self.labels.clone(), [self.labels.len()]),
+            device,
+        );
+        (images, labels)
+    }
+}
+
 /// Position in the batch stream: the next batch to hand out.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {

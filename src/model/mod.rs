@@ -1,0 +1,9 @@
+//! Models: the EfficientNet family (config, layers, network) in burn.
+
+pub mod config;
+pub mod efficientnet;
+pub mod layers;
+pub mod names;
+
+pub use config::{Activation, EfficientNetConfig};
+pub use efficientnet::EfficientNet;
