@@ -906,12 +906,15 @@ fn inspect_ckpt(a: &InspectCkptArgs) -> Result<i32> {
     }
     println!("{t}");
     println!(
-        "{}: {} tensors, {} parameters (floating-point elements), {} bytes ({})",
+        "{}: {} tensors, {} parameters (floating-point elements), {} bytes{}",
         ins.format,
         ins.rows.len(),
         ins.params(),
         ins.bytes(),
-        human_bytes(ins.bytes() as u64)
+        match ins.bytes() {
+            0..1024 => String::new(),
+            b => format!(" ({})", human_bytes(b as u64)),
+        }
     );
     Ok(0)
 }
