@@ -49,7 +49,7 @@ fn check_against_variables_json(dir: &str) -> TensorMap {
             let want = want.as_f64().unwrap();
             if t.dtype == DType::F32 {
                 // Decimals of the f32 widened to f64: exact after casting back.
-                assert_eq!(t.to_f32_vec().unwrap()[i], want as f32, "{name}[{i}]");
+                assert_eq!(values[i] as f32, want as f32, "{name}[{i}]");
             } else {
                 assert_eq!(values[i], want, "{name}[{i}]");
             }
@@ -373,4 +373,18 @@ fn hand_built_table_reads_and_compressed_blocks_are_refused() {
     fs::write(tmp.path().join("m.index"), one_entry_index(9, 1)).unwrap();
     let e = read_err(&p);
     assert!(e.to_string().contains("compressed"), "{e}");
+}
+
+#[test]
+fn state_file_with_a_foreign_absolute_path_falls_back_to_its_directory() {
+    let tmp = scratch("efficientnet-b0-ema-subset");
+    fs::write(
+        tmp.path().join("checkpoint"),
+        "model_checkpoint_path: \"/elsewhere/train/model.ckpt\"\n",
+    )
+    .unwrap();
+    assert_eq!(read_tf(tmp.path()).len(), 49);
+    fs::remove_file(tmp.path().join("checkpoint")).unwrap();
+    let e = ckpt::detect_format(tmp.path()).unwrap_err();
+    assert!(matches!(e, CkptError::UnknownFormat { .. }), "{e}");
 }

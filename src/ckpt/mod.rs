@@ -46,6 +46,12 @@ pub fn detect_format(path: &Path) -> Result<Format> {
     if tf_bundle::is_bundle(path) {
         return Ok(Format::TfBundle);
     }
+    if path.is_dir() {
+        return Err(CkptError::UnknownFormat {
+            path: path.to_path_buf(),
+            why: "a directory without a TensorFlow `checkpoint` state file".into(),
+        });
+    }
     let mut head = Vec::with_capacity(SNIFF_LEN);
     File::open(path)
         .and_then(|f| f.take(SNIFF_LEN as u64).read_to_end(&mut head))

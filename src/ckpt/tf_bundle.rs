@@ -33,8 +33,14 @@ pub fn resolve_prefix(path: &Path) -> Result<PathBuf> {
         let text = fs::read_to_string(&state).map_err(CkptError::io(&state))?;
         let latest = latest_checkpoint(&text)
             .ok_or_else(|| CkptError::format(&state, "no `model_checkpoint_path: \"...\"` line"))?;
-        // Relative paths are relative to the state file's directory, as in TF.
-        return Ok(path.join(latest));
+        // Relative paths are relative to the state file's directory, as in TF. An absolute
+        // one often names the machine that wrote it; then look beside the state file.
+        let named = path.join(&latest);
+        let beside = Path::new(&latest).file_name().map(|f| path.join(f));
+        return Ok(match beside {
+            Some(b) if !with_suffix(&named, ".index").is_file() => b,
+            _ => named,
+        });
     }
     let s = path.as_os_str().to_string_lossy();
     Ok(match s.strip_suffix(".index") {
