@@ -334,7 +334,7 @@ fn tf_dtype(v: i32) -> Option<DType> {
 }
 
 /// A readable name for a `DataType` value this reader does not support.
-fn tf_dtype_name(v: i32) -> std::string::String {
+fn tf_dtype_name(v: i32) -> String {
     let name = match v {
         8 => "complex64",
         11 => "qint8",
