@@ -68,6 +68,8 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// List the tensors of a checkpoint (TensorFlow, PyTorch or safetensors) with totals.
+    InspectCkpt(InspectCkptArgs),
     /// Internal: run one stage (the child side of `run`).
     #[command(name = "__exec-stage", hide = true)]
     ExecStage,
@@ -171,6 +173,24 @@ struct GcArgs {
     /// Report what would be deleted without deleting.
     #[arg(short = 'n', long)]
     dry_run: bool,
+}
+
+#[derive(Args)]
+struct InspectCkptArgs {
+    /// A TF checkpoint prefix, its `.index`, or a directory with a `checkpoint` file; or a
+    /// `.pth`/`.pt`/`.safetensors` file.
+    path: PathBuf,
+    /// Checkpoint format (auto: by file names and magic bytes).
+    #[arg(long, value_enum, default_value_t = CkptFormat::Auto)]
+    format: CkptFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CkptFormat {
+    Auto,
+    Tf,
+    Pytorch,
+    Safetensors,
 }
 
 /// Exit codes: 0 success, 1 a stage failed, 2 bad usage or manifest, 130 interrupted.
@@ -302,6 +322,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::InspectCkpt(a) => inspect_ckpt(&a),
         Command::ExecStage => unreachable!("handled before dispatch"),
     }
 }
@@ -862,6 +883,39 @@ fn kinds(name: Option<&str>) -> Result<i32> {
             }
         }
     }
+    Ok(0)
+}
+
+fn inspect_ckpt(a: &InspectCkptArgs) -> Result<i32> {
+    use crate::ckpt::{self, Format};
+    let format = match a.format {
+        CkptFormat::Auto => None,
+        CkptFormat::Tf => Some(Format::TfBundle),
+        CkptFormat::Pytorch => Some(Format::PyTorch),
+        CkptFormat::Safetensors => Some(Format::Safetensors),
+    };
+    let ins = ckpt::inspect(&a.path, format)?;
+    let mut t = new_table(vec!["name", "dtype", "shape", "numel"]);
+    for r in &ins.rows {
+        t.add_row(vec![
+            r.name.clone(),
+            r.dtype.to_string(),
+            format!("{:?}", r.shape),
+            r.numel.to_string(),
+        ]);
+    }
+    println!("{t}");
+    println!(
+        "{}: {} tensors, {} parameters (floating-point elements), {} bytes{}",
+        ins.format,
+        ins.rows.len(),
+        ins.params(),
+        ins.bytes(),
+        match ins.bytes() {
+            0..1024 => String::new(),
+            b => format!(" ({})", human_bytes(b as u64)),
+        }
+    );
     Ok(0)
 }
 

@@ -3,8 +3,10 @@
 //! Modules, one job each: `manifest` (TOML → validated stages), `graph` (the DAG),
 //! `store` (content-addressed artifacts and records), `exec` (planning, scheduling,
 //! child-process stage execution, resume), `stages` (stage kinds), `sweep` (grids),
-//! `data` (datasets, decoding, preprocessing and batch loading).
+//! `data` (datasets, decoding, preprocessing and batch loading), `ckpt` (TensorFlow,
+//! PyTorch and safetensors checkpoints into one tensor map).
 
+pub mod ckpt;
 pub mod cli;
 pub mod data;
 pub mod exec;

@@ -1,0 +1,145 @@
+//! Checkpoint reading: TensorFlow V2 bundles, PyTorch `.pth`/`.pt` and safetensors, all
+//! into one [`TensorMap`]; safetensors writing. Format detection and a summary for
+//! `runner inspect-ckpt`.
+
+mod error;
+pub mod proto;
+pub mod pytorch;
+pub mod safetensors;
+pub mod sstable;
+mod tensor;
+pub mod tf_bundle;
+
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+pub use error::{CkptError, Result};
+pub use tensor::{DType, Data, Tensor, TensorMap};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// TensorFlow V2 checkpoint (`.index` + `.data-*` tensor bundle).
+    TfBundle,
+    /// PyTorch `torch.save` file: zip (1.6+), legacy, tar or plain pickle.
+    PyTorch,
+    Safetensors,
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::TfBundle => "tensorflow",
+            Format::PyTorch => "pytorch",
+            Format::Safetensors => "safetensors",
+        })
+    }
+}
+
+/// How many leading bytes [`detect_bytes`] looks at.
+pub const SNIFF_LEN: usize = 64;
+
+/// The format of the checkpoint at `path`: a TF bundle by its prefix, `.index` or a
+/// directory with a `checkpoint` state file; other files by their first bytes.
+pub fn detect_format(path: &Path) -> Result<Format> {
+    if tf_bundle::is_bundle(path) {
+        return Ok(Format::TfBundle);
+    }
+    if path.is_dir() {
+        return Err(CkptError::UnknownFormat {
+            path: path.to_path_buf(),
+            why: "a directory without a TensorFlow `checkpoint` state file".into(),
+        });
+    }
+    let mut head = Vec::with_capacity(SNIFF_LEN);
+    File::open(path)
+        .and_then(|f| f.take(SNIFF_LEN as u64).read_to_end(&mut head))
+        .map_err(CkptError::io(path))?;
+    detect_bytes(&head).ok_or_else(|| CkptError::UnknownFormat {
+        path: path.to_path_buf(),
+        why: "no safetensors header, zip or pickle magic, nor a TF `.index` beside it".into(),
+    })
+}
+
+/// Sniffs a file's leading bytes (safetensors, zip or pickle).
+pub fn detect_bytes(head: &[u8]) -> Option<Format> {
+    // safetensors: u64 LE header length, then the JSON header's `{`. Checked before pickle
+    // because a 128-byte header starts with 0x80, pickle's PROTO opcode.
+    if let Some(len) = head.first_chunk::<8>().map(|b| u64::from_le_bytes(*b))
+        && len <= 100_000_000
+        && head.get(8) == Some(&b'{')
+    {
+        return Some(Format::Safetensors);
+    }
+    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        return Some(Format::PyTorch); // torch.save's zip container
+    }
+    // Pickle protocol 2+ (legacy torch.save writes its magic number as the first pickle).
+    if let [0x80, 2..=5, ..] = head {
+        return Some(Format::PyTorch);
+    }
+    None
+}
+
+/// Reads every tensor of the checkpoint at `path`, checking checksums where the format
+/// has them.
+pub fn read(path: &Path, format: Format) -> Result<TensorMap> {
+    match format {
+        Format::TfBundle => tf_bundle::read(path),
+        Format::PyTorch => pytorch::read(path),
+        Format::Safetensors => safetensors::read(path).map(|(tensors, _)| tensors),
+    }
+}
+
+/// One tensor in an [`Inspection`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub numel: usize,
+    pub bytes: usize,
+}
+
+/// What a checkpoint holds, for `runner inspect-ckpt`.
+#[derive(Clone, Debug)]
+pub struct Inspection {
+    pub format: Format,
+    pub rows: Vec<Row>,
+}
+
+impl Inspection {
+    /// Floating-point elements over all tensors (what a model's parameter count counts).
+    pub fn params(&self) -> usize {
+        self.rows
+            .iter()
+            .filter(|r| r.dtype.is_float())
+            .map(|r| r.numel)
+            .sum()
+    }
+
+    /// Data bytes over all tensors.
+    pub fn bytes(&self) -> usize {
+        self.rows.iter().map(|r| r.bytes).sum()
+    }
+}
+
+/// Reads the checkpoint (detecting the format unless given) and lists its tensors.
+pub fn inspect(path: &Path, format: Option<Format>) -> Result<Inspection> {
+    let format = match format {
+        Some(f) => f,
+        None => detect_format(path)?,
+    };
+    let rows = read(path, format)?
+        .into_iter()
+        .map(|(name, t)| Row {
+            numel: t.numel(),
+            bytes: t.byte_len(),
+            name,
+            dtype: t.dtype,
+            shape: t.shape,
+        })
+        .collect();
+    Ok(Inspection { format, rows })
+}

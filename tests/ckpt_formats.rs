@@ -1,0 +1,231 @@
+//! PyTorch files written by torch (tests/fixtures/pytorch/make.py), safetensors writing
+//! and reading, format detection, and `runner inspect-ckpt`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use adjq::ckpt::{self, CkptError, DType, Data, Format, Tensor, TensorMap, safetensors};
+use serde_json::Value;
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+fn check_pytorch(file: &str) {
+    let path = fixture(&format!("pytorch/{file}"));
+    assert_eq!(ckpt::detect_format(&path).unwrap(), Format::PyTorch);
+    let map = ckpt::read(&path, Format::PyTorch).unwrap_or_else(|e| panic!("{e}"));
+    let expected: Value =
+        serde_json::from_slice(&fs::read(fixture("pytorch/expected.json")).unwrap()).unwrap();
+    let tensors = expected["tensors"].as_array().unwrap();
+    assert_eq!(map.len(), tensors.len());
+    for e in tensors {
+        let name = e["name"].as_str().unwrap();
+        let t = map.get(name).unwrap_or_else(|| panic!("{file}: no {name}"));
+        assert_eq!(t.dtype.name(), e["dtype"].as_str().unwrap(), "{name}");
+        let shape: Vec<usize> = serde_json::from_value(e["shape"].clone()).unwrap();
+        assert_eq!(t.shape, shape, "{name}");
+        let want = e["values"].as_array().unwrap();
+        if t.dtype == DType::Bool {
+            let Data::Bytes(b) = &t.data else { panic!() };
+            let got: Vec<bool> = b.iter().map(|&x| x != 0).collect();
+            assert_eq!(
+                got,
+                want.iter()
+                    .map(|v| v.as_bool().unwrap())
+                    .collect::<Vec<_>>()
+            );
+        } else if t.dtype == DType::F64 {
+            let want: Vec<f64> = want.iter().map(|v| v.as_f64().unwrap()).collect();
+            assert_eq!(t.to_f64_vec().unwrap(), want, "{file}: {name}");
+        } else if t.dtype.is_float() {
+            // serde_json may parse a decimal 1 ulp off in f64; in f32 the value is exact.
+            let want: Vec<f32> = want.iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            assert_eq!(t.to_f32_vec().unwrap(), want, "{file}: {name}");
+        } else {
+            let want: Vec<i64> = want.iter().map(|v| v.as_i64().unwrap()).collect();
+            assert_eq!(t.to_i64_vec().unwrap(), want, "{file}: {name}");
+        }
+    }
+}
+
+#[test]
+fn pytorch_legacy_format_reads_exactly() {
+    check_pytorch("state_dict.legacy.pth");
+}
+
+#[test]
+fn pytorch_zip_format_reads_exactly() {
+    check_pytorch("state_dict.zip.pth");
+}
+
+#[test]
+fn pytorch_names_are_the_state_dict_keys_in_natural_order() {
+    let map = ckpt::read(&fixture("pytorch/state_dict.zip.pth"), Format::PyTorch).unwrap();
+    let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+    assert_eq!(
+        &keys[..4],
+        [
+            "_bn0.num_batches_tracked",
+            "_bn0.running_mean",
+            "_conv_stem.weight",
+            "_fc.weight_t"
+        ]
+    );
+    // The transposed view reads in logical row-major order: fc.t()[i][j] = fc[j][i] = (4j+i)/7.
+    let fc_t = map["_fc.weight_t"].to_f32_vec().unwrap();
+    assert_eq!(fc_t[1], 4.0 / 7.0);
+}
+
+/// The small dtypes checkpoint without its strings: every fixed-size dtype, mixed sizes.
+fn mixed_dtypes() -> TensorMap {
+    let mut map = ckpt::read(&fixture("tf/dtypes"), Format::TfBundle).unwrap();
+    map.retain(|_, t| t.dtype != DType::String);
+    map
+}
+
+#[test]
+fn safetensors_round_trip_is_exact_and_deterministic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tensors = mixed_dtypes();
+    let metadata: BTreeMap<String, String> =
+        [("format", "pt"), ("source", "tf/dtypes"), ("zeta", "last")]
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+    let (a, b) = (
+        tmp.path().join("a.safetensors"),
+        tmp.path().join("b.safetensors"),
+    );
+    safetensors::write(&a, &tensors, &metadata).unwrap();
+    // Insertion order must not matter.
+    let mut reversed = tensors.clone();
+    reversed.reverse();
+    safetensors::write(&b, &reversed, &metadata).unwrap();
+    assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap());
+
+    assert_eq!(ckpt::detect_format(&a).unwrap(), Format::Safetensors);
+    let (back, meta) = safetensors::read(&a).unwrap();
+    assert_eq!(meta, metadata);
+    let mut sorted = tensors.clone();
+    sorted.sort_keys();
+    assert_eq!(back, sorted);
+
+    // Overwriting is atomic: no temp files stay behind.
+    safetensors::write(&a, &tensors, &BTreeMap::new()).unwrap();
+    assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 2);
+}
+
+/// With at most one metadata entry the crate's own writer is deterministic too, and ours
+/// must produce the very same bytes.
+#[test]
+fn safetensors_bytes_equal_the_crate_writer() {
+    let tensors = mixed_dtypes();
+    let views: Vec<(String, ::safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, t)| {
+            let Data::Bytes(b) = &t.data else {
+                unreachable!()
+            };
+            let dtype = match t.dtype {
+                DType::Bool => ::safetensors::Dtype::BOOL,
+                DType::U8 => ::safetensors::Dtype::U8,
+                DType::I8 => ::safetensors::Dtype::I8,
+                DType::F16 => ::safetensors::Dtype::F16,
+                DType::BF16 => ::safetensors::Dtype::BF16,
+                DType::I32 => ::safetensors::Dtype::I32,
+                DType::F32 => ::safetensors::Dtype::F32,
+                DType::F64 => ::safetensors::Dtype::F64,
+                DType::I64 => ::safetensors::Dtype::I64,
+                d => panic!("{d} not in the fixture"),
+            };
+            (
+                name.clone(),
+                ::safetensors::tensor::TensorView::new(dtype, t.shape.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    let theirs = ::safetensors::serialize(views, Some(meta)).unwrap();
+    let ours = safetensors::serialize(&tensors, &BTreeMap::from([("format".into(), "pt".into())]))
+        .unwrap();
+    assert_eq!(ours, theirs);
+}
+
+#[test]
+fn safetensors_refuses_string_tensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut map = TensorMap::new();
+    map.insert("ok".into(), Tensor::from_f32(vec![2], &[1.0, 2.0]));
+    map.insert(
+        "s".into(),
+        Tensor {
+            dtype: DType::String,
+            shape: vec![1],
+            data: Data::Strings(vec![b"x".to_vec()]),
+        },
+    );
+    let p = tmp.path().join("x.safetensors");
+    let e = safetensors::write(&p, &map, &BTreeMap::new()).unwrap_err();
+    assert!(e.to_string().contains("`s`"), "{e}");
+    assert!(!p.exists());
+}
+
+#[test]
+fn unknown_files_are_refused_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("notes.txt");
+    fs::write(&p, "hello").unwrap();
+    let e = ckpt::detect_format(&p).unwrap_err();
+    assert!(matches!(e, CkptError::UnknownFormat { .. }));
+    assert!(e.to_string().contains("notes.txt"), "{e}");
+    let e = ckpt::read(&p, Format::PyTorch).unwrap_err();
+    assert!(e.to_string().contains("notes.txt"), "{e}");
+}
+
+fn runner(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn inspect_ckpt_lists_the_b0_stem_kernel() {
+    let dir = fixture("tf/efficientnet-b0-random");
+    let (ok, stdout, stderr) = runner(&["inspect-ckpt", dir.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let row = stdout
+        .lines()
+        .find(|l| l.contains("efficientnet-b0/stem/conv2d/kernel "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        row.contains("float32") && row.contains("[3, 3, 3, 32]") && row.contains("864"),
+        "{row}"
+    );
+    assert!(
+        stdout.contains("tensorflow: 312 tensors, 5330564 parameters"),
+        "{stdout}"
+    );
+
+    let pth = fixture("pytorch/state_dict.legacy.pth");
+    let (ok, stdout, _) = runner(&["inspect-ckpt", "--format", "pytorch", pth.to_str().unwrap()]);
+    assert!(ok && stdout.contains("pytorch: 14 tensors"), "{stdout}");
+
+    let (ok, _, stderr) = runner(&[
+        "inspect-ckpt",
+        "--format",
+        "safetensors",
+        pth.to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("state_dict.legacy.pth"), "{stderr}");
+}
