@@ -1,5 +1,9 @@
 //! EfficientNet family: parameter counts, shapes, TF-same padding and BN folding (flex CPU).
 
+mod common;
+
+use adjq::ckpt::{self, Format, Tensor as CkptTensor};
+use adjq::model::import::{self, Naming};
 use adjq::model::layers::{ConvBn, ConvSpec, conv};
 use adjq::model::{EfficientNet, EfficientNetConfig};
 use burn::module::{Param, RunningState};
@@ -114,5 +118,132 @@ fn folding_batch_norm_keeps_the_function() {
     assert!(
         diff <= 1e-4 * scale.max(1.0),
         "max diff {diff} (logit scale {scale})"
+    );
+}
+
+fn b0_fixture() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tf/efficientnet-b0-random")
+}
+
+#[test]
+fn convert_stage_imports_the_official_tf_b0_checkpoint() {
+    let p = common::Project::new();
+    p.write(
+        "m.toml",
+        &format!(
+            "[pipeline]\nname = \"c\"\n[stages.convert]\nkind = \"convert\"\nmodel = \"efficientnet-b0\"\ninputs.checkpoint = {:?}\n",
+            b0_fixture().display().to_string()
+        ),
+    );
+    p.ok(&["run", "m.toml"]);
+    let rec: serde_json::Value =
+        serde_json::from_str(&p.ok(&["show", "m.toml", "convert", "--json"])).unwrap();
+    let object = |name: &str| {
+        let h = rec["outputs"][name]["hash"].as_str().unwrap().to_string();
+        p.path(&format!("artifacts/objects/{}/{h}", &h[..2]))
+    };
+    let (ours, meta) = ckpt::safetensors::read(&object("model.safetensors")).unwrap();
+    assert_eq!(
+        meta.get("model").map(String::as_str),
+        Some("efficientnet-b0")
+    );
+    let tf = ckpt::read(&b0_fixture(), Format::TfBundle).unwrap();
+
+    // Conv kernels move from TF's [kh, kw, in, out] to [out, in, kh, kw].
+    let theirs = tf["efficientnet-b0/stem/conv2d/kernel"]
+        .to_f32_vec()
+        .unwrap();
+    let stem = &ours["stem.conv.weight"];
+    assert_eq!(stem.shape, vec![32, 3, 3, 3]);
+    let stem = stem.to_f32_vec().unwrap();
+    for (o, i, y, x) in [(0, 0, 0, 0), (31, 2, 2, 1), (7, 1, 0, 2)] {
+        assert_eq!(
+            stem[((o * 3 + i) * 3 + y) * 3 + x],
+            theirs[((y * 3 + x) * 3 + i) * 32 + o]
+        );
+    }
+    // Depthwise [k, k, c, 1] → [c, 1, k, k]; the dense kernel keeps [in, out].
+    assert_eq!(
+        ours["blocks.3.depthwise.conv.weight"].shape,
+        vec![144, 1, 5, 5]
+    );
+    assert_eq!(
+        ours["classifier.weight"].to_f32_vec().unwrap(),
+        tf["efficientnet-b0/head/dense/kernel"]
+            .to_f32_vec()
+            .unwrap()
+    );
+    assert_eq!(
+        ours["blocks.0.project.bn.running_var"]
+            .to_f32_vec()
+            .unwrap(),
+        tf["efficientnet-b0/blocks_0/tpu_batch_normalization_1/moving_variance"]
+            .to_f32_vec()
+            .unwrap()
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(object("model.json")).unwrap()).unwrap();
+    assert_eq!(json["preprocessing"]["normalization"], "b0");
+    assert_eq!(json["class_names"], "imagenet");
+
+    // The canonical checkpoint loads into the model and runs.
+    let dev = device();
+    let cfg = EfficientNetConfig::preset("efficientnet-b0").unwrap();
+    let model = import::load(EfficientNet::new(&cfg, &dev), &ours)
+        .unwrap()
+        .valid();
+    let exported = import::export(&model);
+    assert_eq!(exported["head.bn.gamma"], ours["head.bn.gamma"]);
+    let y = model.forward(Tensor::<4>::zeros([1, 3, 64, 64], &dev));
+    assert_eq!(y.dims(), [1, 1000]);
+
+    assert!(p.ok(&["run", "m.toml"]).contains("0 ran, 1 cached"));
+}
+
+#[test]
+fn ema_shadows_are_preferred_and_mismatches_are_listed() {
+    let dev = device();
+    let b0 = EfficientNet::new(
+        &EfficientNetConfig::preset("efficientnet-b0").unwrap(),
+        &dev,
+    );
+    let mut tf = ckpt::read(&b0_fixture(), Format::TfBundle).unwrap();
+    let tf_naming = Naming::TensorFlow {
+        scope: "efficientnet-b0".into(),
+    };
+    tf.insert(
+        "efficientnet-b0/head/dense/bias/ExponentialMovingAverage".into(),
+        CkptTensor::from_f32(vec![1000], &[0.25; 1000]),
+    );
+    let canon = import::canonicalize(&tf, &b0, &tf_naming).unwrap();
+    assert_eq!(
+        canon["classifier.bias"].to_f32_vec().unwrap(),
+        vec![0.25; 1000]
+    );
+    assert_eq!(canon.len(), 311);
+
+    // The wrong naming: every tensor is listed, missing and unexpected (global_step is
+    // ignored; the injected EMA copy counts).
+    let err = import::canonicalize(&tf, &b0, &Naming::PyTorch).unwrap_err();
+    assert_eq!((err.missing.len(), err.unexpected.len()), (311, 312));
+    assert!(
+        err.to_string()
+            .contains("missing    stem.conv.weight (looked for `_conv_stem.weight`)")
+    );
+
+    // The wrong architecture: shapes are checked.
+    let small = EfficientNet::new(
+        &EfficientNetConfig::preset("efficientnet-small").unwrap(),
+        &dev,
+    );
+    let err = import::canonicalize(&tf, &small, &tf_naming).unwrap_err();
+    assert!(
+        err.misshaped
+            .iter()
+            .any(|(ours, _, want, got)| ours == "stem.conv.weight"
+                && want == &vec![16, 3, 3, 3]
+                && got == &vec![32, 3, 3, 3]),
+        "{err}"
     );
 }

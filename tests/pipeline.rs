@@ -15,11 +15,12 @@ name = "chain"
 
 [params]
 n = {n}
+src = "input.txt"
 
 [stages.a]
 kind = "shell"
 cmd = "tr a-z A-Z < ${{inputs.src}} > up.txt && echo a >> {log}"
-inputs = {{ src = "input.txt" }}
+inputs = {{ src = "${{params.src}}" }}
 outs = ["up.txt"]
 
 [stages.b]
@@ -212,6 +213,13 @@ fn missing_input_fails_fast_naming_the_path() {
     assert!(
         err.contains("stage `a`, input `src`") && err.contains("input.txt does not exist"),
         "{err}"
+    );
+    // Input paths can come from shared params, and --set moves them.
+    let out = p.runner(&["run", "m.toml", "--set", "params.src=elsewhere.txt"]);
+    assert!(
+        stderr(&out).contains("elsewhere.txt does not exist"),
+        "{}",
+        stderr(&out)
     );
     assert_eq!(
         p.take_runs(),

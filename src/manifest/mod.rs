@@ -634,7 +634,7 @@ impl Loader<'_> {
                 "description" => {
                     description = self.string(&format!("stages.{name}.description"), v)
                 }
-                "inputs" => inputs = self.inputs(&name, kind, v, head),
+                "inputs" => inputs = self.inputs(&name, kind, v, head, shared),
                 "resources" => {
                     resources = self.resources(&format!("stages.{name}.resources"), v);
                 }
@@ -846,6 +846,7 @@ impl Loader<'_> {
         kind: &dyn StageKind,
         v: &Spanned<DeValue<'_>>,
         head: &PipelineHead,
+        shared: &BTreeMap<String, Value>,
     ) -> BTreeMap<String, (InputRef, Origin)> {
         let mut out = BTreeMap::new();
         let Some(t) = self.table(&format!("stages.{stage}.inputs"), v) else {
@@ -878,7 +879,28 @@ impl Loader<'_> {
             let vo = self.at(&v.span());
             let form_hint = "an input is a path string, { path = \"...\" } or { stage = \"NAME\", output = \"OUT\" }";
             let parsed = match v.get_ref() {
-                DeValue::String(s) => Some(InputRef::Path(normalize(&head.root.join(s.as_ref())))),
+                // Paths may come from shared params: `inputs.data = "${params.imagenet}"`.
+                DeValue::String(s) => match interpolate(Value::Str(s.to_string()), shared) {
+                    Ok(Value::Str(path)) => Some(InputRef::Path(normalize(&head.root.join(path)))),
+                    Ok(other) => {
+                        self.err(
+                            &vo,
+                            format!(
+                                "input `{name}` must be a path, but the reference gives {}",
+                                other.type_name()
+                            ),
+                        );
+                        None
+                    }
+                    Err((msg, hint)) => {
+                        let d = self.map.error(&vo, format!("input `{name}`: {msg}"));
+                        self.push(match hint {
+                            Some(h) => d.hint(h),
+                            None => d,
+                        });
+                        None
+                    }
+                },
                 DeValue::Table(t) => {
                     let get = |key: &str| match t.get(key).map(|v| v.get_ref()) {
                         Some(DeValue::String(s)) => Some(s.to_string()),

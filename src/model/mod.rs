@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod efficientnet;
+pub mod import;
 pub mod layers;
 pub mod names;
 

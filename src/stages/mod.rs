@@ -4,6 +4,7 @@
 //! outputs it will produce, the resources it occupies, and an implementation version
 //! that is part of every cache key (bump it when the kind's results change).
 
+mod convert;
 mod shell;
 
 use crate::exec::context::StageContext;
@@ -46,7 +47,7 @@ pub trait StageKind: Send + Sync {
     fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()>;
 }
 
-static KINDS: &[&dyn StageKind] = &[&shell::Shell];
+static KINDS: &[&dyn StageKind] = &[&convert::Convert, &shell::Shell];
 
 pub fn all() -> &'static [&'static dyn StageKind] {
     KINDS

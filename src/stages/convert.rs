@@ -1,0 +1,175 @@
+//! `convert`: a published float checkpoint (TensorFlow, PyTorch or safetensors) → our
+//! canonical safetensors checkpoint plus `model.json`. Pipeline step 1 and the KD teacher.
+
+use super::{InputSpec, InputsSpec, StageKind};
+use crate::ckpt::{self, Format};
+use crate::exec::context::StageContext;
+use crate::manifest::Params;
+use crate::manifest::value::{ParamDefault as D, ParamSpec, ParamType as T};
+use crate::model::config::{Activation, PRESETS};
+use crate::model::import::{self, Naming};
+use crate::model::{EfficientNet, EfficientNetConfig};
+use anyhow::{Context, Result, anyhow};
+use burn::prelude::Device;
+use serde::Serialize;
+
+pub struct Convert;
+
+/// Output names.
+pub const WEIGHTS: &str = "model.safetensors";
+pub const MODEL_JSON: &str = "model.json";
+
+static PARAMS: &[ParamSpec] = &[
+    ParamSpec::new(
+        "model",
+        T::Choice(PRESETS),
+        D::Required,
+        "architecture preset the checkpoint holds",
+    ),
+    ParamSpec::new(
+        "format",
+        T::Choice(&["auto", "tf", "pytorch", "safetensors"]),
+        D::Toml("\"auto\""),
+        "checkpoint format (auto detects it)",
+    ),
+    ParamSpec::new(
+        "naming",
+        T::Choice(&["auto", "tensorflow", "pytorch", "ours"]),
+        D::Toml("\"auto\""),
+        "tensor naming: the official TF EfficientNet, the efficientnet_pytorch port, or ours (auto follows the format)",
+    ),
+    ParamSpec::new(
+        "tf_scope",
+        T::Str,
+        D::Toml("\"\""),
+        "variable scope of a TF checkpoint (empty: the model preset's name, e.g. efficientnet-b0)",
+    ),
+];
+
+static INPUTS: &[InputSpec] = &[InputSpec {
+    name: "checkpoint",
+    required: true,
+    doc: "the checkpoint: a TF checkpoint directory (with its `checkpoint` file), a .pth/.pt, or a .safetensors",
+}];
+
+/// `model.json`: what a consumer needs besides the weights.
+#[derive(Serialize)]
+struct ModelJson<'a> {
+    config: &'a EfficientNetConfig,
+    preprocessing: Preprocessing,
+    /// `imagenet` (the 1000 ILSVRC-2012 classes, 0-based) or `index` (class ids only).
+    class_names: &'static str,
+    source: Source,
+}
+
+#[derive(Serialize)]
+struct Preprocessing {
+    resolution: usize,
+    /// Eval: center crop of s/(s+32)·min(h, w), bicubic resize to s.
+    eval_crop: &'static str,
+    /// `b0`: (x − mean)/std with ImageNet mean/std ×255; `lite`: (x − 127)/128.
+    normalization: &'static str,
+}
+
+#[derive(Serialize)]
+struct Source {
+    format: String,
+    naming: String,
+    tensors: usize,
+}
+
+impl StageKind for Convert {
+    fn name(&self) -> &'static str {
+        "convert"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn doc(&self) -> &'static str {
+        "Reads a float checkpoint (TensorFlow V2 bundle with the official EfficientNet names, \
+         preferring ExponentialMovingAverage shadows; PyTorch efficientnet_pytorch-style state \
+         dict; or our safetensors), maps names and layouts to our model, checks every tensor \
+         (missing, unexpected and mis-shaped ones are listed), and writes model.safetensors \
+         and model.json (config, preprocessing, class names)."
+    }
+
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+
+    fn inputs(&self) -> InputsSpec {
+        InputsSpec::Named(INPUTS)
+    }
+
+    fn outputs(&self, _: &Params) -> Vec<String> {
+        vec![WEIGHTS.into(), MODEL_JSON.into()]
+    }
+
+    fn run(&self, ctx: &mut StageContext) -> Result<()> {
+        let path = ctx.input("checkpoint")?.to_path_buf();
+        let preset = ctx.params.str("model").unwrap_or_default().to_string();
+        let config = EfficientNetConfig::preset(&preset)
+            .ok_or_else(|| anyhow!("unknown model preset `{preset}`"))?;
+        let format = match ctx.params.str("format").unwrap_or("auto") {
+            "tf" => Format::TfBundle,
+            "pytorch" => Format::PyTorch,
+            "safetensors" => Format::Safetensors,
+            _ => ckpt::detect_format(&path)?,
+        };
+        let naming = match (ctx.params.str("naming").unwrap_or("auto"), format) {
+            ("tensorflow", _) | ("auto", Format::TfBundle) => {
+                let scope = ctx.params.str("tf_scope").unwrap_or_default();
+                Naming::TensorFlow {
+                    scope: if scope.is_empty() {
+                        preset.clone()
+                    } else {
+                        scope.to_string()
+                    },
+                }
+            }
+            ("pytorch", _) | ("auto", Format::PyTorch) => Naming::PyTorch,
+            _ => Naming::Ours,
+        };
+        ctx.progress(0, Some(3), format!("reading {format} checkpoint"));
+        let source =
+            ckpt::read(&path, format).with_context(|| format!("cannot read {}", path.display()))?;
+        ctx.progress(1, Some(3), "mapping names");
+        // A model of the preset's architecture gives every parameter's path and shape.
+        let model = EfficientNet::new(&config, &Device::flex());
+        let canon = import::canonicalize(&source, &model, &naming).map_err(|m| anyhow!("{m}"))?;
+        ctx.progress(2, Some(3), "writing");
+        let metadata = [("model".to_string(), preset.clone())]
+            .into_iter()
+            .collect();
+        ckpt::safetensors::write(&ctx.output_path(WEIGHTS), &canon, &metadata)?;
+        let json = ModelJson {
+            config: &config,
+            preprocessing: Preprocessing {
+                resolution: config.resolution,
+                eval_crop: "center s/(s+32)·min(h,w), bicubic",
+                normalization: match config.activation {
+                    Activation::Swish => "b0",
+                    Activation::Relu6 => "lite",
+                },
+            },
+            class_names: if config.num_classes == 1000 {
+                "imagenet"
+            } else {
+                "index"
+            },
+            source: Source {
+                format: format.to_string(),
+                naming: format!("{naming:?}"),
+                tensors: source.len(),
+            },
+        };
+        crate::store::atomic::write_json(&ctx.output_path(MODEL_JSON), &json)?;
+        let params: usize = canon.values().map(|t| t.numel()).sum();
+        ctx.set_metric("tensors", canon.len());
+        ctx.set_metric("floats", params);
+        ctx.progress(3, Some(3), "done");
+        Ok(())
+    }
+}
