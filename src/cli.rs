@@ -661,12 +661,7 @@ fn stage_job(plan: &Plan, stage: &str) -> Result<usize> {
 }
 
 fn explain(a: StageArgs, store_flag: Option<&Path>) -> Result<i32> {
-    let m = load(&a.manifest)?;
-    let store = open_store(&m, store_flag)?;
-    let plan = Plan::build(&[(vec![], m)], std::slice::from_ref(&a.stage)).map_err(usage)?;
-    let job = stage_job(&plan, &a.stage)?;
-    let resolver = Resolver::new(&store);
-    let res = plan::resolve_all(&plan, &resolver, &|_| false);
+    let (store, plan, job, res) = resolve_stage(load(&a.manifest)?, &a.stage, store_flag)?;
     let j = &plan.jobs[job];
     println!(
         "stage `{}` (kind `{}` v{})",
@@ -674,9 +669,7 @@ fn explain(a: StageArgs, store_flag: Option<&Path>) -> Result<i32> {
         j.stage.kind.name(),
         j.stage.kind.version()
     );
-    let prev = store
-        .get_ref(&j.pipeline, &j.stage.name)
-        .and_then(|k| store.record(&k).or_else(|| store.failed(&k)));
+    let prev = store.last_run(&j.pipeline, &j.stage.name);
     match &res[job] {
         Resolution::Cached(rec) => {
             println!(
@@ -734,18 +727,12 @@ fn explain(a: StageArgs, store_flag: Option<&Path>) -> Result<i32> {
 }
 
 fn show(a: ShowArgs, store_flag: Option<&Path>) -> Result<i32> {
-    let m = load(&a.stage.manifest)?;
-    let store = open_store(&m, store_flag)?;
-    let plan = Plan::build(&[(vec![], m)], std::slice::from_ref(&a.stage.stage)).map_err(usage)?;
-    let job = stage_job(&plan, &a.stage.stage)?;
-    let res = plan::resolve_all(&plan, &Resolver::new(&store), &|_| false);
+    let (store, plan, job, res) =
+        resolve_stage(load(&a.stage.manifest)?, &a.stage.stage, store_flag)?;
     let j = &plan.jobs[job];
     let (rec, current) = match &res[job] {
         Resolution::Cached(r) => ((**r).clone(), true),
-        _ => match store
-            .get_ref(&j.pipeline, &j.stage.name)
-            .and_then(|k| store.record(&k).or_else(|| store.failed(&k)))
-        {
+        _ => match store.last_run(&j.pipeline, &j.stage.name) {
             Some(r) => (r, false),
             None => bail!(
                 "stage `{}` has never run in {}",
@@ -808,6 +795,20 @@ fn show(a: ShowArgs, store_flag: Option<&Path>) -> Result<i32> {
     Ok(0)
 }
 
+/// Plans `stage` (and its upstream) of `m` without running anything: the store, the plan,
+/// the stage's job index and every job's resolution.
+fn resolve_stage(
+    m: Manifest,
+    stage: &str,
+    store_flag: Option<&Path>,
+) -> Result<(Store, Plan, usize, Vec<Resolution>)> {
+    let store = open_store(&m, store_flag)?;
+    let plan = Plan::build(&[(vec![], m)], &[stage.to_string()]).map_err(usage)?;
+    let job = stage_job(&plan, stage)?;
+    let res = plan::resolve_all(&plan, &Resolver::new(&store), &|_| false);
+    Ok((store, plan, job, res))
+}
+
 /// The record of `stage`'s current, finished run (and the store holding it).
 pub fn finished_record(
     manifest_path: &Path,
@@ -815,10 +816,8 @@ pub fn finished_record(
     store_flag: Option<&Path>,
 ) -> Result<(store::Record, Store)> {
     let m = manifest::load(manifest_path, &[]).map_err(|e| usage(e.to_string()))?;
-    let store = open_store(&m, store_flag)?;
-    let plan = Plan::build(&[(vec![], m)], &[stage.to_string()]).map_err(usage)?;
-    let job = stage_job(&plan, stage)?;
-    match plan::resolve_all(&plan, &Resolver::new(&store), &|_| false).swap_remove(job) {
+    let (store, _, job, mut res) = resolve_stage(m, stage, store_flag)?;
+    match res.swap_remove(job) {
         Resolution::Cached(r) => Ok((*r, store)),
         _ => bail!(
             "stage `{stage}` has no finished result for the manifest as it is now; run `runner run {} {stage}` first",

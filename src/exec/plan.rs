@@ -281,11 +281,7 @@ impl<'s> Resolver<'s> {
 
     /// Explains a cache miss by comparing with the last run of the same stage name.
     fn why_new(&self, j: &Job, inputs: &BTreeMap<String, InputRecord>) -> String {
-        let Some(prev) = self
-            .store
-            .get_ref(&j.pipeline, &j.stage.name)
-            .and_then(|k| self.store.record(&k).or_else(|| self.store.failed(&k)))
-        else {
+        let Some(prev) = self.store.last_run(&j.pipeline, &j.stage.name) else {
             return "new: never run".into();
         };
         let changes = diff(&prev, j, inputs);

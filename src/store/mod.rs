@@ -204,6 +204,12 @@ impl Store {
         read_json::<RefEntry>(&self.ref_path(pipeline, stage)).map(|r| r.key)
     }
 
+    /// The record (successful or not) of the run `stage` of `pipeline` last resolved to.
+    pub fn last_run(&self, pipeline: &str, stage: &str) -> Option<Record> {
+        let key = self.get_ref(pipeline, stage)?;
+        self.record(&key).or_else(|| self.failed(&key))
+    }
+
     pub fn set_ref(&self, pipeline: &str, stage: &str, key: &str) -> Result<()> {
         if self.get_ref(pipeline, stage).as_deref() == Some(key) {
             return Ok(());
