@@ -1,20 +1,27 @@
-//! Float EfficientNet-B0 forward at 224×224, batch 1 and 16, on the CPU backend (flex):
-//! latency and throughput. Compare with `benches/torch_b0_forward.py` (PyTorch eager, same
+//! Float EfficientNet-B0 forward at 224×224, batch 1 and 16, on every backend this build
+//! has (flex; wgpu with `--features wgpu`): latency and throughput. Compare with `benches/torch_b0_forward.py` (PyTorch eager, same
 //! architecture, same threads) run right after; see benches/README.md.
 //!
-//!     RAYON_NUM_THREADS=2 cargo bench --bench model_forward
+//!     RAYON_NUM_THREADS=2 cargo bench --bench model_forward [--features wgpu]
 
+use adjq::backend::Backend;
 use adjq::model::{EfficientNet, EfficientNetConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use std::time::Instant;
 
 fn main() {
-    let device = Device::flex();
+    println!("| backend | batch | ms / forward | images/s |\n|---|---|---|---|");
+    for backend in Backend::available() {
+        bench(backend);
+    }
+}
+
+fn bench(backend: Backend) {
+    let device = backend.device().expect("backend device");
     device.seed(0);
     let cfg = EfficientNetConfig::preset("efficientnet-b0").expect("preset");
     let model = EfficientNet::new(&cfg, &device).valid();
-    println!("| backend | batch | ms / forward | images/s |\n|---|---|---|---|");
     for (batch, iters) in [(1usize, 20usize), (16, 5)] {
         let x = Tensor::<4>::random(
             [batch, 3, 224, 224],
@@ -31,7 +38,7 @@ fn main() {
         }
         let ms = t0.elapsed().as_secs_f64() * 1000.0 / iters as f64;
         println!(
-            "| burn flex | {batch} | {ms:.1} | {:.1} |",
+            "| burn {backend} | {batch} | {ms:.1} | {:.1} |",
             batch as f64 * 1000.0 / ms
         );
     }

@@ -33,6 +33,10 @@ struct Cli {
     /// No progress bars or per-stage lines (the summary is still printed).
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Tensor backend for model work: flex (CPU, default) or wgpu (GPU; needs a binary
+    /// built with `--features wgpu`).
+    #[arg(long, global = true, value_enum, default_value_t, env = "ADJQ_BACKEND")]
+    backend: crate::backend::Backend,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,6 +68,9 @@ enum Command {
     },
     /// Classify images with a converted model (or a raw checkpoint and --preset): top-k classes.
     Predict(PredictArgs),
+    /// Count a model's MicroNet score (official rules) and the paper's training metric,
+    /// per layer, at given bit-widths or from a quant_info.json.
+    Score(ScoreArgs),
     /// Print the content hash of files or directories, as cache keys see them.
     Hash {
         /// Files or directories.
@@ -183,6 +190,45 @@ struct PredictArgs {
 }
 
 #[derive(Args)]
+struct ScoreArgs {
+    /// Architecture preset (efficientnet-b0, efficientnet-lite0, efficientnet-small,
+    /// efficientnet-tiny); default: the quant_info's model, else efficientnet-b0.
+    #[arg(long, value_name = "PRESET")]
+    model: Option<String>,
+    /// Input resolution; default: the quant_info's, else the preset's.
+    #[arg(long, value_name = "PIXELS")]
+    resolution: Option<usize>,
+    /// Per-channel bits written by an adjq/eval stage (layers it omits count as fp32).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["weight_bits", "act_bits"])]
+    quant_info: Option<PathBuf>,
+    /// Every weight at N bits (default 32).
+    #[arg(long, value_name = "N")]
+    weight_bits: Option<u32>,
+    /// Every activation (and activation-function input) at N bits (default 32).
+    #[arg(long, value_name = "N")]
+    act_bits: Option<u32>,
+    /// Bias bits (default 32, or the quant_info's).
+    #[arg(long, value_name = "N")]
+    bias_bits: Option<u32>,
+    /// Never apply the 16-bit freebie (by default it applies when nothing is below 16 bits).
+    #[arg(long)]
+    no_freebie: bool,
+    /// Count skip adds at the expanded width, as the challenge notebook's driver did
+    /// (+1,050,560 additions for B0 at 224); for comparing with its published number.
+    #[arg(long)]
+    notebook_skip_slip: bool,
+    /// Parameter baseline of both scores.
+    #[arg(long, default_value_t = 6.9e6, value_name = "N")]
+    params_baseline: f64,
+    /// Operation baseline of both scores.
+    #[arg(long, default_value_t = 1170e6, value_name = "N")]
+    ops_baseline: f64,
+    /// Print the full report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct GcArgs {
     /// Manifests whose current results must be kept (their [sweep] variants too).
     manifests: Vec<PathBuf>,
@@ -265,6 +311,7 @@ fn init_logging(verbose: u8, child: bool) {
 fn dispatch(cli: Cli) -> Result<i32> {
     let progress = !cli.quiet && std::io::stderr().is_terminal();
     let store_flag = cli.store.clone();
+    let backend = cli.backend;
     match cli.command {
         Command::Run(a) => run(a, store_flag.as_deref(), progress),
         Command::Sweep(a) => run_sweep(a, store_flag.as_deref(), progress),
@@ -324,7 +371,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Kinds { kind } => kinds(kind.as_deref()),
         Command::Predict(a) => {
-            let device = burn::prelude::Device::flex();
+            let device = backend.device()?;
             let source =
                 crate::predict::source(&a.model, a.preset.as_deref(), store_flag.as_deref())?;
             let classifier = crate::predict::Classifier::load(&source, &device)?;
@@ -332,6 +379,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             print!("{}", crate::predict::render(&a.images, &results));
             Ok(0)
         }
+        Command::Score(a) => score(a),
         Command::Hash { paths } => {
             let cache = store::hash::StatCache::none();
             for p in paths {
@@ -985,4 +1033,73 @@ fn new_table(header: Vec<&str>) -> Table {
     t.load_style(UTF8_BORDERS_ONLY);
     t.set_header(header);
     t
+}
+
+fn score(a: ScoreArgs) -> Result<i32> {
+    use crate::score::{counter, metric};
+    // The quant_info names the model and resolution it was written for.
+    let (info_model, info_res) = match &a.quant_info {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not JSON", p.display()))?;
+            (
+                v["model"].as_str().map(String::from),
+                v["resolution"].as_u64().map(|r| r as usize),
+            )
+        }
+        None => (None, None),
+    };
+    let name = a
+        .model
+        .or(info_model)
+        .unwrap_or_else(|| "efficientnet-b0".to_string());
+    let Some(config) = crate::model::EfficientNetConfig::preset(&name) else {
+        bail!(
+            "unknown model `{name}`; presets: {}",
+            crate::model::config::PRESETS.join(", ")
+        );
+    };
+    let resolution = a.resolution.or(info_res).unwrap_or(config.resolution);
+    let mut q = match &a.quant_info {
+        Some(p) => counter::Quantization::float().read_quant_info(p)?,
+        None => {
+            counter::Quantization::uniform(a.weight_bits.unwrap_or(32), a.act_bits.unwrap_or(32))
+        }
+    };
+    if let Some(b) = a.bias_bits {
+        q.bias_bits = b;
+    }
+    let options = counter::Options {
+        freebie: !a.no_freebie,
+        notebook_skip_slip: a.notebook_skip_slip,
+        params_baseline: a.params_baseline,
+        ops_baseline: a.ops_baseline,
+    };
+    let report = counter::count(&config, resolution, &q, &options)?;
+    let mcfg = metric::MetricConfig {
+        params_baseline: a.params_baseline,
+        ops_baseline: a.ops_baseline,
+        ..Default::default()
+    };
+    let paper = metric::paper_metric(&config, resolution, &q, &mcfg);
+    if a.json {
+        let v = serde_json::json!({
+            "model": name,
+            "resolution": resolution,
+            "official": report,
+            "paper_metric": paper,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{name} at {resolution}×{resolution}");
+        print!("{}", counter::render_table(&report));
+        println!(
+            "paper metric (the original's training metric: additions at low precision, no \
+             pooling/SE-scale/skip ops): {:.5}  (params {:.0}, ops {:.0})",
+            paper.metric, paper.params, paper.ops
+        );
+    }
+    Ok(0)
 }

@@ -4,8 +4,11 @@
 //! `store` (content-addressed artifacts and records), `exec` (planning, scheduling,
 //! child-process stage execution, resume), `stages` (stage kinds), `sweep` (grids),
 //! `data` (datasets, decoding, preprocessing and batch loading), `ckpt` (TensorFlow,
-//! PyTorch and safetensors checkpoints into one tensor map).
+//! PyTorch and safetensors checkpoints into one tensor map), `model` (EfficientNet),
+//! `quant` (fake quant, the adjustable quantizer, the quantized network), `score` (the
+//! differentiable metric and the official MicroNet counter), `backend` (CPU/GPU choice).
 
+pub mod backend;
 pub mod ckpt;
 pub mod cli;
 pub mod data;
@@ -14,6 +17,8 @@ pub mod graph;
 pub mod manifest;
 pub mod model;
 pub mod predict;
+pub mod quant;
+pub mod score;
 pub mod stages;
 pub mod store;
 pub mod sweep;

@@ -7,4 +7,5 @@ pub mod layers;
 pub mod names;
 
 pub use config::{Activation, EfficientNetConfig};
-pub use efficientnet::EfficientNet;
+pub use efficientnet::{EfficientNet, MbConv};
+pub use layers::ConvBn;

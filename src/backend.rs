@@ -1,0 +1,66 @@
+//! Which burn backend runs the tensors: chosen per run (`--backend`), compiled in by
+//! cargo features.
+//!
+//! `flex` (pure-Rust CPU, the fastest CPU backend that builds offline) is always there
+//! and is the default. `wgpu` (GPU through Vulkan/Metal/DX12) needs `--features wgpu`.
+//! burn 0.22's `cuda` backend is not offered: its build script downloads an LLVM bundle,
+//! so it cannot be built on machines without internet (see README, "Backends").
+
+use anyhow::{Result, bail};
+use burn::prelude::Device;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// burn's pure-Rust CPU backend (always built).
+    #[default]
+    Flex,
+    /// GPU through wgpu (Vulkan on Linux); needs a binary built with `--features wgpu`.
+    Wgpu,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Flex => "flex",
+            Backend::Wgpu => "wgpu",
+        }
+    }
+
+    /// The backends this binary was built with.
+    pub fn available() -> Vec<Backend> {
+        let mut v = vec![Backend::Flex];
+        if cfg!(feature = "wgpu") {
+            v.push(Backend::Wgpu);
+        }
+        v
+    }
+
+    /// The (non-autodiff) device of this backend, or an error saying how to get it.
+    pub fn device(self) -> Result<Device> {
+        match self {
+            Backend::Flex => Ok(Device::flex()),
+            Backend::Wgpu => wgpu_device(),
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_device() -> Result<Device> {
+    Ok(Device::wgpu(burn::prelude::DeviceKind::DefaultDevice))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_device() -> Result<Device> {
+    bail!(
+        "this runner was built without the wgpu backend; rebuild with \
+         `cargo build --release --features wgpu` (or use --backend flex)"
+    )
+}

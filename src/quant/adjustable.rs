@@ -1,0 +1,196 @@
+//! The adjustable quantizer of Adjustable Quantization (DESIGN §3): per-channel learned
+//! range (width scale a, shift s) and, optionally, learned bit-width (bit scale k).
+//!
+//! For channel c with initial range [m, m + w]:
+//! lo = m + w·clip(s), W = w·clip(a), b = clip(round(k·b0), 2, 8) (or b0 when fixed),
+//! L = 2^b − 1, S = L / (W + 1e-7), z = round(lo·S),
+//! q = clip(round(x·S) − z, 0, L) + z, x̂ = q / S.
+//! Every round passes its gradient straight through; every clip passes it to its input
+//! only inside the bounds (inclusive) and never to the bounds. So a, s and k learn
+//! through S and z (and k also through the metric).
+
+use super::ste::{clip, clip_scalar, round};
+use burn::module::Param;
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Bounds on the trainable range parameters; `None` leaves that side unbounded.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RangeLimits {
+    pub scale: Option<(f32, f32)>,
+    pub shift: Option<(f32, f32)>,
+}
+
+/// The original's range presets, from tight to unbounded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RangePreset {
+    /// a ∈ [0.5, 1.3], s ∈ [−0.2, 0.4].
+    Narrow,
+    /// a ∈ [0, 2], s ∈ [−0.6, 1.2] (the original's default).
+    #[default]
+    Default,
+    /// No bounds.
+    Unbounded,
+}
+
+impl RangePreset {
+    pub const NAMES: &[&str] = &["narrow", "default", "unbounded"];
+
+    pub fn parse(name: &str) -> Option<RangePreset> {
+        Some(match name {
+            "narrow" => RangePreset::Narrow,
+            "default" => RangePreset::Default,
+            "unbounded" => RangePreset::Unbounded,
+            _ => return None,
+        })
+    }
+
+    pub fn limits(self) -> RangeLimits {
+        match self {
+            RangePreset::Narrow => RangeLimits {
+                scale: Some((0.5, 1.3)),
+                shift: Some((-0.2, 0.4)),
+            },
+            RangePreset::Default => RangeLimits {
+                scale: Some((0.0, 2.0)),
+                shift: Some((-0.6, 1.2)),
+            },
+            RangePreset::Unbounded => RangeLimits {
+                scale: None,
+                shift: None,
+            },
+        }
+    }
+}
+
+/// Smallest and largest learned bit-width.
+pub const MIN_BITS: f32 = 2.0;
+pub const MAX_BITS: f32 = 8.0;
+
+/// One quantization point: `channels` ranges (1 = per tensor).
+#[derive(Module, Debug)]
+pub struct AdjQuant {
+    /// a_c, width scale (init 1).
+    pub scale: Param<Tensor<1>>,
+    /// s_c, shift in units of the initial width (init 0).
+    pub shift: Param<Tensor<1>>,
+    /// k_c, bit scale (init 1); present only when precision is trainable.
+    pub bit_scale: Option<Param<Tensor<1>>>,
+    /// m_c and w_c, the initial range (constants); `None` for a range recomputed from the
+    /// tensor itself at every step (biases).
+    pub init_min: Option<Param<Tensor<1>>>,
+    pub init_width: Option<Param<Tensor<1>>>,
+    /// b0, the base bit-width.
+    #[module(skip)]
+    pub base_bits: f32,
+    #[module(skip)]
+    pub limits: RangeLimits,
+}
+
+/// How to build a quantization point.
+#[derive(Clone, Copy, Debug)]
+pub struct QuantSpec {
+    pub bits: f32,
+    pub trainable_bits: bool,
+    pub limits: RangeLimits,
+}
+
+fn constant(values: &[f32], device: &Device) -> Param<Tensor<1>> {
+    Param::from_tensor(Tensor::from_floats(values, device)).set_require_grad(false)
+}
+
+impl AdjQuant {
+    /// A point with a fixed initial range per channel (`min.len()` channels).
+    pub fn new(spec: QuantSpec, min: &[f32], max: &[f32], device: &Device) -> Self {
+        let width: Vec<f32> = min.iter().zip(max).map(|(lo, hi)| hi - lo).collect();
+        let mut q = Self::dynamic(spec, min.len(), device);
+        q.init_min = Some(constant(min, device));
+        q.init_width = Some(constant(&width, device));
+        q
+    }
+
+    /// A point whose initial range is the tensor's own min/max at each call (per tensor).
+    pub fn dynamic(spec: QuantSpec, channels: usize, device: &Device) -> Self {
+        let ones = || Param::from_tensor(Tensor::ones([channels], device));
+        AdjQuant {
+            scale: ones(),
+            shift: Param::from_tensor(Tensor::zeros([channels], device)),
+            bit_scale: spec.trainable_bits.then(ones),
+            init_min: None,
+            init_width: None,
+            base_bits: spec.bits,
+            limits: spec.limits,
+        }
+    }
+
+    pub fn channels(&self) -> usize {
+        self.scale.dims()[0]
+    }
+
+    /// Current bit-width per channel, `[C]`: b0, or clip(round(k·b0), 2, 8) (tracked).
+    pub fn bits(&self) -> Tensor<1> {
+        match &self.bit_scale {
+            Some(k) => clip_scalar(
+                round(k.val().mul_scalar(self.base_bits)),
+                MIN_BITS,
+                MAX_BITS,
+            ),
+            None => Tensor::full([self.channels()], self.base_bits, &self.scale.device()),
+        }
+    }
+
+    /// Quantizes `x` along `axis` (the channel axis; any axis when per tensor).
+    pub fn forward<const D: usize>(&self, x: Tensor<D>, axis: usize) -> Tensor<D> {
+        let c = self.channels();
+        let (min, width) = match (&self.init_min, &self.init_width) {
+            (Some(m), Some(w)) => (m.val(), w.val()),
+            _ => {
+                // Per-tensor range of the current values, not trained through.
+                let flat = x.clone().detach().flatten::<1>(0, D - 1);
+                let lo = flat.clone().min();
+                let hi = flat.max();
+                (lo.clone(), hi - lo)
+            }
+        };
+        let a = limit(self.scale.val(), self.limits.scale);
+        let s = limit(self.shift.val(), self.limits.shift);
+        let lo = min + width.clone() * s;
+        let w = width * a;
+        let bits = self.bits();
+        // 2^b − 1, exact in value (b is integral), differentiable in b.
+        let smooth = bits
+            .mul_scalar(std::f32::consts::LN_2)
+            .exp()
+            .sub_scalar(1.0);
+        let levels = smooth.clone() + (smooth.clone().detach().round() - smooth.detach()).detach();
+        let step_inv = levels.clone() / w.add_scalar(1e-7);
+        let zero = round(lo * step_inv.clone());
+        let inv = step_inv.clone().recip();
+
+        let shape = broadcast_shape::<D>(c, axis);
+        let sb = step_inv.reshape(shape);
+        let zb = zero.reshape(shape);
+        let lb = levels.detach().reshape(shape);
+        let ib = inv.reshape(shape);
+        let u = round(x * sb) - zb.clone();
+        let zeros = Tensor::zeros(shape, &lb.device());
+        (clip(u, zeros, lb) + zb) * ib
+    }
+}
+
+fn limit(t: Tensor<1>, bounds: Option<(f32, f32)>) -> Tensor<1> {
+    match bounds {
+        Some((lo, hi)) => clip_scalar(t, lo, hi),
+        None => t,
+    }
+}
+
+/// `[1, .., C, .., 1]` with C at `axis` (all ones when C = 1, i.e. per tensor).
+pub fn broadcast_shape<const D: usize>(channels: usize, axis: usize) -> [usize; D] {
+    let mut shape = [1usize; D];
+    if channels > 1 {
+        shape[axis] = channels;
+    }
+    shape
+}

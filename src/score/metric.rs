@@ -1,0 +1,176 @@
+//! The differentiable stand-in for the MicroNet score that `adjq` trains against
+//! (DESIGN §3, as the original computes it):
+//!
+//! params = Σ_l P_l·mean_c(b^w_l,c)/32 + (bias count)·bias_bits/32
+//! ops    = 2·Σ_l F_l·smax(b^w_l, b^a_l)/32 + 3·(swish elements)·swish_bits/32
+//! metric = params/P0 + ops/O0
+//!
+//! P_l is layer l's weight count, F_l its multiply-accumulates, b^a_l the bits of its
+//! input activation (the stem's input: 8). smax over all (output, input) channel pairs —
+//! only matching channels for a depthwise conv — has the forward value
+//! mean max(b^w_i, b^a_j) and the gradient of mean((1−γ)·b^w_i + γ·b^a_j).
+//! Additions count at the low precision and pooling, SE scale and skip adds are not
+//! counted: that is the paper's metric, not the official score (see `counter`).
+
+use crate::quant::QEfficientNet;
+use crate::quant::qnet::QLayer;
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Bits of the network input.
+pub const INPUT_BITS: f32 = 8.0;
+
+/// Baselines and the straight-through split of the max.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricConfig {
+    /// P0: parameter baseline (MobileNetV2-1.4: 6.9e6).
+    pub params_baseline: f64,
+    /// O0: operation baseline (1170e6).
+    pub ops_baseline: f64,
+    /// γ: share of the max's gradient given to the activation bits.
+    pub gamma: f32,
+}
+
+impl Default for MetricConfig {
+    fn default() -> Self {
+        MetricConfig {
+            params_baseline: 6.9e6,
+            ops_baseline: 1170e6,
+            gamma: 0.7,
+        }
+    }
+}
+
+/// The metric and its parts, as tracked scalars (shape `[1]`).
+pub struct Metric {
+    pub metric: Tensor<1>,
+    pub params: Tensor<1>,
+    pub ops: Tensor<1>,
+}
+
+/// Straight-through max of every (weight channel, input channel) pair's bits: forward
+/// mean max, gradient split (1−γ, γ). `bw` is `[Cout]`, `ba` `[Cin]`.
+pub fn smax(bw: Tensor<1>, ba: Tensor<1>, depthwise: bool, gamma: f32) -> Tensor<1> {
+    let (co, ci) = (bw.dims()[0], ba.dims()[0]);
+    let value = if depthwise {
+        bw.clone().detach().max_pair(ba.clone().detach()).mean()
+    } else {
+        let w = bw.clone().detach().reshape([co, 1]).expand([co, ci]);
+        let a = ba.clone().detach().reshape([1, ci]).expand([co, ci]);
+        w.max_pair(a).mean().reshape([1])
+    };
+    let surrogate = bw.mean().mul_scalar(1.0 - gamma) + ba.mean().mul_scalar(gamma);
+    surrogate.clone() + (value - surrogate.detach())
+}
+
+/// Swish input elements of one image.
+pub fn swish_elements(layers: &[QLayer], swish: bool) -> usize {
+    if !swish {
+        return 0;
+    }
+    layers
+        .iter()
+        .filter(|l| l.swish)
+        .map(|l| l.cout * l.out_size * l.out_size)
+        .sum()
+}
+
+/// The metric of a quantized network at its current bits (differentiable in the bit scales).
+pub fn metric(model: &QEfficientNet, cfg: &MetricConfig) -> Metric {
+    let device = model.stem.weight.device();
+    let convs = model.convs();
+    let mut params = Tensor::<1>::zeros([1], &device);
+    let mut ops = Tensor::<1>::zeros([1], &device);
+    let mut biases = 0usize;
+    for c in &convs {
+        let l = &c.layer;
+        let bw = c.weight_q.bits();
+        // Bits entering the layer: its input quantizer's, or the network input's.
+        let ba = match &c.input_q {
+            Some(q) => q.bits(),
+            None => Tensor::full([l.cin], INPUT_BITS, &device),
+        };
+        params = params + bw.clone().mean().mul_scalar(l.weight_count() as f32 / 32.0);
+        let m = smax(bw, ba, l.depthwise(), cfg.gamma);
+        ops = ops + m.mul_scalar(2.0 * l.macs() as f32 / 32.0);
+        biases += l.cout;
+    }
+    let q = &model.qconfig;
+    let swish = model.config.activation == crate::model::Activation::Swish;
+    let layers: Vec<QLayer> = convs.iter().map(|c| c.layer.clone()).collect();
+    params = params.add_scalar(biases as f32 * q.bias_bits / 32.0);
+    ops = ops.add_scalar(3.0 * swish_elements(&layers, swish) as f32 * q.swish_bits / 32.0);
+    let metric = params.clone().div_scalar(cfg.params_baseline as f32)
+        + ops.clone().div_scalar(cfg.ops_baseline as f32);
+    Metric {
+        metric,
+        params,
+        ops,
+    }
+}
+
+/// The paper metric computed from bit-widths alone (no tensors), in f64: what `runner
+/// score` and the reports print beside the official score. Equal to [`metric`] for the
+/// same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct PaperMetric {
+    pub params: f64,
+    pub ops: f64,
+    pub metric: f64,
+}
+
+pub fn paper_metric(
+    config: &crate::model::EfficientNetConfig,
+    resolution: usize,
+    q: &super::counter::Quantization,
+    cfg: &MetricConfig,
+) -> PaperMetric {
+    use super::counter::{ActFn, OpKind, network_ops};
+    let (mut params, mut ops, mut biases, mut swish) = (0.0, 0.0, 0.0, 0.0);
+    for op in network_ops(config, resolution, false) {
+        if op.activation == Some(ActFn::Swish) {
+            swish += (op.out_channels * op.output_size * op.output_size) as f64;
+        }
+        if !op.kind.has_weights() {
+            continue;
+        }
+        let layer = q.layers.get(&op.name);
+        let uniform = |n: usize, b: u32| vec![b as f64; n];
+        let bw: Vec<f64> = match layer.and_then(|l| l.weight_bits.as_ref()) {
+            Some(v) => v.iter().map(|&b| b as f64).collect(),
+            None => uniform(op.out_channels, q.weight_bits),
+        };
+        let default_act = if op.name == "stem" {
+            q.input_bits
+        } else {
+            q.act_bits
+        };
+        let ba: Vec<f64> = match layer.and_then(|l| l.act_bits.as_ref()) {
+            Some(v) => v.iter().map(|&b| b as f64).collect(),
+            None => uniform(op.in_channels, default_act),
+        };
+        let depthwise = op.kind == OpKind::Depthwise;
+        let per_out = if depthwise { 1 } else { op.in_channels } * op.kernel * op.kernel;
+        let weights = (op.out_channels * per_out) as f64;
+        let macs = weights * (op.output_size * op.output_size) as f64;
+        let mean_max = if depthwise {
+            bw.iter().zip(&ba).map(|(w, a)| w.max(*a)).sum::<f64>() / bw.len() as f64
+        } else {
+            let total: f64 = bw
+                .iter()
+                .map(|w| ba.iter().map(|a| w.max(*a)).sum::<f64>())
+                .sum();
+            total / (bw.len() * ba.len()) as f64
+        };
+        params += weights * bw.iter().sum::<f64>() / bw.len() as f64 / 32.0;
+        ops += 2.0 * macs * mean_max / 32.0;
+        biases += op.out_channels as f64;
+    }
+    params += biases * q.bias_bits as f64 / 32.0;
+    ops += 3.0 * swish * q.act_fn_bits as f64 / 32.0;
+    PaperMetric {
+        params,
+        ops,
+        metric: params / cfg.params_baseline + ops / cfg.ops_baseline,
+    }
+}

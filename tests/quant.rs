@@ -1,0 +1,649 @@
+//! Quantization core: TF fake quant against TensorFlow's own outputs, the adjustable
+//! quantizer against hand-worked values and finite differences, the quantized network
+//! against the float one, and the training metric against its closed form.
+//! All on the CPU backend (flex), deterministic.
+
+use adjq::model::{EfficientNet, EfficientNetConfig};
+use adjq::quant::adjustable::{AdjQuant, QuantSpec, RangeLimits, RangePreset};
+use adjq::quant::fake_quant::{Kernel, fake_quant, nudge};
+use adjq::quant::qnet::Observe;
+use adjq::quant::{QConfig, QEfficientNet, host_f32};
+use adjq::score::metric::{MetricConfig, metric, smax};
+use burn::prelude::*;
+use burn::tensor::{Distribution, Gradients};
+use serde_json::Value;
+
+fn dev() -> Device {
+    Device::flex().autodiff()
+}
+
+fn f32s(v: &Value) -> Vec<f32> {
+    match v {
+        Value::Array(a) => a.iter().map(|x| x.as_f64().unwrap() as f32).collect(),
+        x => vec![x.as_f64().unwrap() as f32],
+    }
+}
+
+fn grad_of<const D: usize>(t: &Tensor<D>, g: &Gradients) -> Vec<f32> {
+    host_f32(t.grad(g).expect("has a gradient"))
+}
+
+#[test]
+fn fake_quant_matches_tensorflow_bit_for_bit() {
+    let text = std::fs::read_to_string("tests/fixtures/tf/fake_quant_small.json").unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let cases = doc["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 10);
+    for (i, c) in cases.iter().enumerate() {
+        let d = dev();
+        let shape: Vec<usize> = c["input_shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        let x = f32s(&c["x"]);
+        let dy = f32s(&c["dy"]);
+        let (mins, maxs) = (f32s(&c["min"]), f32s(&c["max"]));
+        let bits = c["num_bits"].as_u64().unwrap() as u32;
+        let narrow = c["narrow_range"].as_bool().unwrap();
+        let kernel = if c["op"] == "vars" {
+            Kernel::Vars
+        } else {
+            Kernel::PerChannel
+        };
+        // Flatten to [elements / C, C]: per-channel ops quantize along the last axis.
+        let channels = mins.len();
+        let rows = x.len() / channels;
+        let xt = Tensor::<1>::from_floats(x.as_slice(), &d)
+            .reshape([rows, channels])
+            .require_grad();
+        let mint = Tensor::<1>::from_floats(mins.as_slice(), &d).require_grad();
+        let maxt = Tensor::<1>::from_floats(maxs.as_slice(), &d).require_grad();
+        let y = fake_quant(xt.clone(), mint.clone(), maxt.clone(), bits, narrow, kernel);
+        let yv = host_f32(y.clone());
+        let expected_bits: Vec<u32> = c["y_bits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| u32::from_str_radix(h.as_str().unwrap(), 16).unwrap())
+            .collect();
+        for (j, (a, e)) in yv.iter().zip(&expected_bits).enumerate() {
+            let e = f32::from_bits(*e);
+            // Bit-exact, except that ±0 compare equal.
+            assert!(
+                a.to_bits() == e.to_bits() || (*a == 0.0 && e == 0.0),
+                "case {i} ({:?}) element {j} (x = {}): got {a:e}, TensorFlow {e:e}",
+                shape,
+                x[j]
+            );
+        }
+        let dyt = Tensor::<1>::from_floats(dy.as_slice(), &d).reshape([rows, channels]);
+        let grads = (y * dyt).sum().backward();
+        let dx = host_f32(xt.grad(&grads).unwrap().reshape([x.len()]));
+        assert_eq!(dx, f32s(&c["dx"]), "case {i}: dx");
+        if c["op"] != "args" {
+            for (name, t, key) in [("dmin", &mint, "dmin"), ("dmax", &maxt, "dmax")] {
+                let got = t.grad(&grads).map(host_f32).unwrap_or(vec![0.0; channels]);
+                for (g, e) in got.iter().zip(f32s(&c[key])) {
+                    assert!(
+                        (g - e).abs() <= 1e-5 * e.abs().max(1.0),
+                        "case {i}: {name} {got:?} vs {e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn nudge_worked_example_from_the_fixture_readme() {
+    // [-1, 1] at 8 bits: zp_from_min is 127.49999 in f32, so the zero point is 127.
+    let n = nudge(-1.0, 1.0, 8, false);
+    assert!((n.min - -0.996_078_4).abs() < 1e-6, "{n:?}");
+    assert!((n.max - 1.003_921_6).abs() < 1e-6, "{n:?}");
+}
+
+fn spec(bits: f32, trainable: bool, limits: RangeLimits) -> QuantSpec {
+    QuantSpec {
+        bits,
+        trainable_bits: trainable,
+        limits,
+    }
+}
+
+#[test]
+fn adjustable_quantizer_hand_worked_values() {
+    let d = dev();
+    // One channel, range [0, 3], 2 bits: L = 3, S = 3/(3 + 1e-7) ≈ 1, z = 0.
+    // x = 1.4 → round(1.4) = 1 → 1.0; x = 2.6 → 3 → 3.0; x = -0.7 → clip(-1) = 0 → 0;
+    // x = 7 → clip(7, 0, 3) = 3 → 3.0.
+    let q = AdjQuant::new(
+        spec(2.0, false, RangePreset::Default.limits()),
+        &[0.0],
+        &[3.0],
+        &d,
+    );
+    let x = Tensor::<1>::from_floats([1.4, 2.6, -0.7, 7.0], &d).reshape([4, 1, 1, 1]);
+    let y = host_f32(q.forward(x, 0).reshape([4]));
+    for (a, e) in y.iter().zip([1.0, 3.0, 0.0, 3.0]) {
+        assert!((a - e).abs() < 1e-6, "{y:?}");
+    }
+    // Two channels (axis 1), range [-1, 1], 3 bits, shift 0.25 on channel 1:
+    // channel 0: L = 7, S = 3.5, lo = -1, z = round(-3.5) = -4 (half to even),
+    //   x = 0.3 → round(1.05) = 1 → clip(1 + 4, 0, 7) - 4 = 1 → 1/3.5 = 0.285714;
+    // channel 1: lo = -1 + 2·0.25 = -0.5, z = round(-1.75) = -2,
+    //   x = -0.9 → round(-3.15) = -3 → clip(-3 + 2, 0, 7) = 0 → (0 - 2)/3.5 = -0.571429.
+    let q = AdjQuant::new(
+        spec(3.0, false, RangePreset::Default.limits()),
+        &[-1.0, -1.0],
+        &[1.0, 1.0],
+        &d,
+    );
+    let q = AdjQuant {
+        shift: burn::module::Param::from_tensor(Tensor::from_floats([0.0, 0.25], &d)),
+        ..q
+    };
+    let x = Tensor::<1>::from_floats([0.3, -0.9], &d).reshape([1, 2, 1, 1]);
+    let y = host_f32(q.forward(x, 1).reshape([2]));
+    assert!((y[0] - 1.0 / 3.5).abs() < 1e-5, "{y:?}");
+    assert!((y[1] - -2.0 / 3.5).abs() < 1e-5, "{y:?}");
+}
+
+#[test]
+fn learned_bits_round_and_clip_to_2_8() {
+    let d = dev();
+    let q = AdjQuant::new(
+        spec(8.0, true, RangePreset::Default.limits()),
+        &[0.0; 4],
+        &[1.0; 4],
+        &d,
+    );
+    let q = AdjQuant {
+        bit_scale: Some(burn::module::Param::from_tensor(Tensor::from_floats(
+            [1.0, 0.55, 0.1, 1.5],
+            &d,
+        ))),
+        ..q
+    };
+    // k·8 = 8, 4.4, 0.8, 12 → round → 8, 4, 1, 12 → clip → 8, 4, 2, 8.
+    assert_eq!(host_f32(q.bits()), vec![8.0, 4.0, 2.0, 8.0]);
+}
+
+/// The adjustable quantizer in f64 with every round's residual and every clip's branch
+/// frozen at the point of evaluation: the smooth function whose gradient the
+/// straight-through estimator computes.
+struct Frozen {
+    min: f64,
+    width: f64,
+    base_bits: f64,
+    /// 2^b − 1 at the evaluation point: the clip's upper bound, a constant.
+    levels: f64,
+    rb: f64,
+    rz: f64,
+    rx: Vec<f64>,
+    branch: Vec<i8>, // -1 below, 0 inside, 1 above
+}
+
+fn smooth(x: &[f64], a: f64, s: f64, k: f64, f: &Frozen) -> Vec<f64> {
+    let (m, w, b0) = (f.min, f.width, f.base_bits);
+    let b = k * b0 + f.rb;
+    let l = 2f64.powf(b) - 1.0;
+    let lo = m + w * s;
+    let sc = l / (w * a + 1e-7);
+    let z = lo * sc + f.rz;
+    x.iter()
+        .enumerate()
+        .map(|(i, &xi)| {
+            let u = xi * sc + f.rx[i] - z;
+            let v = match f.branch[i] {
+                -1 => 0.0,
+                1 => f.levels,
+                _ => u,
+            };
+            (v + z) / sc
+        })
+        .collect()
+}
+
+#[test]
+fn adjustable_gradients_match_finite_differences_of_the_smooth_parts() {
+    let d = dev();
+    let (m, w, b0) = (-0.8f64, 2.0f64, 6.0f64);
+    let (a0, s0, k0) = (1.1f64, 0.05f64, 0.9f64);
+    let xs: Vec<f64> = (0..23)
+        .map(|i| -1.3 + 0.13 * i as f64 + 0.0071 * (i * i) as f64 / 7.0)
+        .collect();
+    let dys: Vec<f64> = (0..23).map(|i| ((i * 7 % 11) as f64 - 5.0) / 5.0).collect();
+
+    // burn, with autodiff.
+    let q = AdjQuant::new(
+        spec(b0 as f32, true, RangePreset::Unbounded.limits()),
+        &[m as f32],
+        &[(m + w) as f32],
+        &d,
+    );
+    let p = |v: f64| {
+        burn::module::Param::from_tensor(Tensor::<1>::from_floats([v as f32], &d).require_grad())
+    };
+    let q = AdjQuant {
+        scale: p(a0),
+        shift: p(s0),
+        bit_scale: Some(p(k0)),
+        ..q
+    };
+    let x32: Vec<f32> = xs.iter().map(|&v| v as f32).collect();
+    let xt = Tensor::<1>::from_floats(x32.as_slice(), &d).require_grad();
+    let dy32: Vec<f32> = dys.iter().map(|&v| v as f32).collect();
+    let y = q
+        .forward(xt.clone().reshape([23, 1, 1, 1]), 0)
+        .reshape([23]);
+    let yv = host_f32(y.clone());
+    let grads = (y * Tensor::<1>::from_floats(dy32.as_slice(), &d))
+        .sum()
+        .backward();
+    let ga = grad_of(&q.scale.val(), &grads)[0] as f64;
+    let gs = grad_of(&q.shift.val(), &grads)[0] as f64;
+    let gk = grad_of(&q.bit_scale.as_ref().unwrap().val(), &grads)[0] as f64;
+    let gx = grad_of(&xt, &grads);
+
+    // Freeze residuals and branches at the evaluation point (in f64).
+    let b = (k0 * b0).round();
+    let l = 2f64.powf(b) - 1.0;
+    let sc = l / (w * a0 + 1e-7);
+    let zr = ((m + w * s0) * sc).round();
+    let mut f = Frozen {
+        min: m,
+        width: w,
+        base_bits: b0,
+        levels: l,
+        rb: b - k0 * b0,
+        rz: zr - (m + w * s0) * sc,
+        rx: vec![],
+        branch: vec![],
+    };
+    for &xi in &xs {
+        let r = (xi * sc).round();
+        f.rx.push(r - xi * sc);
+        let u = r - zr;
+        f.branch.push(if u < 0.0 {
+            -1
+        } else if u > l {
+            1
+        } else {
+            0
+        });
+    }
+    assert!(f.branch.contains(&-1) && f.branch.contains(&1) && f.branch.contains(&0));
+    let base = smooth(&xs, a0, s0, k0, &f);
+    for (i, (a, e)) in yv.iter().zip(&base).enumerate() {
+        assert!((*a as f64 - e).abs() < 1e-4, "forward {i}: {a} vs {e}");
+    }
+    let loss = |x: &[f64], a, s, k| -> f64 {
+        smooth(x, a, s, k, &f)
+            .iter()
+            .zip(&dys)
+            .map(|(y, g)| y * g)
+            .sum()
+    };
+    let h = 1e-6;
+    let fd_a = (loss(&xs, a0 + h, s0, k0) - loss(&xs, a0 - h, s0, k0)) / (2.0 * h);
+    let fd_s = (loss(&xs, a0, s0 + h, k0) - loss(&xs, a0, s0 - h, k0)) / (2.0 * h);
+    let fd_k = (loss(&xs, a0, s0, k0 + h) - loss(&xs, a0, s0, k0 - h)) / (2.0 * h);
+    for (name, got, fd) in [("a", ga, fd_a), ("s", gs, fd_s), ("k", gk, fd_k)] {
+        assert!(
+            (got - fd).abs() <= 2e-3 * fd.abs().max(1.0),
+            "d/d{name}: autodiff {got} vs finite difference {fd}"
+        );
+    }
+    for i in 0..xs.len() {
+        let mut xp = xs.clone();
+        xp[i] += h;
+        let mut xm = xs.clone();
+        xm[i] -= h;
+        let fd = (loss(&xp, a0, s0, k0) - loss(&xm, a0, s0, k0)) / (2.0 * h);
+        assert!(
+            (gx[i] as f64 - fd).abs() < 1e-3,
+            "d/dx[{i}]: {} vs {fd}",
+            gx[i]
+        );
+    }
+}
+
+#[test]
+fn clipped_range_params_get_no_gradient_outside_their_preset() {
+    let d = dev();
+    let q = AdjQuant::new(
+        spec(4.0, false, RangePreset::Default.limits()),
+        &[0.0],
+        &[1.0],
+        &d,
+    );
+    let p =
+        |v: f32| burn::module::Param::from_tensor(Tensor::<1>::from_floats([v], &d).require_grad());
+    // a = 2.5 is beyond the preset's [0, 2]: forward uses 2, gradient is zero.
+    let q = AdjQuant { scale: p(2.5), ..q };
+    let x = Tensor::<1>::from_floats([0.33, 0.71, 1.7, 2.9], &d).reshape([4, 1, 1, 1]);
+    let grads = q.forward(x, 0).sum().backward();
+    assert_eq!(grad_of(&q.scale.val(), &grads), vec![0.0]);
+    assert_ne!(grad_of(&q.shift.val(), &grads), vec![0.0]);
+}
+
+/// A random tiny model whose batch-norm statistics come from one batch (momentum 1), so
+/// activations keep a realistic scale through the folded network; BN folded.
+fn tiny_float(seed: u64) -> EfficientNet {
+    let d = dev();
+    d.seed(seed);
+    let mut cfg = EfficientNetConfig::preset("efficientnet-tiny").unwrap();
+    cfg.bn_momentum = 0.0;
+    let model = EfficientNet::new(&cfg, &d);
+    let x = Tensor::<4>::random([16, 3, 32, 32], Distribution::Normal(0.0, 1.0), &d);
+    let _ = model.forward(x);
+    model.valid().fold_bn()
+}
+
+fn images(n: usize, seed: u64) -> Tensor<4> {
+    let d = Device::flex();
+    d.seed(seed);
+    Tensor::random([n, 3, 32, 32], Distribution::Normal(0.0, 1.0), &d)
+}
+
+#[test]
+fn sixteen_bit_network_with_initial_ranges_tracks_the_float_model() {
+    let float = tiny_float(1);
+    let x = images(8, 2);
+    let q16 = QConfig {
+        weight_bits: 16.0,
+        act_bits: 16.0,
+        swish_bits: 16.0,
+        bias_bits: 16.0,
+        bits_trainable: false,
+        range: RangePreset::Default,
+    };
+    let probe = QEfficientNet::for_calibration(&float, &q16).unwrap();
+    let mut obs = Observe::default();
+    let observed = probe.forward_with(x.clone(), &mut obs);
+    let reference = float.forward(x.clone());
+    // Observing passes float values through: identical to the float model.
+    let diff = (observed - reference.clone())
+        .abs()
+        .max()
+        .into_scalar::<f32>();
+    assert!(diff < 1e-5, "observe pass differs from float by {diff}");
+
+    let q = QEfficientNet::from_float(&float, &obs.thresholds, &q16).unwrap();
+    let got = q.forward(x);
+    let scale = reference.clone().abs().max().into_scalar::<f32>();
+    let diff = (got - reference).abs().max().into_scalar::<f32>();
+    assert!(
+        diff < 2e-3 * scale,
+        "16-bit logits differ by {diff} (logit scale {scale})"
+    );
+
+    // At 4 bits the same network is visibly different (the quantizer really acts).
+    let q4 = QConfig {
+        weight_bits: 4.0,
+        act_bits: 4.0,
+        ..q16
+    };
+    let q = QEfficientNet::from_float(&float, &obs.thresholds, &q4).unwrap();
+    let far = (q.forward(images(8, 2)) - float.forward(images(8, 2)))
+        .abs()
+        .max()
+        .into_scalar::<f32>();
+    assert!(
+        far > 0.05 * scale,
+        "4-bit network barely differs ({far} vs logit scale {scale})"
+    );
+}
+
+#[test]
+fn observed_thresholds_equal_a_direct_min_max() {
+    let float = tiny_float(3);
+    let probe = QEfficientNet::for_calibration(&float, &QConfig::default()).unwrap();
+    let mut obs = Observe::default();
+    probe.forward_with(images(4, 5), &mut obs);
+    probe.forward_with(images(4, 6), &mut obs);
+    // Weights: per output channel min/max of the folded weights.
+    let w = float.blocks[0].depthwise.conv.weight.val();
+    let c = w.dims()[0];
+    let flat = w.reshape([c, 9]);
+    let r = &obs.thresholds.points["blocks.0.depthwise/weight"];
+    assert_eq!(r.min, host_f32(flat.clone().min_dim(1)));
+    assert_eq!(r.max, host_f32(flat.max_dim(1)));
+    // The stem's swish input over both batches: min/max of the stem conv output.
+    let both = Tensor::cat(vec![images(4, 5), images(4, 6)], 0);
+    let stem = float.stem.forward(both);
+    let sc = stem.dims()[1];
+    let per = stem.swap_dims(0, 1).reshape([sc as i64, -1]);
+    let r = &obs.thresholds.points["stem/swish"];
+    assert_eq!(r.min, host_f32(per.clone().min_dim(1)));
+    assert_eq!(r.max, host_f32(per.max_dim(1)));
+    // Every conv but the stem has an input point; the classifier too.
+    assert!(obs.thresholds.points.contains_key("classifier/input"));
+    assert!(!obs.thresholds.points.contains_key("stem/input"));
+}
+
+#[test]
+fn missing_thresholds_are_named() {
+    let float = tiny_float(4);
+    let mut t = adjq::quant::Thresholds::default();
+    t.insert("stem/swish".into(), vec![0.0; 8], vec![1.0; 8]);
+    let err = QEfficientNet::from_float(&float, &t, &QConfig::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("blocks.0.depthwise/input"),
+        "{err}"
+    );
+}
+
+#[test]
+fn smax_forward_is_the_mean_max_and_its_gradient_splits_gamma() {
+    let d = dev();
+    let bw = Tensor::<1>::from_floats([3.0, 5.0], &d).require_grad();
+    let ba = Tensor::<1>::from_floats([4.0, 2.0, 6.0], &d).require_grad();
+    let m = smax(bw.clone(), ba.clone(), false, 0.7);
+    // pairs: max(3,4)=4 max(3,2)=3 max(3,6)=6 max(5,4)=5 max(5,2)=5 max(5,6)=6 → 29/6.
+    assert!((m.clone().into_scalar::<f32>() - 29.0 / 6.0).abs() < 1e-6);
+    let g = m.sum().backward();
+    for v in grad_of(&bw, &g) {
+        assert!((v - 0.3 / 2.0).abs() < 1e-6);
+    }
+    for v in grad_of(&ba, &g) {
+        assert!((v - 0.7 / 3.0).abs() < 1e-6);
+    }
+    // Depthwise: only matching channels pair up.
+    let bw = Tensor::<1>::from_floats([3.0, 5.0], &d).require_grad();
+    let ba = Tensor::<1>::from_floats([4.0, 2.0], &d).require_grad();
+    let m = smax(bw.clone(), ba.clone(), true, 0.5);
+    assert!((m.clone().into_scalar::<f32>() - 4.5).abs() < 1e-6);
+    let g = m.sum().backward();
+    assert_eq!(grad_of(&bw, &g), vec![0.25, 0.25]);
+    assert_eq!(grad_of(&ba, &g), vec![0.25, 0.25]);
+}
+
+#[test]
+fn metric_equals_its_closed_form_and_moves_with_bits() {
+    let float = tiny_float(7);
+    let probe = QEfficientNet::for_calibration(&float, &QConfig::default()).unwrap();
+    let mut obs = Observe::default();
+    probe.forward_with(images(2, 8), &mut obs);
+    let q = QEfficientNet::from_float(&float, &obs.thresholds, &QConfig::default()).unwrap();
+    let cfg = MetricConfig {
+        params_baseline: 1e4,
+        ops_baseline: 1e6,
+        gamma: 0.7,
+    };
+    let m = metric(&q, &cfg);
+    // All bits 8: params = (weights + biases)·8/32, ops = 2·MACs·8/32 + 3·swish·8/32.
+    let (mut weights, mut biases, mut macs, mut swish) = (0usize, 0usize, 0usize, 0usize);
+    for l in q.layers() {
+        let per_out = (l.cin / l.groups) * l.kernel * l.kernel;
+        weights += l.cout * per_out;
+        biases += l.cout;
+        macs += l.cout * per_out * l.out_size * l.out_size;
+        if l.swish {
+            swish += l.cout * l.out_size * l.out_size;
+        }
+    }
+    // Independent check of the inventory: the folded float model's conv + fc weights.
+    let float_weights: usize = float.num_params() - biases;
+    assert_eq!(weights, float_weights);
+    let params = (weights + biases) as f64 * 8.0 / 32.0;
+    let ops = 2.0 * macs as f64 * 8.0 / 32.0 + 3.0 * swish as f64 * 8.0 / 32.0;
+    let expected = params / 1e4 + ops / 1e6;
+    let got = m.metric.into_scalar::<f32>() as f64;
+    assert!(
+        (got - expected).abs() < 1e-5 * expected,
+        "metric {got} vs closed form {expected}"
+    );
+    assert!((m.params.into_scalar::<f32>() as f64 - params).abs() < 1e-3);
+    assert!((m.ops.into_scalar::<f32>() as f64 - ops).abs() < 1e-2 * 1e-4 * ops);
+}
+
+/// A tiny quantized net with learned bits spread over 2..8 per channel.
+fn mixed_bits_net() -> QEfficientNet {
+    let float = tiny_float(9);
+    let probe = QEfficientNet::for_calibration(&float, &QConfig::default()).unwrap();
+    let mut obs = Observe::default();
+    probe.forward_with(images(2, 10), &mut obs);
+    let mut q = QEfficientNet::from_float(&float, &obs.thresholds, &QConfig::default()).unwrap();
+    let d = q.stem.weight.device();
+    let spread = |c: usize, salt: usize| {
+        let v: Vec<f32> = (0..c)
+            .map(|i| 0.25 + ((i * 7 + salt) % 10) as f32 * 0.08)
+            .collect();
+        Some(burn::module::Param::from_tensor(Tensor::<1>::from_floats(
+            v.as_slice(),
+            &d,
+        )))
+    };
+    let mut salt = 0;
+    let mut set = |conv: &mut adjq::quant::qnet::QConv| {
+        salt += 3;
+        conv.weight_q.bit_scale = spread(conv.layer.cout, salt);
+        if let Some(iq) = &mut conv.input_q {
+            iq.bit_scale = spread(conv.layer.cin, salt + 1);
+        }
+    };
+    set(&mut q.stem);
+    for b in &mut q.blocks {
+        if let Some(e) = &mut b.expand {
+            set(e);
+        }
+        set(&mut b.depthwise);
+        if let Some(se) = &mut b.se {
+            set(&mut se.reduce);
+            set(&mut se.expand);
+        }
+        set(&mut b.project);
+    }
+    set(&mut q.head);
+    set(&mut q.classifier);
+    q
+}
+
+#[test]
+fn quant_info_feeds_the_counter_and_the_paper_metric_agrees_with_training() {
+    use adjq::quant::info::QuantInfo;
+    use adjq::score::counter;
+    use adjq::score::metric::paper_metric;
+    let q = mixed_bits_net();
+    let info = QuantInfo::of(&q);
+    let all: Vec<f32> = info
+        .layers
+        .iter()
+        .flat_map(|l| l.weight_bits.clone())
+        .collect();
+    assert!(
+        all.contains(&2.0) && all.iter().any(|&b| b > 5.0),
+        "bits spread: {all:?}"
+    );
+    assert!(info.avg_weight_bits > 2.0 && info.avg_weight_bits < 8.0);
+    let json = serde_json::to_string(&info).unwrap();
+    let cq = counter::Quantization::float()
+        .with_quant_info(&json)
+        .unwrap();
+    let cfg = MetricConfig {
+        params_baseline: 1e4,
+        ops_baseline: 1e6,
+        gamma: 0.7,
+    };
+    let trained = metric(&q, &cfg);
+    let paper = paper_metric(&q.config, 32, &cq, &cfg);
+    let t = trained.metric.into_scalar::<f32>() as f64;
+    assert!(
+        (t - paper.metric).abs() < 1e-5 * paper.metric,
+        "tensor metric {t} vs from bits {}",
+        paper.metric
+    );
+    // The official counter charges each weight channel its own bits.
+    let report = counter::count(&q.config, 32, &cq, &counter::Options::default()).unwrap();
+    let row = report
+        .rows
+        .iter()
+        .find(|r| r.op.name == "blocks.0.depthwise")
+        .unwrap();
+    let layer = info
+        .layers
+        .iter()
+        .find(|l| l.name == "blocks.0.depthwise")
+        .unwrap();
+    let k2 = (row.op.kernel * row.op.kernel) as f64;
+    let expected: f64 = layer
+        .weight_bits
+        .iter()
+        .map(|&b| k2 * b as f64 / 32.0)
+        .sum::<f64>()
+        + row.op.out_channels as f64 * 8.0 / 32.0;
+    assert!(
+        (row.params_cost - expected).abs() < 1e-9,
+        "{} vs {expected}",
+        row.params_cost
+    );
+}
+
+#[test]
+fn runner_score_prints_both_numbers_for_presets_and_quant_info() {
+    let runner = env!("CARGO_BIN_EXE_runner");
+    let out = std::process::Command::new(runner)
+        .args(["score", "--model", "efficientnet-b0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("5,267,540"), "{text}");
+    assert!(
+        text.contains("official MicroNet score") && text.contains("paper metric"),
+        "{text}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("quant_info.json");
+    let info = adjq::quant::info::QuantInfo::of(&mixed_bits_net());
+    std::fs::write(&path, serde_json::to_string(&info).unwrap()).unwrap();
+    let out = std::process::Command::new(runner)
+        .args(["score", "--json", "--quant-info"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["model"], "efficientnet-tiny");
+    let score = v["official"]["totals"]["score"].as_f64().unwrap();
+    let paper = v["paper_metric"]["metric"].as_f64().unwrap();
+    assert!(score > 0.0 && paper > 0.0 && score != paper);
+
+    // A quant_info for another architecture is refused with the layer named.
+    let out = std::process::Command::new(runner)
+        .args(["score", "--model", "efficientnet-b0", "--quant-info"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stem") || err.contains("blocks."), "{err}");
+}
