@@ -22,3 +22,4 @@ pub mod score;
 pub mod stages;
 pub mod store;
 pub mod sweep;
+pub mod train;

@@ -107,8 +107,9 @@ pub fn shapes(model: &EfficientNet) -> Vec<(String, Vec<usize>)> {
     v.out
 }
 
-/// Every parameter of the model as a canonical tensor map (our paths and layouts).
-pub fn export(model: &EfficientNet) -> TensorMap {
+/// Every parameter of a module (an EfficientNet, a quantized network) as a tensor map by
+/// path (our canonical layout).
+pub fn export<M: Module>(model: &M) -> TensorMap {
     struct Export {
         path: Vec<String>,
         out: TensorMap,
@@ -252,7 +253,7 @@ fn relayout(values: &[f32], shape: &[usize], layout: Layout) -> Vec<f32> {
 
 /// Sets every parameter of `model` from a canonical map (which must cover all of them with
 /// the right shapes, as [`canonicalize`] guarantees).
-pub fn load(model: EfficientNet, canon: &TensorMap) -> Result<EfficientNet, Mismatch> {
+pub fn load<M: Module>(model: M, canon: &TensorMap) -> Result<M, Mismatch> {
     struct Load<'a> {
         path: Vec<String>,
         canon: &'a TensorMap,
@@ -274,7 +275,10 @@ pub fn load(model: EfficientNet, canon: &TensorMap) -> Result<EfficientNet, Mism
             let want = param.dims().to_vec();
             match t.to_f32_vec() {
                 Ok(values) if t.shape == want => param.map(|old| {
-                    Tensor::from_data(TensorData::new(values, t.shape.clone()), &old.device())
+                    let new =
+                        Tensor::from_data(TensorData::new(values, t.shape.clone()), &old.device());
+                    // A trainable parameter stays trainable (from_data makes a plain leaf).
+                    new.set_require_grad(old.is_require_grad())
                 }),
                 _ => {
                     self.mismatch

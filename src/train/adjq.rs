@@ -1,0 +1,187 @@
+//! The adjustable-quantization trainer (DESIGN §3): a quantized student distilled from
+//! the float teacher, Adam(lr) on weights, biases and ranges, a second Adam(lr_bits) on
+//! the bit scales, the signed metric term; state that can be saved and resumed exactly.
+
+use super::loss::{LossTerms, adjq_loss};
+use super::params::{is_bit_scale, is_constant, param_ids, stable_ids};
+use super::schedule::LrSchedule;
+use crate::ckpt::{self, TensorMap};
+use crate::model::EfficientNet;
+use crate::model::import;
+use crate::quant::QEfficientNet;
+use crate::score::metric::{MetricConfig, metric};
+use anyhow::{Context, Result, anyhow, bail};
+use burn::module::ParamId;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use burn::tensor::Bytes;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdjqConfig {
+    pub alpha: f32,
+    pub beta: f32,
+    /// The metric's target: its term pushes down above it and up below it.
+    pub target: f32,
+    pub metric: MetricConfig,
+    pub lr: LrSchedule,
+    pub lr_bits: f64,
+}
+
+/// What one step did.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct StepStats {
+    pub step: usize,
+    pub terms: LossTerms,
+    pub lr: f64,
+    pub trained_bits: bool,
+}
+
+pub struct AdjqTrainer {
+    model: Option<QEfficientNet>,
+    teacher: EfficientNet,
+    opt_w: ModuleOptimizer,
+    opt_k: ModuleOptimizer,
+    w_ids: Vec<ParamId>,
+    k_ids: Vec<ParamId>,
+    pub step: usize,
+    pub cfg: AdjqConfig,
+}
+
+const MODEL_FILE: &str = "student.safetensors";
+const OPT_W_FILE: &str = "adam_weights.bin";
+const OPT_K_FILE: &str = "adam_bits.bin";
+const STEP_FILE: &str = "trainer.json";
+
+impl AdjqTrainer {
+    /// `model` on an autodiff device in training mode; `teacher` on the plain device.
+    pub fn new(model: QEfficientNet, teacher: EfficientNet, cfg: AdjqConfig) -> Self {
+        let model = stable_ids(model);
+        let ids = param_ids(&model);
+        let group = |bits: bool| -> Vec<ParamId> {
+            ids.iter()
+                .filter(|(p, _)| is_bit_scale(p) == bits && !is_constant(p))
+                .map(|(_, id)| *id)
+                .collect()
+        };
+        AdjqTrainer {
+            w_ids: group(false),
+            k_ids: group(true),
+            model: Some(model),
+            teacher,
+            opt_w: AdamConfig::new().init(),
+            opt_k: AdamConfig::new().init(),
+            step: 0,
+            cfg,
+        }
+    }
+
+    pub fn model(&self) -> &QEfficientNet {
+        self.model.as_ref().expect("model present between steps")
+    }
+
+    /// One optimisation step on a batch; precision is trained only when `train_bits`.
+    pub fn step(
+        &mut self,
+        images: Tensor<4>,
+        labels: Tensor<1, Int>,
+        train_bits: bool,
+    ) -> Result<StepStats> {
+        let (lr, reset) = self.cfg.lr.at(self.step);
+        if reset {
+            self.opt_w = AdamConfig::new().init();
+        }
+        let teacher_logits = Tensor::from_inner(self.teacher.forward(images.clone().inner()));
+        let model = self.model.take().expect("model present between steps");
+        let logits = model.forward(images);
+        let m = metric(&model, &self.cfg.metric);
+        let (loss, terms) = adjq_loss(
+            logits,
+            teacher_logits,
+            labels,
+            m.metric,
+            self.cfg.alpha,
+            self.cfg.beta,
+            self.cfg.target,
+        );
+        for (name, v) in [
+            ("total", terms.total),
+            ("distillation", terms.distill),
+            ("cross entropy", terms.cross_entropy),
+            ("metric", terms.metric),
+        ] {
+            if !v.is_finite() {
+                self.model = Some(model);
+                bail!(
+                    "step {}: the {name} loss term is {v}; stopping (the last checkpoint is intact)",
+                    self.step
+                );
+            }
+        }
+        let mut grads = loss.backward();
+        let gw = GradientsParams::from_params(&mut grads, &model, &self.w_ids);
+        let gk = GradientsParams::from_params(&mut grads, &model, &self.k_ids);
+        let mut model = self.opt_w.step(lr, model, gw);
+        if train_bits {
+            model = self.opt_k.step(self.cfg.lr_bits, model, gk);
+        }
+        self.model = Some(model);
+        let stats = StepStats {
+            step: self.step,
+            terms,
+            lr,
+            trained_bits: train_bits,
+        };
+        self.step += 1;
+        Ok(stats)
+    }
+
+    /// Every value of the student by path (weights, ranges, bit scales, constants).
+    pub fn snapshot(&self) -> TensorMap {
+        import::export(self.model())
+    }
+
+    /// Replaces the student's values (e.g. with an SWA average).
+    pub fn set_values(&mut self, values: &TensorMap) -> Result<()> {
+        let model = self.model.take().expect("model present");
+        let model = import::load(model.clone(), values).map_err(|m| {
+            self.model = Some(model);
+            anyhow!("{m}")
+        })?;
+        self.model = Some(model);
+        Ok(())
+    }
+
+    /// Writes the full training state (student, both Adam states, step) into `dir`.
+    pub fn save_state(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        ckpt::safetensors::write(&dir.join(MODEL_FILE), &self.snapshot(), &Default::default())?;
+        let w = self.opt_w.into_bytes().map_err(|e| anyhow!("{e:?}"))?;
+        let k = self.opt_k.into_bytes().map_err(|e| anyhow!("{e:?}"))?;
+        crate::store::atomic::write(&dir.join(OPT_W_FILE), &w)?;
+        crate::store::atomic::write(&dir.join(OPT_K_FILE), &k)?;
+        crate::store::atomic::write_json(&dir.join(STEP_FILE), &self.step)?;
+        Ok(())
+    }
+
+    /// Restores a state written by [`save_state`](Self::save_state) into a trainer built
+    /// the same way.
+    pub fn load_state(&mut self, dir: &Path) -> Result<()> {
+        let (values, _) = ckpt::safetensors::read(&dir.join(MODEL_FILE))
+            .with_context(|| format!("cannot read trainer state in {}", dir.display()))?;
+        self.set_values(&values)?;
+        let bytes =
+            |f: &str| -> Result<Bytes> { Ok(Bytes::from_bytes_vec(std::fs::read(dir.join(f))?)) };
+        self.opt_w = AdamConfig::new()
+            .init()
+            .from_bytes(bytes(OPT_W_FILE)?)
+            .map_err(|e| anyhow!("{}: {e:?}", OPT_W_FILE))?;
+        self.opt_k = AdamConfig::new()
+            .init()
+            .from_bytes(bytes(OPT_K_FILE)?)
+            .map_err(|e| anyhow!("{}: {e:?}", OPT_K_FILE))?;
+        self.step = serde_json::from_slice(&std::fs::read(dir.join(STEP_FILE))?)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,8 @@
+//! Training: losses, learning-rate and precision schedules, SWA, parameter bookkeeping
+//! (stable ids, optimizer groups, snapshots) and the adjustable-quantization trainer.
+
+pub mod adjq;
+pub mod loss;
+pub mod params;
+pub mod schedule;
+pub mod swa;

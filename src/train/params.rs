@@ -1,0 +1,56 @@
+//! Parameter bookkeeping: ids that survive a reload (the optimizer state is keyed by
+//! them), the two optimizer groups of adjq, and snapshots by path.
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::prelude::*;
+
+/// Gives every parameter an id derived from its path, so a model rebuilt and reloaded
+/// matches a saved optimizer state.
+pub fn stable_ids<M: Module>(model: M) -> M {
+    struct Ids(Vec<String>);
+    impl ModuleMapper for Ids {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.0.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.0.pop();
+        }
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let hash = blake3::hash(self.0.join(".").as_bytes());
+            let id = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"));
+            let (_, value, mapper) = p.consume();
+            Param::from_mapped_value(ParamId::from(id), value, mapper)
+        }
+    }
+    model.map(&mut Ids(Vec::new()))
+}
+
+/// (path, id) of every float parameter, in visiting order.
+pub fn param_ids<M: Module>(model: &M) -> Vec<(String, ParamId)> {
+    struct Collect(Vec<String>, Vec<(String, ParamId)>);
+    impl ModuleVisitor for Collect {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.0.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.0.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.1.push((self.0.join("."), p.id));
+        }
+    }
+    let mut c = Collect(Vec::new(), Vec::new());
+    model.visit(&mut c);
+    c.1
+}
+
+/// Whether a parameter path is a bit scale k (the second optimizer's group).
+pub fn is_bit_scale(path: &str) -> bool {
+    path.ends_with(".bit_scale")
+}
+
+/// Whether a path is a constant of the quantizers (initial ranges): never trained,
+/// never averaged.
+pub fn is_constant(path: &str) -> bool {
+    path.ends_with(".init_min") || path.ends_with(".init_width")
+}

@@ -1,0 +1,295 @@
+//! The adjq trainer and its schedules on the tiny EfficientNet with synthetic batches.
+//! Everything runs on the CPU backend (flex), where training is deterministic for a fixed
+//! seed: the resume and repeatability tests compare weights bit for bit.
+
+use adjq::ckpt::TensorMap;
+use adjq::model::{EfficientNet, EfficientNetConfig};
+use adjq::quant::qnet::Observe;
+use adjq::quant::{QConfig, QEfficientNet};
+use adjq::score::metric::MetricConfig;
+use adjq::train::adjq::{AdjqConfig, AdjqTrainer};
+use adjq::train::loss::adjq_loss;
+use adjq::train::schedule::{LrSchedule, PrecisionSchedule, SwaSchedule};
+use adjq::train::swa::Swa;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+
+fn ad() -> Device {
+    Device::flex().autodiff()
+}
+
+/// Tiny float model with batch-norm statistics from one batch, folded (plain device).
+fn tiny_float(seed: u64) -> EfficientNet {
+    let d = ad();
+    d.seed(seed);
+    let mut cfg = EfficientNetConfig::preset("efficientnet-tiny").unwrap();
+    cfg.bn_momentum = 0.0;
+    let model = EfficientNet::new(&cfg, &d);
+    let _ = model.forward(Tensor::random(
+        [16, 3, 32, 32],
+        Distribution::Normal(0.0, 1.0),
+        &d,
+    ));
+    model.valid().fold_bn()
+}
+
+fn batches(n: usize, seed: u64) -> Vec<(Tensor<4>, Tensor<1, Int>)> {
+    let d = ad();
+    d.seed(seed);
+    (0..n)
+        .map(|i| {
+            let x = Tensor::random([8, 3, 32, 32], Distribution::Normal(0.0, 1.0), &d);
+            let y: Vec<i64> = (0..8).map(|j| ((i * 3 + j * 7) % 10) as i64).collect();
+            (x, Tensor::<1, Int>::from_ints(y.as_slice(), &d))
+        })
+        .collect()
+}
+
+fn config(alpha: f32, beta: f32, lr: f64, lr_bits: f64) -> AdjqConfig {
+    AdjqConfig {
+        alpha,
+        beta,
+        target: 0.0,
+        metric: MetricConfig {
+            params_baseline: 2e4,
+            ops_baseline: 2e6,
+            gamma: 0.7,
+        },
+        lr: LrSchedule { lr, decay: None },
+        lr_bits,
+    }
+}
+
+fn trainer(cfg: AdjqConfig) -> AdjqTrainer {
+    let float = tiny_float(11);
+    let probe = QEfficientNet::for_calibration(&float, &QConfig::default()).unwrap();
+    let mut obs = Observe::default();
+    probe.forward_with(batches(1, 99)[0].0.clone().inner(), &mut obs);
+    let q = QEfficientNet::from_float(&float, &obs.thresholds, &QConfig::default())
+        .unwrap()
+        .to_device(&ad())
+        .train();
+    AdjqTrainer::new(q, float, cfg)
+}
+
+fn split(map: &TensorMap, bits: bool) -> Vec<(String, Vec<f32>)> {
+    map.iter()
+        .filter(|(k, _)| k.ends_with(".bit_scale") == bits)
+        .map(|(k, t)| (k.clone(), t.to_f32_vec().unwrap()))
+        .collect()
+}
+
+#[test]
+fn loss_terms_match_a_hand_computation() {
+    let d = ad();
+    let s = Tensor::<2>::from_floats([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], &d);
+    let t = Tensor::<2>::from_floats([[1.0, 1.0, 1.0], [0.0, 1.0, 0.0]], &d);
+    let y = Tensor::<1, Int>::from_ints([2, 0], &d);
+    let e = 1e-5f64;
+    let distill = 0.01
+        * ((e.sqrt() + (1.0 + e).sqrt() + (4.0 + e).sqrt()) + (2.0 * e.sqrt() + (1.0 + e).sqrt()))
+        / 2.0;
+    let ce = (((1f64.exp() + 2f64.exp() + 3f64.exp()).ln() - 3.0) + 3f64.ln()) / 2.0;
+    for (m, sign) in [(0.5f32, 1.0f64), (0.1, -1.0)] {
+        let metric = Tensor::<1>::from_floats([m], &d);
+        let (total, terms) = adjq_loss(s.clone(), t.clone(), y.clone(), metric, 2.0, 3.0, 0.18);
+        assert!(
+            (terms.distill as f64 - distill).abs() < 1e-6,
+            "{terms:?} vs {distill}"
+        );
+        assert!(
+            (terms.cross_entropy as f64 - ce).abs() < 1e-5,
+            "{terms:?} vs {ce}"
+        );
+        assert_eq!(
+            terms.sign as f64, sign,
+            "the metric term's sign flips at the target"
+        );
+        let expected = distill + 2.0 * ce + sign * 3.0 * m as f64;
+        assert!((total.into_scalar::<f32>() as f64 - expected).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn beta_drives_the_metric_down_and_changes_bits() {
+    let mut t = trainer(config(0.1, 50.0, 1e-4, 0.05));
+    let before = adjq::quant::info::QuantInfo::of(t.model());
+    let data = batches(6, 1);
+    let first = t.step(data[0].0.clone(), data[0].1.clone(), true).unwrap();
+    let mut last = first;
+    for (x, y) in &data[1..] {
+        last = t.step(x.clone(), y.clone(), true).unwrap();
+    }
+    assert!(
+        last.terms.metric < first.terms.metric,
+        "metric {} → {}",
+        first.terms.metric,
+        last.terms.metric
+    );
+    let after = adjq::quant::info::QuantInfo::of(t.model());
+    assert!(
+        after.avg_weight_bits < before.avg_weight_bits,
+        "{} → {}",
+        before.avg_weight_bits,
+        after.avg_weight_bits
+    );
+}
+
+#[test]
+fn finetune_keeps_bits_and_lr_zero_moves_only_bit_scales() {
+    let data = batches(3, 2);
+    // Precision frozen: bit scales untouched, weights move.
+    let mut t = trainer(config(1.0, 50.0, 1e-3, 0.05));
+    let start = t.snapshot();
+    for (x, y) in &data {
+        t.step(x.clone(), y.clone(), false).unwrap();
+    }
+    let end = t.snapshot();
+    assert_eq!(split(&start, true), split(&end, true));
+    assert_ne!(split(&start, false), split(&end, false));
+    // First optimizer at lr 0: only the bit scales move.
+    let mut t = trainer(config(1.0, 50.0, 0.0, 0.05));
+    let start = t.snapshot();
+    for (x, y) in &data {
+        t.step(x.clone(), y.clone(), true).unwrap();
+    }
+    let end = t.snapshot();
+    assert_eq!(split(&start, false), split(&end, false));
+    assert_ne!(split(&start, true), split(&end, true));
+}
+
+#[test]
+fn training_is_repeatable_and_resumes_bit_identically() {
+    let data = batches(4, 3);
+    let run = |t: &mut AdjqTrainer, range: std::ops::Range<usize>| {
+        for i in range {
+            t.step(data[i].0.clone(), data[i].1.clone(), i % 2 == 0)
+                .unwrap();
+        }
+    };
+    let cfg = AdjqConfig {
+        lr: LrSchedule {
+            lr: 1e-3,
+            decay: Some((0.01, 2)),
+        },
+        ..config(1.0, 5.0, 1e-3, 0.01)
+    };
+    let mut straight = trainer(cfg.clone());
+    run(&mut straight, 0..4);
+    let mut again = trainer(cfg.clone());
+    run(&mut again, 0..4);
+    assert_eq!(
+        straight.snapshot(),
+        again.snapshot(),
+        "same seed, same weights"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = trainer(cfg.clone());
+    run(&mut first, 0..2);
+    first.save_state(dir.path()).unwrap();
+    drop(first);
+    let mut resumed = trainer(cfg);
+    resumed.load_state(dir.path()).unwrap();
+    assert_eq!(resumed.step, 2);
+    run(&mut resumed, 2..4);
+    assert_eq!(
+        straight.snapshot(),
+        resumed.snapshot(),
+        "resumed run ends with the same weights"
+    );
+}
+
+#[test]
+fn a_nan_loss_stops_with_the_step_and_term_named() {
+    let mut t = trainer(config(1.0, 1.0, 1e-3, 0.01));
+    let (x, y) = batches(1, 4).remove(0);
+    let bad = x.mul_scalar(f32::NAN);
+    let err = t.step(bad, y, true).unwrap_err().to_string();
+    assert!(err.contains("step 0") && err.contains("loss term"), "{err}");
+    // The trainer (and its model) is still usable.
+    let (x, y) = batches(1, 5).remove(0);
+    t.step(x, y, true).unwrap();
+}
+
+#[test]
+fn swa_output_is_the_mean_of_the_recorded_snapshots() {
+    let data = batches(3, 6);
+    let mut t = trainer(config(1.0, 1.0, 1e-2, 0.01));
+    let mut swa = Swa::default();
+    let mut snaps = Vec::new();
+    for (x, y) in &data {
+        t.step(x.clone(), y.clone(), true).unwrap();
+        let s = t.snapshot();
+        swa.record(&s).unwrap();
+        snaps.push(s);
+    }
+    let avg = swa.average().unwrap();
+    for (name, tensor) in &avg {
+        let got = tensor.to_f32_vec().unwrap();
+        let vals: Vec<Vec<f32>> = snaps
+            .iter()
+            .map(|s| s[name].to_f32_vec().unwrap())
+            .collect();
+        for (i, g) in got.iter().enumerate() {
+            let mean = vals.iter().map(|v| v[i] as f64).sum::<f64>() / 3.0;
+            assert!(
+                (*g as f64 - mean).abs() <= 1e-6 * mean.abs().max(1.0),
+                "{name}[{i}]"
+            );
+        }
+    }
+    t.set_values(&avg).unwrap();
+    assert_eq!(t.snapshot(), avg);
+}
+
+#[test]
+fn precision_lr_and_swa_schedules() {
+    let iterative = PrecisionSchedule {
+        finetune: false,
+        warm_up_epoch: 0.0,
+        iterative: true,
+        freq: 2,
+    };
+    let on: Vec<usize> = (0..10)
+        .filter(|&k| iterative.trains_precision(0, k))
+        .collect();
+    assert_eq!(on, vec![0, 2, 4, 6, 8]);
+    let warm = PrecisionSchedule {
+        warm_up_epoch: 0.5,
+        iterative: false,
+        ..iterative
+    };
+    let on: Vec<usize> = (0..10).filter(|&k| warm.trains_precision(0, k)).collect();
+    assert_eq!(on, vec![5, 6, 7, 8, 9]);
+    assert!((0..10).all(|k| warm.trains_precision(1, k)));
+    let finetune = PrecisionSchedule {
+        finetune: true,
+        ..iterative
+    };
+    assert!((0..3).all(|e| (0..10).all(|k| !finetune.trains_precision(e, k))));
+
+    let lr = LrSchedule {
+        lr: 1.0,
+        decay: Some((0.1, 4)),
+    };
+    let (l0, r0) = lr.at(0);
+    assert!((l0 - (1.0 + 1e-7)).abs() < 1e-12 && !r0);
+    let (l2, _) = lr.at(2);
+    let expected = (-0.2f64).exp() * (std::f64::consts::PI * 2.0 / 16.0).cos() + 1e-7;
+    assert!((l2 - expected).abs() < 1e-12);
+    assert!(lr.at(4).1, "state reset every R steps");
+
+    let swa = SwaSchedule {
+        delay: 0.2,
+        freq: 0.1,
+    };
+    let rec: Vec<usize> = (0..10).filter(|&k| swa.records_after(0, k)).collect();
+    assert_eq!(rec, vec![2, 3, 4, 5, 6, 7, 8, 9]);
+    let sparse = SwaSchedule {
+        delay: 0.0,
+        freq: 0.3,
+    };
+    let rec: Vec<usize> = (0..10).filter(|&k| sparse.records_after(1, k)).collect();
+    assert_eq!(rec, vec![3, 6, 9]);
+}
