@@ -313,8 +313,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
     let store_flag = cli.store.clone();
     let backend = cli.backend;
     match cli.command {
-        Command::Run(a) => run(a, store_flag.as_deref(), progress),
-        Command::Sweep(a) => run_sweep(a, store_flag.as_deref(), progress),
+        Command::Run(a) => run(a, store_flag.as_deref(), progress, backend),
+        Command::Sweep(a) => run_sweep(a, store_flag.as_deref(), progress, backend),
         Command::Status(a) => {
             let m = load(&a)?;
             let store = open_store(&m, store_flag.as_deref())?;
@@ -419,7 +419,11 @@ fn open_store(m: &Manifest, flag: Option<&Path>) -> Result<Store> {
     Store::open(flag.unwrap_or(&m.store))
 }
 
-fn run_options(e: &ExecArgs, manifests: &[&Manifest]) -> Result<RunOptions> {
+fn run_options(
+    e: &ExecArgs,
+    manifests: &[&Manifest],
+    backend: crate::backend::Backend,
+) -> Result<RunOptions> {
     let mut resources = BTreeMap::new();
     for m in manifests {
         resources.extend(m.resources.clone());
@@ -445,6 +449,7 @@ fn run_options(e: &ExecArgs, manifests: &[&Manifest]) -> Result<RunOptions> {
         force: e.force.iter().cloned().collect(),
         keep_going: e.keep_going,
         resources,
+        backend,
     })
 }
 
@@ -476,10 +481,15 @@ fn check_inputs(plan: &Plan) -> Result<()> {
     }
 }
 
-fn run(a: RunArgs, store_flag: Option<&Path>, progress: bool) -> Result<i32> {
+fn run(
+    a: RunArgs,
+    store_flag: Option<&Path>,
+    progress: bool,
+    backend: crate::backend::Backend,
+) -> Result<i32> {
     let m = load(&a.manifest)?;
     let store = open_store(&m, store_flag)?;
-    let opts = run_options(&a.exec, &[&m])?;
+    let opts = run_options(&a.exec, &[&m], backend)?;
     let variants = [(vec![], m)];
     let plan = Plan::build(&variants, &a.stages).map_err(usage)?;
     let session = Session {
@@ -534,7 +544,12 @@ impl Session<'_> {
     }
 }
 
-fn run_sweep(a: SweepArgs, store_flag: Option<&Path>, progress: bool) -> Result<i32> {
+fn run_sweep(
+    a: SweepArgs,
+    store_flag: Option<&Path>,
+    progress: bool,
+    backend: crate::backend::Backend,
+) -> Result<i32> {
     let base = overrides(&a.manifest)?;
     let axes = a
         .grid
@@ -547,6 +562,7 @@ fn run_sweep(a: SweepArgs, store_flag: Option<&Path>, progress: bool) -> Result<
     let opts = run_options(
         &a.exec,
         &variants.iter().map(|(_, m)| m).collect::<Vec<_>>(),
+        backend,
     )?;
     let metrics = if a.metric.is_empty() {
         first.sweep.metrics.clone()

@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod model;
 pub mod predict;
 pub mod quant;
+pub mod report;
 pub mod score;
 pub mod stages;
 pub mod store;

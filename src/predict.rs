@@ -174,17 +174,16 @@ pub fn source(spec: &str, preset: Option<&str>, store_flag: Option<&Path>) -> Re
         && manifest.ends_with(".toml")
     {
         let (rec, store) = crate::cli::finished_record(Path::new(manifest), stage, store_flag)?;
-        let object = |name: &str| -> Result<PathBuf> {
-            rec.outputs
-                .get(name)
-                .map(|o| store.object_path(&o.hash))
-                .ok_or_else(|| {
-                    anyhow!("stage `{stage}` has no output `{name}`: is it a convert stage?")
-                })
-        };
+        let dir = rec
+            .outputs
+            .get(crate::model::dir::OUTPUT)
+            .map(|o| store.object_path(&o.hash))
+            .ok_or_else(|| {
+                anyhow!("stage `{stage}` has no output `model`: is it a model-producing stage?")
+            })?;
         return Ok(Source::Converted {
-            weights: object("model.safetensors")?,
-            model_json: object("model.json")?,
+            weights: dir.join(crate::model::dir::WEIGHTS),
+            model_json: dir.join(crate::model::dir::INFO),
         });
     }
     if !path.exists() {

@@ -143,7 +143,7 @@ fn convert_stage_imports_the_official_tf_b0_checkpoint() {
         let h = rec["outputs"][name]["hash"].as_str().unwrap().to_string();
         p.path(&format!("artifacts/objects/{}/{h}", &h[..2]))
     };
-    let (ours, meta) = ckpt::safetensors::read(&object("model.safetensors")).unwrap();
+    let (ours, meta) = ckpt::safetensors::read(&object("model").join("model.safetensors")).unwrap();
     assert_eq!(
         meta.get("model").map(String::as_str),
         Some("efficientnet-b0")
@@ -183,7 +183,8 @@ fn convert_stage_imports_the_official_tf_b0_checkpoint() {
             .unwrap()
     );
     let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(object("model.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(object("model").join("model.json")).unwrap())
+            .unwrap();
     assert_eq!(json["preprocessing"]["normalization"], "b0");
     assert_eq!(json["class_names"], "imagenet");
 

@@ -13,6 +13,10 @@ use burn::prelude::*;
 use burn::tensor::{Distribution, Gradients};
 use serde_json::Value;
 
+/// Tests run in parallel and share the device RNG: seeding and drawing hold this lock so
+/// a seed always gives the same values.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn dev() -> Device {
     Device::flex().autodiff()
 }
@@ -332,6 +336,7 @@ fn clipped_range_params_get_no_gradient_outside_their_preset() {
 /// A random tiny model whose batch-norm statistics come from one batch (momentum 1), so
 /// activations keep a realistic scale through the folded network; BN folded.
 fn tiny_float(seed: u64) -> EfficientNet {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let d = dev();
     d.seed(seed);
     let mut cfg = EfficientNetConfig::preset("efficientnet-tiny").unwrap();
@@ -343,6 +348,7 @@ fn tiny_float(seed: u64) -> EfficientNet {
 }
 
 fn images(n: usize, seed: u64) -> Tensor<4> {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let d = Device::flex();
     d.seed(seed);
     Tensor::random([n, 3, 32, 32], Distribution::Normal(0.0, 1.0), &d)

@@ -14,12 +14,17 @@ use adjq::train::swa::Swa;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
+/// Tests run in parallel and share the device RNG: seeding and drawing hold this lock so
+/// a seed always gives the same values.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn ad() -> Device {
     Device::flex().autodiff()
 }
 
 /// Tiny float model with batch-norm statistics from one batch, folded (plain device).
 fn tiny_float(seed: u64) -> EfficientNet {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let d = ad();
     d.seed(seed);
     let mut cfg = EfficientNetConfig::preset("efficientnet-tiny").unwrap();
@@ -34,6 +39,7 @@ fn tiny_float(seed: u64) -> EfficientNet {
 }
 
 fn batches(n: usize, seed: u64) -> Vec<(Tensor<4>, Tensor<1, Int>)> {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let d = ad();
     d.seed(seed);
     (0..n)

@@ -41,6 +41,8 @@ pub struct RunOptions {
     pub keep_going: bool,
     /// Resource slot limits (`gpu` and any declared by the pipeline).
     pub resources: BTreeMap<String, u32>,
+    /// Tensor backend the stages use (passed to each stage process).
+    pub backend: crate::backend::Backend,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -226,7 +228,7 @@ pub fn execute(
                             key: key.clone(),
                             force: opts.force.contains(&job.stage.name),
                         };
-                        spawn_child(i, spec, store, tx.clone());
+                        spawn_child(i, spec, store, opts.backend, tx.clone());
                         running.insert(
                             i,
                             Running {
@@ -379,7 +381,13 @@ fn bar_style() -> ProgressStyle {
 
 /// Starts the child for one job on its own thread (which must outlive the child, see
 /// [`die_with_parent`]) and forwards its events.
-fn spawn_child(job: usize, spec: child::JobSpec, store: &Store, tx: mpsc::Sender<Msg>) {
+fn spawn_child(
+    job: usize,
+    spec: child::JobSpec,
+    store: &Store,
+    backend: crate::backend::Backend,
+    tx: mpsc::Sender<Msg>,
+) {
     let root = store.root.clone();
     let log_path = store.root.join(store.log_rel(&spec.key));
     std::thread::spawn(move || {
@@ -399,6 +407,7 @@ fn spawn_child(job: usize, spec: child::JobSpec, store: &Store, tx: mpsc::Sender
             .arg("__exec-stage")
             .arg("--store")
             .arg(&root)
+            .env("ADJQ_BACKEND", backend.name())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log);

@@ -6,18 +6,16 @@ use crate::ckpt::{self, Format};
 use crate::exec::context::StageContext;
 use crate::manifest::Params;
 use crate::manifest::value::{ParamDefault as D, ParamSpec, ParamType as T};
-use crate::model::config::{Activation, PRESETS};
+use crate::model::config::PRESETS;
+use crate::model::dir::{self, ModelInfo};
 use crate::model::import::{self, Naming};
 use crate::model::{EfficientNet, EfficientNetConfig};
 use anyhow::{Context, Result, anyhow};
 use burn::prelude::Device;
-use serde::Serialize;
 
 pub struct Convert;
 
-/// Output names.
-pub const WEIGHTS: &str = "model.safetensors";
-pub const MODEL_JSON: &str = "model.json";
+use crate::model::dir::OUTPUT as MODEL;
 
 static PARAMS: &[ParamSpec] = &[
     ParamSpec::new(
@@ -52,39 +50,13 @@ static INPUTS: &[InputSpec] = &[InputSpec {
     doc: "the checkpoint: a TF checkpoint directory (with its `checkpoint` file), a .pth/.pt, or a .safetensors",
 }];
 
-/// `model.json`: what a consumer needs besides the weights.
-#[derive(Serialize)]
-struct ModelJson<'a> {
-    config: &'a EfficientNetConfig,
-    preprocessing: Preprocessing,
-    /// `imagenet` (the 1000 ILSVRC-2012 classes, 0-based) or `index` (class ids only).
-    class_names: &'static str,
-    source: Source,
-}
-
-#[derive(Serialize)]
-struct Preprocessing {
-    resolution: usize,
-    /// Eval: center crop of s/(s+32)·min(h, w), bicubic resize to s.
-    eval_crop: &'static str,
-    /// `b0`: (x − mean)/std with ImageNet mean/std ×255; `lite`: (x − 127)/128.
-    normalization: &'static str,
-}
-
-#[derive(Serialize)]
-struct Source {
-    format: String,
-    naming: String,
-    tensors: usize,
-}
-
 impl StageKind for Convert {
     fn name(&self) -> &'static str {
         "convert"
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn doc(&self) -> &'static str {
@@ -92,7 +64,7 @@ impl StageKind for Convert {
          preferring ExponentialMovingAverage shadows; PyTorch efficientnet_pytorch-style state \
          dict; or our safetensors), maps names and layouts to our model, checks every tensor \
          (missing, unexpected and mis-shaped ones are listed), and writes model.safetensors \
-         and model.json (config, preprocessing, class names)."
+         and model.json (config, preprocessing, class names) into the output directory `model`."
     }
 
     fn params(&self) -> &'static [ParamSpec] {
@@ -104,7 +76,7 @@ impl StageKind for Convert {
     }
 
     fn outputs(&self, _: &Params) -> Vec<String> {
-        vec![WEIGHTS.into(), MODEL_JSON.into()]
+        vec![MODEL.into()]
     }
 
     fn run(&self, ctx: &mut StageContext) -> Result<()> {
@@ -136,32 +108,15 @@ impl StageKind for Convert {
         let model = EfficientNet::new(&config, &Device::flex());
         let canon = import::canonicalize(&source, &model, &naming).map_err(|m| anyhow!("{m}"))?;
         ctx.progress(2, Some(3), "writing");
-        let metadata = [("model".to_string(), preset.clone())]
-            .into_iter()
-            .collect();
-        ckpt::safetensors::write(&ctx.output_path(WEIGHTS), &canon, &metadata)?;
-        let json = ModelJson {
-            config: &config,
-            preprocessing: Preprocessing {
-                resolution: config.resolution,
-                eval_crop: "center s/(s+32)·min(h,w), bicubic",
-                normalization: match config.activation {
-                    Activation::Swish => "b0",
-                    Activation::Relu6 => "lite",
-                },
-            },
-            class_names: if config.num_classes == 1000 {
-                "imagenet"
-            } else {
-                "index"
-            },
-            source: Source {
-                format: format.to_string(),
-                naming: format!("{naming:?}"),
-                tensors: source.len(),
-            },
-        };
-        crate::store::atomic::write_json(&ctx.output_path(MODEL_JSON), &json)?;
+        let info = ModelInfo::float(
+            &config,
+            serde_json::json!({
+                "format": format.to_string(),
+                "naming": format!("{naming:?}"),
+                "tensors": source.len(),
+            }),
+        );
+        dir::write(&ctx.output_path(MODEL), &canon, &info)?;
         let params: usize = canon.values().map(|t| t.numel()).sum();
         ctx.set_metric("tensors", canon.len());
         ctx.set_metric("floats", params);

@@ -4,8 +4,12 @@
 //! outputs it will produce, the resources it occupies, and an implementation version
 //! that is part of every cache key (bump it when the kind's results change).
 
+mod adjq;
 mod convert;
+mod eval;
 mod shell;
+mod support;
+mod thresholds;
 
 use crate::exec::context::StageContext;
 use crate::manifest::Params;
@@ -47,7 +51,13 @@ pub trait StageKind: Send + Sync {
     fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()>;
 }
 
-static KINDS: &[&dyn StageKind] = &[&convert::Convert, &shell::Shell];
+static KINDS: &[&dyn StageKind] = &[
+    &convert::Convert,
+    &thresholds::Thresholds,
+    &adjq::Adjq,
+    &eval::Eval,
+    &shell::Shell,
+];
 
 pub fn all() -> &'static [&'static dyn StageKind] {
     KINDS

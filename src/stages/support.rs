@@ -1,0 +1,179 @@
+//! What the training stages share: the device of the run's backend, the dataset of a
+//! `data` input, preprocessing for a model, evaluation, resumable state directories.
+
+use crate::backend::Backend;
+use crate::data::{Compression, Dataset, ExampleSchema, Loader, LoaderConfig, OnBadRecord};
+use crate::data::{Normalization, Preprocess, Resize};
+use crate::exec::context::StageContext;
+use crate::manifest::value::{ParamDefault as D, ParamSpec, ParamType as T};
+use crate::model::dir::ModelInfo;
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The device of the run's backend (`runner --backend`, passed as ADJQ_BACKEND).
+pub fn device() -> Result<Device> {
+    let name = std::env::var("ADJQ_BACKEND").unwrap_or_else(|_| "flex".into());
+    let backend = Backend::from_str(&name, true)
+        .map_err(|_| anyhow::anyhow!("ADJQ_BACKEND={name}: not a backend (flex, wgpu)"))?;
+    backend.device()
+}
+
+/// Params every data-reading stage has.
+pub const DATA_PARAMS: &[ParamSpec] = &[
+    ParamSpec::new(
+        "label_offset",
+        T::Int,
+        D::Toml("1"),
+        "subtracted from stored labels (TF-Slim stores 1..N with 0 = background)",
+    ),
+    ParamSpec::new(
+        "workers",
+        T::Int,
+        D::Toml("2"),
+        "decode/augment threads of the data loader (results do not depend on it)",
+    ),
+];
+
+/// The TF-Slim TFRecord shards `<dir>/<split>-*` of a `data` input.
+pub fn dataset(dir: &Path, split: &str, label_offset: i64, classes: usize) -> Result<Arc<Dataset>> {
+    let pattern = dir.join(format!("{split}-*"));
+    let schema = ExampleSchema {
+        label_offset,
+        num_classes: Some(classes as i64),
+        ..ExampleSchema::default()
+    };
+    let ds = Dataset::tfrecord(
+        &pattern.to_string_lossy(),
+        Compression::None,
+        schema,
+        OnBadRecord::Error,
+    )
+    .with_context(|| format!("cannot open the `{split}` split in {}", dir.display()))?;
+    if ds.is_empty() {
+        bail!("{}: the `{split}` split has no records", dir.display());
+    }
+    Ok(Arc::new(ds))
+}
+
+/// Preprocessing of a model's inputs (training augmentation or eval crop).
+pub fn preprocess(info: &ModelInfo, train: bool) -> Preprocess {
+    Preprocess {
+        size: info.preprocessing.resolution,
+        train,
+        resize: Resize::Bicubic,
+        normalization: if info.preprocessing.normalization == "lite" {
+            Normalization::Lite
+        } else {
+            Normalization::B0
+        },
+    }
+}
+
+pub fn loader_config(ctx: &StageContext, batch: usize, pre: Preprocess, seed: u64) -> LoaderConfig {
+    let mut cfg = if pre.train {
+        LoaderConfig::train(batch, pre.size, seed)
+    } else {
+        LoaderConfig::eval(batch, pre.size)
+    };
+    cfg.preprocess = pre;
+    cfg.workers = ctx.params.i64("workers").unwrap_or(2).max(1) as usize;
+    cfg
+}
+
+/// Top-1/top-5 accuracy over the first `limit` validation images (0 = all).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Accuracy {
+    pub top1: f64,
+    pub top5: f64,
+    pub images: usize,
+}
+
+pub fn evaluate(
+    forward: &dyn Fn(Tensor<4>) -> Tensor<2>,
+    ds: Arc<Dataset>,
+    cfg: LoaderConfig,
+    limit: usize,
+    device: &Device,
+) -> Result<Accuracy> {
+    let (mut n, mut c1, mut c5) = (0usize, 0usize, 0usize);
+    for batch in Loader::new(ds, cfg, Default::default())? {
+        let batch = batch?;
+        let take = if limit == 0 {
+            batch.labels.len()
+        } else {
+            batch.labels.len().min(limit - n)
+        };
+        let (x, _) = batch.to_tensors(device);
+        let logits = forward(x);
+        let k = logits.dims()[1].min(5);
+        let top = logits.argsort_descending(1).narrow(1, 0, k);
+        let top: Vec<i64> = top
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        for (i, &label) in batch.labels.iter().take(take).enumerate() {
+            let row = &top[i * k..(i + 1) * k];
+            c1 += (row[0] == label) as usize;
+            c5 += row.contains(&label) as usize;
+        }
+        n += take;
+        if limit != 0 && n >= limit {
+            break;
+        }
+    }
+    if n == 0 {
+        bail!("no validation images");
+    }
+    Ok(Accuracy {
+        top1: c1 as f64 / n as f64,
+        top5: c5 as f64 / n as f64,
+        images: n,
+    })
+}
+
+/// Resumable multi-file state: each save goes to a fresh directory under the stage's
+/// `.checkpoints`, then an atomically written pointer names it, so a kill at any moment
+/// leaves the previous complete state in force.
+pub struct StateDirs {
+    root: PathBuf,
+}
+
+impl StateDirs {
+    pub fn new(ctx: &StageContext) -> StateDirs {
+        StateDirs {
+            root: ctx.work_dir.join(".checkpoints"),
+        }
+    }
+
+    /// The directory of the latest complete state, if any.
+    pub fn latest(&self) -> Option<PathBuf> {
+        let name = std::fs::read_to_string(self.root.join("latest")).ok()?;
+        let dir = self.root.join(name.trim());
+        dir.is_dir().then_some(dir)
+    }
+
+    /// Calls `write` on a fresh directory, then makes it the latest state.
+    pub fn save(&self, tag: &str, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        let name = format!("state-{tag}");
+        let dir = self.root.join(&name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        write(&dir)?;
+        crate::store::atomic::sync_tree(&dir)?;
+        let previous = self.latest();
+        crate::store::atomic::write(&self.root.join("latest"), name.as_bytes())?;
+        if let Some(p) = previous
+            && p != dir
+        {
+            let _ = std::fs::remove_dir_all(p);
+        }
+        Ok(())
+    }
+}

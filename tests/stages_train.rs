@@ -1,0 +1,210 @@
+//! The training stage kinds run under `runner` on the bundled digits data with the tiny
+//! EfficientNet: thresholds → adjq → eval, cached on a second run; adjq killed mid-stage
+//! resumes and ends with the same weights as an uninterrupted run (flex CPU backend,
+//! deterministic for a fixed seed).
+
+mod common;
+
+use adjq::ckpt;
+use adjq::model::dir::{self, ModelInfo};
+use adjq::model::{EfficientNet, EfficientNetConfig};
+use burn::prelude::*;
+use common::Project;
+use std::path::Path;
+
+/// A random tiny float model as a model directory (BN statistics from one batch).
+fn write_float_model(path: &Path) {
+    let d = Device::flex().autodiff();
+    d.seed(5);
+    let mut cfg = EfficientNetConfig::preset("efficientnet-tiny").unwrap();
+    cfg.bn_momentum = 0.0;
+    let m = EfficientNet::new(&cfg, &d);
+    let _ = m.forward(Tensor::random(
+        [16, 3, 32, 32],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &d,
+    ));
+    cfg.bn_momentum = 0.99;
+    let m = m.valid();
+    let info = ModelInfo::float(&cfg, serde_json::json!({"test": "random"}));
+    dir::write(path, &adjq::model::import::export(&m), &info).unwrap();
+}
+
+fn manifest(digits: &Path, max_epoch: usize) -> String {
+    format!(
+        r#"[pipeline]
+name = "t"
+
+[params]
+data = {data:?}
+
+[stages.thresholds]
+kind = "thresholds"
+samples = 200
+inputs.model = "float"
+inputs.data = "${{params.data}}"
+
+[stages.adjq]
+kind = "adjq"
+max_epoch = {max_epoch}
+batch_size = 50
+lr = 1e-3
+lr_bits = 2e-2
+alpha = 1.0
+beta = 5.0
+target = 0.0
+params_baseline = 2e4
+ops_baseline = 2e6
+val_samples = 50
+swa_delay = 0.5
+swa_freq = 0.2
+inputs.init = "float"
+inputs.teacher = "float"
+inputs.thresholds = {{ stage = "thresholds", output = "thresholds.json" }}
+inputs.data = "${{params.data}}"
+
+[stages.eval]
+kind = "eval"
+val_samples = 100
+params_baseline = 2e4
+ops_baseline = 2e6
+inputs.model = {{ stage = "adjq", output = "model" }}
+inputs.data = "${{params.data}}"
+"#,
+        data = digits.display().to_string()
+    )
+}
+
+fn digits() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits")
+}
+
+fn output(p: &Project, stage: &str, name: &str) -> std::path::PathBuf {
+    let rec: serde_json::Value =
+        serde_json::from_str(&p.ok(&["show", "m.toml", stage, "--json"])).unwrap();
+    let h = rec["outputs"][name]["hash"].as_str().unwrap().to_string();
+    p.path(&format!("artifacts/objects/{}/{h}", &h[..2]))
+}
+
+#[test]
+fn thresholds_adjq_eval_run_cache_and_report() {
+    let p = Project::new();
+    write_float_model(&p.path("float"));
+    p.write("m.toml", &manifest(&digits(), 1));
+    p.ok(&["run", "m.toml"]);
+    let again = p.ok(&["run", "m.toml"]);
+    assert!(again.contains("0 ran, 3 cached"), "{again}");
+
+    let metrics = std::fs::read_to_string(output(&p, "adjq", "metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 10, "one line per mini-epoch");
+    // beta pushes the metric down while bits train (every other mini-epoch).
+    let first = lines[0]["metric"].as_f64().unwrap();
+    let last = lines[9]["metric"].as_f64().unwrap();
+    assert!(last < first, "metric {first} → {last}");
+    assert_eq!(lines[0]["trained_bits"], true);
+    assert_eq!(lines[1]["trained_bits"], false);
+    let ckpts = std::fs::read_dir(output(&p, "adjq", "checkpoints"))
+        .unwrap()
+        .count();
+    assert_eq!(ckpts, 10, "a checkpoint per mini-epoch");
+    let tb = output(&p, "adjq", "tensorboard").join("events.out.tfevents.0.adjq");
+    assert!(std::fs::metadata(tb).unwrap().len() > 100);
+
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output(&p, "eval", "eval.json")).unwrap())
+            .unwrap();
+    assert_eq!(eval["quantized"], true);
+    assert!(eval["top1"].as_f64().unwrap() >= 0.0);
+    assert!(eval["official"]["score"].as_f64().unwrap() > 0.0);
+    assert!(eval["paper_metric"]["metric"].as_f64().unwrap() > 0.0);
+    let table = std::fs::read_to_string(output(&p, "eval", "score.txt")).unwrap();
+    assert!(table.contains("official MicroNet score") && table.contains("paper metric"));
+    // The thresholds really are ranges of the model's points.
+    let t = adjq::quant::Thresholds::load(&output(&p, "thresholds", "thresholds.json")).unwrap();
+    assert!(t.points.contains_key("blocks.0.depthwise/input"));
+}
+
+fn find_latest(dir: &Path) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.ends_with(".checkpoints/latest") {
+            return Some(p);
+        }
+        if p.is_dir()
+            && let Some(f) = find_latest(&p)
+        {
+            return Some(f);
+        }
+    }
+    None
+}
+
+#[test]
+fn adjq_killed_mid_stage_resumes_to_the_same_weights() {
+    let straight = Project::new();
+    write_float_model(&straight.path("float"));
+    straight.write("m.toml", &manifest(&digits(), 1));
+    straight.ok(&["run", "m.toml", "adjq"]);
+    let (expected, _) =
+        ckpt::safetensors::read(&output(&straight, "adjq", "model").join("model.safetensors"))
+            .unwrap();
+
+    // The same float model (the device RNG is shared with tests running beside this one).
+    let p = Project::new();
+    std::fs::create_dir_all(p.path("float")).unwrap();
+    for f in ["model.safetensors", "model.json"] {
+        std::fs::copy(straight.path("float").join(f), p.path("float").join(f)).unwrap();
+    }
+    p.write("m.toml", &manifest(&digits(), 1));
+    let mut child = p.cmd(&["run", "m.toml", "adjq"]).spawn().unwrap();
+    // Wait until a few mini-epochs are saved, then kill -9 the runner (its stage process
+    // dies with it).
+    let t0 = std::time::Instant::now();
+    loop {
+        let saved = find_latest(&p.path("artifacts"))
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|s| {
+                s.trim()
+                    .strip_prefix("state-")
+                    .and_then(|n| n.parse::<usize>().ok())
+            })
+            .unwrap_or(0);
+        if saved >= 3 {
+            break;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 300,
+            "no mini-epoch checkpoint appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = p.ok(&["run", "m.toml", "adjq"]);
+    assert!(out.contains("resumed"), "{out}");
+    let rec: serde_json::Value =
+        serde_json::from_str(&p.ok(&["show", "m.toml", "adjq", "--json"])).unwrap();
+    let at = rec["metrics"]["resumed_at_mini_epoch"].as_u64().unwrap();
+    assert!(
+        at >= 3,
+        "resumed from mini-epoch {at}, not from the saved state"
+    );
+    let (got, _) =
+        ckpt::safetensors::read(&output(&p, "adjq", "model").join("model.safetensors")).unwrap();
+    assert_eq!(got.len(), expected.len());
+    for (name, t) in &expected {
+        assert_eq!(
+            got[name].to_f32_vec().unwrap(),
+            t.to_f32_vec().unwrap(),
+            "{name} differs after resume"
+        );
+    }
+}
