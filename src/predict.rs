@@ -114,6 +114,7 @@ impl Classifier {
                 train: false,
                 resize: Resize::Bicubic,
                 normalization,
+                ..Preprocess::default()
             },
             class_names: names,
         })

@@ -208,3 +208,40 @@ fn adjq_killed_mid_stage_resumes_to_the_same_weights() {
         );
     }
 }
+
+#[test]
+fn pretrain_learns_the_digits_and_is_cached() {
+    let p = Project::new();
+    p.write(
+        "m.toml",
+        &format!(
+            r#"[pipeline]
+name = "pt"
+defaults = {{ crop_padding = 0.0, min_crop_area = 0.5, flip = false }}
+
+[stages.pretrain]
+kind = "pretrain"
+model = "efficientnet-tiny"
+epochs = 2
+batch_size = 32
+lr = 3e-3
+inputs.data = {:?}
+"#,
+            digits().display().to_string()
+        ),
+    );
+    p.ok(&["run", "m.toml"]);
+    assert!(p.ok(&["run", "m.toml"]).contains("0 ran, 1 cached"));
+    let rec: serde_json::Value =
+        serde_json::from_str(&p.ok(&["show", "m.toml", "pretrain", "--json"])).unwrap();
+    let top1 = rec["metrics"]["top1"].as_f64().unwrap();
+    assert!(
+        top1 > 0.5,
+        "two epochs on the digits reach {top1} top-1 (chance is 0.1)"
+    );
+    let metrics = std::fs::read_to_string(output(&p, "pretrain", "metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2);
+    let info = dir::read_info(&output(&p, "pretrain", "model")).unwrap();
+    assert_eq!(info.config.name, "efficientnet-tiny");
+    assert!(info.quantized.is_none());
+}

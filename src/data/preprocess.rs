@@ -54,6 +54,12 @@ pub struct Preprocess {
     pub train: bool,
     pub resize: Resize,
     pub normalization: Normalization,
+    /// Eval crop padding p: the centre crop keeps s/(s+p) of the shorter side (32).
+    pub crop_padding: f32,
+    /// Smallest area fraction of a training crop (0.08).
+    pub min_crop_area: f64,
+    /// Random horizontal flips in training (true).
+    pub flip: bool,
 }
 
 impl Default for Preprocess {
@@ -63,6 +69,9 @@ impl Default for Preprocess {
             train: false,
             resize: Resize::Bicubic,
             normalization: Normalization::B0,
+            crop_padding: 32.0,
+            min_crop_area: 0.08,
+            flip: true,
         }
     }
 }
@@ -76,12 +85,13 @@ pub struct Crop {
     pub h: usize,
 }
 
-/// torchvision's `RandomResizedCrop.get_params` with scale (0.08, 1), ratio (3/4, 4/3).
-pub fn random_resized_crop(width: usize, height: usize, rng: &mut Rng) -> Crop {
+/// torchvision's `RandomResizedCrop.get_params` with scale (min_area, 1) (torchvision and
+/// EfficientNet: 0.08), ratio (3/4, 4/3).
+pub fn random_resized_crop(width: usize, height: usize, min_area: f64, rng: &mut Rng) -> Crop {
     let (min_ratio, max_ratio) = (3.0f64 / 4.0, 4.0f64 / 3.0);
     let area = (width * height) as f64;
     for _ in 0..10 {
-        let target = area * rng.range(0.08, 1.0);
+        let target = area * rng.range(min_area, 1.0);
         let ratio = rng.range(min_ratio.ln(), max_ratio.ln()).exp();
         let w = (target * ratio).sqrt().round() as usize;
         let h = (target / ratio).sqrt().round() as usize;
@@ -114,10 +124,10 @@ pub fn random_resized_crop(width: usize, height: usize, rng: &mut Rng) -> Crop {
     }
 }
 
-/// EfficientNet's eval crop: a centred square of side `s/(s+32)·min(h,w)`.
-pub fn center_crop(width: usize, height: usize, size: usize) -> Crop {
-    const CROP_PADDING: f32 = 32.0;
-    let side = (size as f32 / (size as f32 + CROP_PADDING) * width.min(height) as f32) as usize;
+/// EfficientNet's eval crop: a centred square of side `s/(s+p)·min(h,w)` with crop padding
+/// p = 32 (p = 0 keeps the whole shorter side, for small images such as the digits).
+pub fn center_crop(width: usize, height: usize, size: usize, crop_padding: f32) -> Crop {
+    let side = (size as f32 / (size as f32 + crop_padding) * width.min(height) as f32) as usize;
     let side = side.max(1);
     Crop {
         x: (width - side).div_ceil(2),
@@ -137,10 +147,14 @@ impl Preprocess {
     /// only drawn from in training mode.
     pub fn apply(&self, img: &Image, rng: &mut Rng, out: &mut [f32]) {
         let (crop, flip) = if self.train {
-            let crop = random_resized_crop(img.width, img.height, rng);
-            (crop, rng.uniform() < 0.5)
+            let crop = random_resized_crop(img.width, img.height, self.min_crop_area, rng);
+            // The coin is drawn either way, so the crops do not depend on `flip`.
+            (crop, rng.uniform() < 0.5 && self.flip)
         } else {
-            (center_crop(img.width, img.height, self.size), false)
+            (
+                center_crop(img.width, img.height, self.size, self.crop_padding),
+                false,
+            )
         };
         resample(
             img,
@@ -364,18 +378,18 @@ mod tests {
         let mut rng = Rng::keyed(3, Purpose::Augment, 0, 0);
         for (w, h) in [(1, 1), (500, 375), (10, 300), (300, 10), (32, 32)] {
             for _ in 0..200 {
-                let c = random_resized_crop(w, h, &mut rng);
+                let c = random_resized_crop(w, h, 0.08, &mut rng);
                 assert!(
                     c.w > 0 && c.h > 0 && c.x + c.w <= w && c.y + c.h <= h,
                     "{c:?}"
                 );
             }
-            let c = center_crop(w, h, 224);
+            let c = center_crop(w, h, 224, 32.0);
             assert!(c.w > 0 && c.x + c.w <= w && c.y + c.h <= h, "{c:?}");
         }
         // EfficientNet: 224/(224+32)·375 = 328.125 -> 328, offsets rounded up.
         assert_eq!(
-            center_crop(500, 375, 224),
+            center_crop(500, 375, 224, 32.0),
             Crop {
                 x: 86,
                 y: 24,

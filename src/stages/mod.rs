@@ -7,6 +7,7 @@
 mod adjq;
 mod convert;
 mod eval;
+mod pretrain;
 mod shell;
 mod support;
 mod thresholds;
@@ -53,6 +54,7 @@ pub trait StageKind: Send + Sync {
 
 static KINDS: &[&dyn StageKind] = &[
     &convert::Convert,
+    &pretrain::Pretrain,
     &thresholds::Thresholds,
     &adjq::Adjq,
     &eval::Eval,

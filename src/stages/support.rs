@@ -31,6 +31,24 @@ pub const DATA_PARAMS: &[ParamSpec] = &[
         "subtracted from stored labels (TF-Slim stores 1..N with 0 = background)",
     ),
     ParamSpec::new(
+        "crop_padding",
+        T::Float,
+        D::Toml("32.0"),
+        "eval centre crop keeps s/(s+p) of the shorter side (EfficientNet: 32; 0 for small images)",
+    ),
+    ParamSpec::new(
+        "min_crop_area",
+        T::Float,
+        D::Toml("0.08"),
+        "smallest area fraction of a training random-resized crop",
+    ),
+    ParamSpec::new(
+        "flip",
+        T::Bool,
+        D::Toml("true"),
+        "random horizontal flips in training (off for digits and text)",
+    ),
+    ParamSpec::new(
         "workers",
         T::Int,
         D::Toml("2"),
@@ -59,8 +77,10 @@ pub fn dataset(dir: &Path, split: &str, label_offset: i64, classes: usize) -> Re
     Ok(Arc::new(ds))
 }
 
-/// Preprocessing of a model's inputs (training augmentation or eval crop).
-pub fn preprocess(info: &ModelInfo, train: bool) -> Preprocess {
+/// Preprocessing of a model's inputs (training augmentation or eval crop), with the
+/// stage's data params.
+pub fn preprocess(ctx: &StageContext, info: &ModelInfo, train: bool) -> Preprocess {
+    let p = &ctx.params;
     Preprocess {
         size: info.preprocessing.resolution,
         train,
@@ -70,6 +90,9 @@ pub fn preprocess(info: &ModelInfo, train: bool) -> Preprocess {
         } else {
             Normalization::B0
         },
+        crop_padding: p.f64("crop_padding").unwrap_or(32.0) as f32,
+        min_crop_area: p.f64("min_crop_area").unwrap_or(0.08).clamp(1e-3, 1.0),
+        flip: p.bool("flip").unwrap_or(true),
     }
 }
 

@@ -89,7 +89,7 @@ impl StageKind for Thresholds {
             ctx.params.i64("label_offset").unwrap_or(1),
             info.config.num_classes,
         )?;
-        let cfg = support::loader_config(ctx, batch, support::preprocess(&info, false), 0);
+        let cfg = support::loader_config(ctx, batch, support::preprocess(ctx, &info, false), 0);
         let probe = QEfficientNet::for_calibration(&float, &QConfig::default())?;
         let mut obs = Observe::default();
         let mut seen = 0usize;
