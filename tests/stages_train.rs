@@ -63,12 +63,36 @@ inputs.teacher = "float"
 inputs.thresholds = {{ stage = "thresholds", output = "thresholds.json" }}
 inputs.data = "${{params.data}}"
 
+[stages.select]
+kind = "select"
+rule = "lowest_metric"
+min_top1 = 0.0
+inputs.checkpoints = {{ stage = "adjq", output = "checkpoints" }}
+inputs.metrics = {{ stage = "adjq", output = "metrics.jsonl" }}
+
+[stages.swa]
+kind = "adjq"
+finetune = true
+max_epoch = 1
+batch_size = 50
+lr = 1e-4
+alpha = 25.0
+beta = 0.0
+params_baseline = 2e4
+ops_baseline = 2e6
+val_samples = 50
+swa_delay = 0.2
+swa_freq = 0.1
+inputs.init = {{ stage = "select", output = "model" }}
+inputs.teacher = "float"
+inputs.data = "${{params.data}}"
+
 [stages.eval]
 kind = "eval"
 val_samples = 100
 params_baseline = 2e4
 ops_baseline = 2e6
-inputs.model = {{ stage = "adjq", output = "model" }}
+inputs.model = {{ stage = "swa", output = "model" }}
 inputs.data = "${{params.data}}"
 "#,
         data = digits.display().to_string()
@@ -93,7 +117,7 @@ fn thresholds_adjq_eval_run_cache_and_report() {
     p.write("m.toml", &manifest(&digits(), 1));
     p.ok(&["run", "m.toml"]);
     let again = p.ok(&["run", "m.toml"]);
-    assert!(again.contains("0 ran, 3 cached"), "{again}");
+    assert!(again.contains("0 ran, 5 cached"), "{again}");
 
     let metrics = std::fs::read_to_string(output(&p, "adjq", "metrics.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = metrics
@@ -123,6 +147,32 @@ fn thresholds_adjq_eval_run_cache_and_report() {
     assert!(eval["paper_metric"]["metric"].as_f64().unwrap() > 0.0);
     let table = std::fs::read_to_string(output(&p, "eval", "score.txt")).unwrap();
     assert!(table.contains("official MicroNet score") && table.contains("paper metric"));
+    // select: the lowest metric (ties: the later checkpoint), and why.
+    let why: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(output(&p, "select", "selection.json")).unwrap(),
+    )
+    .unwrap();
+    let lowest = lines
+        .iter()
+        .map(|l| l["metric"].as_f64().unwrap())
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(why["metric"].as_f64().unwrap(), lowest);
+    // The SWA finetune keeps the selected bits and averages its snapshots.
+    let bits = |stage: &str| -> serde_json::Value {
+        let qi: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(output(&p, stage, "model").join("quant_info.json")).unwrap(),
+        )
+        .unwrap();
+        qi["layers"].clone()
+    };
+    assert_eq!(bits("select"), bits("swa"), "finetune keeps the bits");
+    let rec: serde_json::Value =
+        serde_json::from_str(&p.ok(&["show", "m.toml", "swa", "--json"])).unwrap();
+    assert_eq!(
+        rec["metrics"]["swa_snapshots"].as_u64(),
+        Some(8),
+        "mini-epochs 2..9"
+    );
     // The thresholds really are ranges of the model's points.
     let t = adjq::quant::Thresholds::load(&output(&p, "thresholds", "thresholds.json")).unwrap();
     assert!(t.points.contains_key("blocks.0.depthwise/input"));

@@ -8,6 +8,7 @@ mod adjq;
 mod convert;
 mod eval;
 mod pretrain;
+mod select;
 mod shell;
 mod support;
 mod thresholds;
@@ -57,6 +58,7 @@ static KINDS: &[&dyn StageKind] = &[
     &pretrain::Pretrain,
     &thresholds::Thresholds,
     &adjq::Adjq,
+    &select::Select,
     &eval::Eval,
     &shell::Shell,
 ];

@@ -1,0 +1,164 @@
+//! `select`: picks one mini-epoch checkpoint of an `adjq` stage by a rule — the lowest
+//! metric with top-1 ≥ `min_top1`, or the highest top-1 with metric ≤ `max_metric` — and
+//! records why.
+
+use super::{InputSpec, InputsSpec, StageKind};
+use crate::exec::context::StageContext;
+use crate::manifest::Params;
+use crate::manifest::value::{ParamDefault as D, ParamSpec, ParamType as T};
+use crate::model::dir;
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+pub struct Select;
+
+pub const SELECTION: &str = "selection.json";
+
+static PARAMS: &[ParamSpec] = &[
+    ParamSpec::new(
+        "rule",
+        T::Choice(&["lowest_metric", "highest_top1"]),
+        D::Toml("\"lowest_metric\""),
+        "lowest_metric: lowest metric among checkpoints with top-1 ≥ min_top1; highest_top1: highest top-1 among those with metric ≤ max_metric",
+    ),
+    ParamSpec::new(
+        "min_top1",
+        T::Float,
+        D::Toml("0.0"),
+        "accuracy floor of lowest_metric",
+    ),
+    ParamSpec::new(
+        "max_metric",
+        T::Float,
+        D::Toml("1e9"),
+        "metric ceiling of highest_top1",
+    ),
+];
+
+static INPUTS: &[InputSpec] = &[
+    InputSpec {
+        name: "checkpoints",
+        required: true,
+        doc: "an adjq stage's `checkpoints` output",
+    },
+    InputSpec {
+        name: "metrics",
+        required: true,
+        doc: "the same stage's `metrics.jsonl`",
+    },
+];
+
+impl StageKind for Select {
+    fn name(&self) -> &'static str {
+        "select"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn doc(&self) -> &'static str {
+        "Picks one mini-epoch checkpoint of an adjq stage by a rule (lowest metric above an \
+         accuracy floor, or highest accuracy under a metric ceiling); outputs it as `model` \
+         and explains the choice in selection.json."
+    }
+
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+
+    fn inputs(&self) -> InputsSpec {
+        InputsSpec::Named(INPUTS)
+    }
+
+    fn outputs(&self, _: &Params) -> Vec<String> {
+        vec![dir::OUTPUT.into(), SELECTION.into()]
+    }
+
+    fn run(&self, ctx: &mut StageContext) -> Result<()> {
+        let metrics_path = ctx.input("metrics")?.to_path_buf();
+        let text = std::fs::read_to_string(&metrics_path)
+            .with_context(|| format!("cannot read {}", metrics_path.display()))?;
+        let mut rows = Vec::new();
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let v: Value = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not JSON", metrics_path.display(), i + 1))?;
+            let field = |k: &str| v.pointer(k).and_then(Value::as_f64);
+            let (Some(metric), Some(top1), Some(name)) = (
+                field("/metric"),
+                field("/accuracy/top1"),
+                v["checkpoint"].as_str(),
+            ) else {
+                bail!(
+                    "{}:{}: expected metric, accuracy.top1 and checkpoint (an adjq metrics.jsonl)",
+                    metrics_path.display(),
+                    i + 1
+                );
+            };
+            rows.push((name.to_string(), metric, top1));
+        }
+        let p = &ctx.params;
+        let rule = p.str("rule").unwrap_or("lowest_metric").to_string();
+        let (min_top1, max_metric) = (
+            p.f64("min_top1").unwrap_or(0.0),
+            p.f64("max_metric").unwrap_or(1e9),
+        );
+        let eligible: Vec<&(String, f64, f64)> = rows
+            .iter()
+            .filter(|(_, m, t)| {
+                if rule == "lowest_metric" {
+                    *t >= min_top1
+                } else {
+                    *m <= max_metric
+                }
+            })
+            .collect();
+        // Ties: the later checkpoint (trained longer) wins.
+        let best = if rule == "lowest_metric" {
+            eligible.iter().rev().min_by(|a, b| a.1.total_cmp(&b.1))
+        } else {
+            eligible.iter().rev().max_by(|a, b| a.2.total_cmp(&b.2))
+        };
+        let Some((name, metric, top1)) = best.map(|r| (*r).clone()) else {
+            bail!(
+                "no checkpoint satisfies the rule `{rule}` (min_top1 {min_top1}, max_metric {max_metric}); \
+                 {} checkpoints, best top-1 {:.4}, lowest metric {:.4}",
+                rows.len(),
+                rows.iter().map(|r| r.2).fold(f64::NAN, f64::max),
+                rows.iter().map(|r| r.1).fold(f64::NAN, f64::min)
+            );
+        };
+        let src = ctx.input("checkpoints")?.join(&name);
+        if !src.is_dir() {
+            bail!(
+                "checkpoint `{name}` is listed in the metrics but missing from {}",
+                src.display()
+            );
+        }
+        let out = ctx.output_path(dir::OUTPUT);
+        std::fs::create_dir_all(&out)?;
+        for e in std::fs::read_dir(&src)? {
+            let e = e?;
+            std::fs::copy(e.path(), out.join(e.file_name()))?;
+        }
+        let why = json!({
+            "rule": rule,
+            "min_top1": min_top1,
+            "max_metric": max_metric,
+            "chosen": name,
+            "metric": metric,
+            "top1": top1,
+            "eligible": eligible.len(),
+            "candidates": rows.iter().map(|(n, m, t)| json!({"checkpoint": n, "metric": m, "top1": t})).collect::<Vec<_>>(),
+        });
+        crate::store::atomic::write_json(&ctx.output_path(SELECTION), &why)?;
+        ctx.set_metric("metric", metric);
+        ctx.set_metric("top1", top1);
+        ctx.set_metric("chosen", name);
+        Ok(())
+    }
+}
