@@ -653,3 +653,17 @@ fn runner_score_prints_both_numbers_for_presets_and_quant_info() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("stem") || err.contains("blocks."), "{err}");
 }
+
+#[test]
+fn folded_weights_export_as_a_float_model_with_identity_batch_norm() {
+    let float = tiny_float(12);
+    let q = QEfficientNet::for_calibration(&float, &QConfig::default()).unwrap();
+    let map = q.to_float_map();
+    let fresh = EfficientNet::new(&float.config, &Device::flex());
+    let back = adjq::model::import::load(fresh, &map).unwrap().fold_bn();
+    let x = images(2, 13);
+    let (a, b) = (back.forward(x.clone()), float.forward(x));
+    let scale = b.clone().abs().max().into_scalar::<f32>();
+    let diff = (a - b).abs().max().into_scalar::<f32>();
+    assert!(diff <= 1e-5 * scale.max(1.0), "{diff}");
+}

@@ -260,7 +260,7 @@ fn adjq_killed_mid_stage_resumes_to_the_same_weights() {
 }
 
 #[test]
-fn pretrain_learns_the_digits_and_is_cached() {
+fn pretrain_learns_the_digits_and_qat_keeps_its_accuracy() {
     let p = Project::new();
     p.write(
         "m.toml",
@@ -275,13 +275,27 @@ model = "efficientnet-tiny"
 epochs = 2
 batch_size = 32
 lr = 3e-3
-inputs.data = {:?}
+inputs.data = "${{params.data}}"
+
+[params]
+data = {:?}
+
+[stages.qat]
+kind = "qat"
+epochs = 1
+inputs.model = {{ stage = "pretrain", output = "model" }}
+inputs.data = "${{params.data}}"
+
+[stages.eval]
+kind = "eval"
+inputs.model = {{ stage = "qat", output = "model" }}
+inputs.data = "${{params.data}}"
 "#,
             digits().display().to_string()
         ),
     );
     p.ok(&["run", "m.toml"]);
-    assert!(p.ok(&["run", "m.toml"]).contains("0 ran, 1 cached"));
+    assert!(p.ok(&["run", "m.toml"]).contains("0 ran, 3 cached"));
     let rec: serde_json::Value =
         serde_json::from_str(&p.ok(&["show", "m.toml", "pretrain", "--json"])).unwrap();
     let top1 = rec["metrics"]["top1"].as_f64().unwrap();
@@ -294,4 +308,27 @@ inputs.data = {:?}
     let info = dir::read_info(&output(&p, "pretrain", "model")).unwrap();
     assert_eq!(info.config.name, "efficientnet-tiny");
     assert!(info.quantized.is_none());
+
+    // 8-bit QAT keeps the float model's accuracy within a point (here it gains: one
+    // more epoch of training), and its weights come out as a float model that loads,
+    // folds back to the same weights and evaluates.
+    let qat: serde_json::Value =
+        serde_json::from_str(&p.ok(&["show", "m.toml", "qat", "--json"])).unwrap();
+    let (float_top1, q_top1) = (
+        qat["metrics"]["float_top1"].as_f64().unwrap(),
+        qat["metrics"]["top1"].as_f64().unwrap(),
+    );
+    assert_eq!(float_top1, top1, "qat measured the pretrained model");
+    assert!(
+        q_top1 >= float_top1 - 0.01,
+        "8-bit QAT top-1 {q_top1} vs float {float_top1}"
+    );
+    let ranges: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output(&p, "qat", "ranges.json")).unwrap())
+            .unwrap();
+    assert!(ranges["ranges"]["blocks.0.depthwise/input"].is_array());
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output(&p, "eval", "eval.json")).unwrap())
+            .unwrap();
+    assert!(eval["top1"].as_f64().unwrap() > 0.5);
 }

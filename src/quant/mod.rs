@@ -6,6 +6,7 @@ pub mod fake_quant;
 pub mod info;
 pub mod qnet;
 pub mod ste;
+pub mod tfqat;
 pub mod thresholds;
 
 pub use adjustable::{AdjQuant, QuantSpec, RangeLimits, RangePreset};

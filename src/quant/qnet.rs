@@ -528,3 +528,38 @@ impl QEfficientNet {
         self.convs().into_iter().map(|c| c.layer.clone()).collect()
     }
 }
+
+impl QEfficientNet {
+    /// The network's (unquantized) weights as a float EfficientNet checkpoint whose batch
+    /// norms are identities (γ = 1, β = bias, μ = 0, σ² = 1 − ε): loading it and folding
+    /// again gives back exactly these weights and biases. How `qat` hands its result to
+    /// stages that take a float model.
+    pub fn to_float_map(&self) -> crate::ckpt::TensorMap {
+        fn entry<const D: usize>(t: Tensor<D>) -> crate::ckpt::Tensor {
+            crate::ckpt::Tensor::from_f32(t.dims().to_vec(), &super::host_f32(t))
+        }
+        let eps = self.config.bn_eps as f32;
+        let mut map = crate::ckpt::TensorMap::new();
+        for c in self.convs() {
+            let l = &c.layer;
+            let (w, b) = (c.weight.val(), c.bias.val());
+            if l.name == "classifier" {
+                let w = w.reshape([l.cout, l.cin]).transpose();
+                map.insert("classifier.weight".into(), entry(w));
+                map.insert("classifier.bias".into(), entry(b));
+            } else if l.name.contains(".se.") {
+                map.insert(format!("{}.weight", l.name), entry(w));
+                map.insert(format!("{}.bias", l.name), entry(b));
+            } else {
+                let ones = Tensor::<1>::ones([l.cout], &b.device());
+                let n = &l.name;
+                map.insert(format!("{n}.conv.weight"), entry(w));
+                map.insert(format!("{n}.bn.gamma"), entry(ones.clone()));
+                map.insert(format!("{n}.bn.running_mean"), entry(b.zeros_like()));
+                map.insert(format!("{n}.bn.beta"), entry(b));
+                map.insert(format!("{n}.bn.running_var"), entry(ones.sub_scalar(eps)));
+            }
+        }
+        map
+    }
+}

@@ -8,6 +8,7 @@ mod adjq;
 mod convert;
 mod eval;
 mod pretrain;
+mod qat;
 mod select;
 mod shell;
 mod support;
@@ -56,6 +57,7 @@ pub trait StageKind: Send + Sync {
 static KINDS: &[&dyn StageKind] = &[
     &convert::Convert,
     &pretrain::Pretrain,
+    &qat::Qat,
     &thresholds::Thresholds,
     &adjq::Adjq,
     &select::Select,

@@ -1,0 +1,298 @@
+//! `qat`: TensorFlow-style 8-bit quantization-aware training from a float model — BN
+//! folded, weights fake-quantized per output channel with their own min/max, conv and
+//! swish inputs with EMA ranges, quant delay — the published recipe's step 2. Outputs the
+//! trained weights as a float model directory (identity batch norms, so the next stages
+//! fold back exactly these weights) and the ranges.
+
+use super::support::{self, Accuracy, DATA_PARAMS, StateDirs};
+use super::{InputSpec, InputsSpec, StageKind};
+use crate::data::{Cursor, Loader};
+use crate::exec::context::StageContext;
+use crate::manifest::Params;
+use crate::manifest::value::{ParamDefault as D, ParamSpec, ParamType as T};
+use crate::model::dir::{self, ModelInfo};
+use crate::model::import;
+use crate::quant::tfqat::TfQat;
+use crate::quant::{QConfig, QEfficientNet};
+use crate::train::loss::cross_entropy;
+use crate::train::params::{param_ids, stable_ids};
+use anyhow::{Context, Result, anyhow, bail};
+use burn::module::{Module, ParamId};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::Bytes;
+use serde::{Deserialize, Serialize};
+use std::sync::LazyLock;
+
+pub struct Qat;
+
+pub const RANGES: &str = "ranges.json";
+pub const METRICS: &str = "metrics.jsonl";
+
+static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
+    let mut v = vec![
+        ParamSpec::new(
+            "bits",
+            T::Int,
+            D::Toml("8"),
+            "bits of weights and activations",
+        ),
+        ParamSpec::new("epochs", T::Int, D::Toml("1"), "training epochs"),
+        ParamSpec::new("batch_size", T::Int, D::Toml("32"), "training batch size"),
+        ParamSpec::new("lr", T::Float, D::Toml("1e-4"), "Adam learning rate"),
+        ParamSpec::new(
+            "label_smoothing",
+            T::Float,
+            D::Toml("0.1"),
+            "label smoothing ε",
+        ),
+        ParamSpec::new(
+            "ema_decay",
+            T::Float,
+            D::Toml("0.999"),
+            "decay of the activation range averages",
+        ),
+        ParamSpec::new(
+            "quant_delay",
+            T::Int,
+            D::Toml("0"),
+            "steps before activations are quantized",
+        ),
+        ParamSpec::new(
+            "seed",
+            T::Int,
+            D::Toml("0"),
+            "data order, augmentation, dropout",
+        ),
+        ParamSpec::new(
+            "val_samples",
+            T::Int,
+            D::Toml("0"),
+            "validation images per epoch (0: all)",
+        ),
+    ];
+    v.extend_from_slice(DATA_PARAMS);
+    v
+});
+
+static INPUTS: &[InputSpec] = &[
+    InputSpec {
+        name: "model",
+        required: true,
+        doc: "the float model directory to start from",
+    },
+    InputSpec {
+        name: "data",
+        required: true,
+        doc: "dataset directory with TF-Slim `train-*` and `validation-*` shards",
+    },
+];
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Epoch {
+    epoch: usize,
+    loss: f64,
+    /// Accuracy of the fake-quantized network.
+    accuracy: Accuracy,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Progress {
+    epochs: usize,
+    float_accuracy: Option<Accuracy>,
+    records: Vec<Epoch>,
+    qat: TfQat,
+}
+
+impl StageKind for Qat {
+    fn name(&self) -> &'static str {
+        "qat"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn doc(&self) -> &'static str {
+        "TF-style quantization-aware training (8 bits by default): BN folded, per-channel \
+         weight fake quant with TF's nudging and gradients, EMA activation ranges, quant \
+         delay. Outputs the weights as a float model directory, ranges.json and \
+         metrics.jsonl (float and quantized top-1)."
+    }
+
+    fn params(&self) -> &'static [ParamSpec] {
+        &PARAMS
+    }
+
+    fn inputs(&self) -> InputsSpec {
+        InputsSpec::Named(INPUTS)
+    }
+
+    fn outputs(&self, _: &Params) -> Vec<String> {
+        [dir::OUTPUT, RANGES, METRICS].map(String::from).to_vec()
+    }
+
+    fn run(&self, ctx: &mut StageContext) -> Result<()> {
+        let p = ctx.params.clone();
+        let plain = support::device()?;
+        let device = plain.clone().autodiff();
+        let seed = p.i64("seed").unwrap_or(0) as u64;
+        let (float, info) = dir::load_float(ctx.input("model")?, &plain)?;
+        let bits = p.i64("bits").unwrap_or(8).clamp(2, 16) as u32;
+        // The network is only a carrier of weights and biases here; its own quantizers
+        // are unused (the TF points replace them).
+        let carrier = QConfig {
+            bits_trainable: false,
+            ..QConfig::default()
+        };
+        let mut net = stable_ids(QEfficientNet::for_calibration(
+            &float.clone().fold_bn(),
+            &carrier,
+        )?)
+        .to_device(&device)
+        .train();
+        let ids: Vec<ParamId> = param_ids(&net)
+            .into_iter()
+            .filter(|(path, _)| !path.contains("_q."))
+            .map(|(_, id)| id)
+            .collect();
+        let mut opt = AdamConfig::new().init();
+
+        let data = ctx.input("data")?.to_path_buf();
+        let offset = p.i64("label_offset").unwrap_or(1);
+        let classes = info.config.num_classes;
+        let train = support::dataset(&data, "train", offset, classes)?;
+        let val = support::dataset(&data, "validation", offset, classes)?;
+        let batch = p.i64("batch_size").unwrap_or(32).max(1) as usize;
+        let batches = (train.len() as usize / batch) as u64;
+        if batches == 0 {
+            bail!(
+                "batch_size {batch} is larger than the training set ({} images)",
+                train.len()
+            );
+        }
+        let train_cfg =
+            support::loader_config(ctx, batch, support::preprocess(ctx, &info, true), seed);
+        let val_cfg = support::loader_config(ctx, 100, support::preprocess(ctx, &info, false), 0);
+        let val_samples = p.i64("val_samples").unwrap_or(0).max(0) as usize;
+        let epochs = p.i64("epochs").unwrap_or(1).max(0) as usize;
+        let lr = p.f64("lr").unwrap_or(1e-4);
+        let smoothing = p.f64("label_smoothing").unwrap_or(0.1) as f32;
+
+        let states = StateDirs::new(ctx);
+        let mut progress = Progress {
+            qat: TfQat::new(
+                bits,
+                p.f64("ema_decay").unwrap_or(0.999) as f32,
+                p.i64("quant_delay").unwrap_or(0).max(0) as u64,
+            ),
+            ..Progress::default()
+        };
+        if let Some(state) = states.latest() {
+            let (values, _) = crate::ckpt::safetensors::read(&state.join("model.safetensors"))?;
+            net = import::load(net, &values).map_err(|m| anyhow!("resume state: {m}"))?;
+            opt = AdamConfig::new()
+                .init()
+                .from_bytes(Bytes::from_bytes_vec(std::fs::read(
+                    state.join("optimizer.bin"),
+                )?))
+                .map_err(|e| anyhow!("resume state: optimizer: {e:?}"))?;
+            progress = serde_json::from_slice(&std::fs::read(state.join("progress.json"))?)
+                .context("resume state: progress.json")?;
+        }
+        if progress.float_accuracy.is_none() {
+            let f = float.clone();
+            progress.float_accuracy = Some(support::evaluate(
+                &|x| f.forward(x),
+                val.clone(),
+                val_cfg.clone(),
+                val_samples,
+                &plain,
+            )?);
+        }
+
+        while progress.epochs < epochs {
+            let e = progress.epochs;
+            device.seed(seed.wrapping_mul(1_000_003).wrapping_add(e as u64 + 1));
+            let start = Cursor {
+                epoch: e as u64,
+                batch: 0,
+            };
+            let (mut sum, mut steps) = (0.0f64, 0usize);
+            progress.qat.training = true;
+            for b in Loader::new(train.clone(), train_cfg.clone(), start)?.take(batches as usize) {
+                ctx.check_interrupted()?;
+                let (x, y) = b?.to_tensors(&device);
+                let loss = cross_entropy(net.forward_with(x, &mut progress.qat), y, smoothing);
+                let value = loss.clone().into_scalar::<f32>() as f64;
+                if !value.is_finite() {
+                    bail!("epoch {e} step {steps}: the cross-entropy loss is {value}; stopping");
+                }
+                let mut grads = loss.backward();
+                let g = GradientsParams::from_params(&mut grads, &net, &ids);
+                net = opt.step(lr, net, g);
+                progress.qat.step += 1;
+                sum += value;
+                steps += 1;
+                ctx.progress(
+                    steps as u64,
+                    Some(batches),
+                    format!("epoch {}/{epochs} loss {value:.4}", e + 1),
+                );
+            }
+            progress.qat.training = false;
+            let valid = net.valid();
+            let mut points = progress.qat.clone();
+            let accuracy = {
+                let cell = std::cell::RefCell::new(&mut points);
+                support::evaluate(
+                    &|x| valid.forward_with(x, *cell.borrow_mut()),
+                    val.clone(),
+                    val_cfg.clone(),
+                    val_samples,
+                    &plain,
+                )?
+            };
+            progress.records.push(Epoch {
+                epoch: e,
+                loss: sum / steps.max(1) as f64,
+                accuracy,
+            });
+            progress.epochs += 1;
+            states.save(&progress.epochs.to_string(), |d| {
+                crate::ckpt::safetensors::write(
+                    &d.join("model.safetensors"),
+                    &import::export(&net),
+                    &Default::default(),
+                )?;
+                let bytes = opt.into_bytes().map_err(|e| anyhow!("{e:?}"))?;
+                crate::store::atomic::write(&d.join("optimizer.bin"), &bytes)?;
+                crate::store::atomic::write_json(&d.join("progress.json"), &progress)?;
+                Ok(())
+            })?;
+        }
+
+        let out_info = ModelInfo::float(
+            &info.config,
+            serde_json::json!({"stage": ctx.stage, "qat_bits": bits}),
+        );
+        dir::write(
+            &ctx.output_path(dir::OUTPUT),
+            &net.valid().to_float_map(),
+            &out_info,
+        )?;
+        crate::store::atomic::write_json(&ctx.output_path(RANGES), &progress.qat)?;
+        let mut lines = String::new();
+        for r in &progress.records {
+            lines.push_str(&serde_json::to_string(r)?);
+            lines.push('\n');
+        }
+        crate::store::atomic::write(&ctx.output_path(METRICS), lines.as_bytes())?;
+        if let Some(f) = progress.float_accuracy {
+            ctx.set_metric("float_top1", f.top1);
+        }
+        if let Some(last) = progress.records.last() {
+            ctx.set_metric("top1", last.accuracy.top1);
+        }
+        Ok(())
+    }
+}
