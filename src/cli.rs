@@ -65,6 +65,9 @@ enum Command {
     Kinds {
         /// Kind to describe.
         kind: Option<String>,
+        /// Print Markdown (the README's stage reference is generated with this).
+        #[arg(long)]
+        markdown: bool,
     },
     /// Classify images with a converted model (or a raw checkpoint and --preset): top-k classes.
     Predict(PredictArgs),
@@ -369,7 +372,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 Ok(1)
             }
         }
-        Command::Kinds { kind } => kinds(kind.as_deref()),
+        Command::Kinds { kind, markdown } => kinds(kind.as_deref(), markdown),
         Command::Predict(a) => {
             let device = backend.device()?;
             let source =
@@ -953,7 +956,7 @@ fn run_gc(a: GcArgs, store_flag: Option<&Path>) -> Result<i32> {
     Ok(0)
 }
 
-fn kinds(name: Option<&str>) -> Result<i32> {
+fn kinds(name: Option<&str>, markdown: bool) -> Result<i32> {
     let list: Vec<_> = match name {
         None => stages::all().to_vec(),
         Some(n) => vec![stages::find(n).ok_or_else(|| {
@@ -962,36 +965,62 @@ fn kinds(name: Option<&str>) -> Result<i32> {
         })?],
     };
     for k in list {
-        println!("{} (version {})\n  {}\n", k.name(), k.version(), k.doc());
+        if markdown {
+            println!(
+                "### `{}` (version {})\n\n{}\n",
+                k.name(),
+                k.version(),
+                k.doc()
+            );
+        } else {
+            println!("{} (version {})\n  {}\n", k.name(), k.version(), k.doc());
+        }
         let mut t = new_table(vec!["param", "type", "default", "meaning"]);
+        if markdown {
+            t.load_style(comfy_table::presets::ASCII_MARKDOWN);
+        }
         for p in k.params() {
             let default = match p.default {
                 ParamDefault::Required => "required".to_string(),
                 ParamDefault::Absent => "unset".to_string(),
                 ParamDefault::Toml(lit) => lit.to_string(),
             };
+            // Markdown cells cannot hold a bare `|`.
+            let cell = |s: String| if markdown { s.replace('|', "\\|") } else { s };
             t.add_row(vec![
                 p.name.to_string(),
-                p.ty.to_string(),
-                default,
-                p.doc.to_string(),
+                cell(p.ty.to_string()),
+                cell(default),
+                cell(p.doc.to_string()),
             ]);
         }
         println!("{t}");
+        let bullet = if markdown { "\n- " } else { "\n" };
         match k.inputs() {
-            stages::InputsSpec::Any => println!("inputs: any names\n"),
+            stages::InputsSpec::Any => print!("{bullet}inputs: any names"),
             stages::InputsSpec::Named(specs) => {
                 for s in specs {
-                    println!(
-                        "input {}{}: {}",
+                    print!(
+                        "{bullet}input `{}`{}: {}",
                         s.name,
                         if s.required { "" } else { " (optional)" },
                         s.doc
                     );
                 }
-                println!();
             }
         }
+        let outputs = k.outputs(&manifest::Params::default());
+        if !outputs.is_empty() {
+            print!(
+                "{bullet}outputs: {}",
+                outputs
+                    .iter()
+                    .map(|o| format!("`{o}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        println!("\n");
     }
     Ok(0)
 }
