@@ -6,7 +6,7 @@
 //! burn 0.22's `cuda` backend is not offered: its build script downloads an LLVM bundle,
 //! so it cannot be built on machines without internet (see README, "Backends").
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use burn::prelude::Device;
 use serde::{Deserialize, Serialize};
 
@@ -59,7 +59,7 @@ fn wgpu_device() -> Result<Device> {
 
 #[cfg(not(feature = "wgpu"))]
 fn wgpu_device() -> Result<Device> {
-    bail!(
+    anyhow::bail!(
         "this runner was built without the wgpu backend; rebuild with \
          `cargo build --release --features wgpu` (or use --backend flex)"
     )
