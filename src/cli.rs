@@ -859,7 +859,70 @@ fn show(a: ShowArgs, store_flag: Option<&Path>) -> Result<i32> {
             println!("  {k} = {v}");
         }
     }
+    // Training stages log one JSON line per (mini-)epoch: show them as a table.
+    if let Some(o) = rec.outputs.get("metrics.jsonl") {
+        let text = std::fs::read_to_string(store.object_path(&o.hash)).unwrap_or_default();
+        if let Some(t) = jsonl_table(&text) {
+            println!("training log (metrics.jsonl)\n{t}");
+        }
+    }
     Ok(0)
+}
+
+/// A table of the numeric and boolean fields of JSON lines (nested keys joined by `.`).
+fn jsonl_table(text: &str) -> Option<Table> {
+    fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    leaves(&key, v, out);
+                }
+            }
+            serde_json::Value::Number(n) => out.push((
+                prefix.to_string(),
+                match (n.as_u64(), n.as_f64()) {
+                    (Some(i), _) => i.to_string(),
+                    (_, Some(f)) => format!("{f:.4}"),
+                    _ => n.to_string(),
+                },
+            )),
+            serde_json::Value::Bool(b) => out.push((prefix.to_string(), b.to_string())),
+            _ => {}
+        }
+    }
+    // Bookkeeping fields that would only widen the table.
+    const SKIP: &[&str] = &["steps", "loss.sign", "loss.metric", "accuracy.images"];
+    let rows: Vec<Vec<(String, String)>> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            let mut out = Vec::new();
+            leaves("", &v, &mut out);
+            out.retain(|(k, _)| !SKIP.contains(&k.as_str()));
+            out
+        })
+        .collect();
+    let header: Vec<String> = rows.first()?.iter().map(|(k, _)| k.clone()).collect();
+    let mut t = new_table(header.iter().map(String::as_str).collect());
+    for r in &rows {
+        t.add_row(
+            header
+                .iter()
+                .map(|h| {
+                    r.iter()
+                        .find(|(k, _)| k == h)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    Some(t)
 }
 
 /// Plans `stage` (and its upstream) of `m` without running anything: the store, the plan,

@@ -1,0 +1,81 @@
+//! One `adjq` training step on EfficientNet-B0 at 224×224, batch 25 (the original's):
+//! the quantized student's forward + backward (adjustable quantizer on every weight, conv
+//! input, swish input and bias; learned bits), the float teacher's forward, the paper
+//! metric, and both Adam updates. Prints ms/step and images/s for every backend this
+//! build has. `benches/torch_adjq_step.py` is the same step in PyTorch eager; run both in
+//! one session (benches/README.md).
+//!
+//!     RAYON_NUM_THREADS=2 cargo bench --bench adjq_step [--features wgpu]
+
+use adjq::backend::Backend;
+use adjq::model::{EfficientNet, EfficientNetConfig};
+use adjq::quant::qnet::Observe;
+use adjq::quant::{QConfig, QEfficientNet};
+use adjq::score::metric::MetricConfig;
+use adjq::train::adjq::{AdjqConfig, AdjqTrainer};
+use adjq::train::schedule::LrSchedule;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use std::time::Instant;
+
+const BATCH: usize = 25;
+const ITERS: usize = 3;
+
+fn main() {
+    println!(
+        "| step (B0 @ 224, batch {BATCH}) | backend | ms / step | images/s |\n|---|---|---|---|"
+    );
+    for backend in Backend::available() {
+        bench(backend);
+    }
+}
+
+fn bench(backend: Backend) {
+    let plain = backend.device().expect("backend device");
+    let device = plain.clone().autodiff();
+    plain.seed(0);
+    let cfg = EfficientNetConfig::preset("efficientnet-b0").expect("preset");
+    let teacher = EfficientNet::new(&cfg, &plain);
+    let folded = teacher.clone().fold_bn();
+    let x = Tensor::<4>::random([BATCH, 3, 224, 224], Distribution::Normal(0.0, 1.0), &plain);
+    let labels: Vec<i64> = (0..BATCH as i64).map(|i| (i * 37) % 1000).collect();
+    let probe = QEfficientNet::for_calibration(&folded, &QConfig::default()).expect("probe");
+    let mut obs = Observe::default();
+    probe.forward_with(x.clone(), &mut obs);
+    let student = QEfficientNet::from_float(&folded, &obs.thresholds, &QConfig::default())
+        .expect("quantized model")
+        .to_device(&device)
+        .train();
+    let mut trainer = AdjqTrainer::new(
+        student,
+        teacher,
+        AdjqConfig {
+            alpha: 7.0,
+            beta: 85.0,
+            target: 0.18,
+            metric: MetricConfig::default(),
+            lr: LrSchedule {
+                lr: 3e-6,
+                decay: None,
+            },
+            lr_bits: 1e-3,
+        },
+    );
+    let x = x.to_device(&device);
+    let y = Tensor::<1, Int>::from_ints(labels.as_slice(), &device);
+    let mut step = || {
+        trainer
+            .step(x.clone(), y.clone(), true)
+            .expect("a finite loss");
+    };
+    step(); // warm-up
+    let t0 = Instant::now();
+    for _ in 0..ITERS {
+        step();
+    }
+    let ms = t0.elapsed().as_secs_f64() * 1000.0 / ITERS as f64;
+    println!(
+        "| adjq step, burn | {backend} | {ms:.0} | {:.1} |",
+        BATCH as f64 * 1000.0 / ms
+    );
+}
