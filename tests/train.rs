@@ -60,6 +60,7 @@ fn config(alpha: f32, beta: f32, lr: f64, lr_bits: f64) -> AdjqConfig {
             params_baseline: 2e4,
             ops_baseline: 2e6,
             gamma: 0.7,
+            ..Default::default()
         },
         lr: LrSchedule { lr, decay: None },
         lr_bits,
@@ -138,6 +139,25 @@ fn beta_drives_the_metric_down_and_changes_bits() {
         "{} → {}",
         before.avg_weight_bits,
         after.avg_weight_bits
+    );
+}
+
+#[test]
+fn the_official_rule_also_drives_its_score_down() {
+    let mut cfg = config(0.1, 50.0, 1e-4, 0.05);
+    cfg.metric.rule = adjq::score::metric::MetricRule::Official;
+    let mut t = trainer(cfg);
+    let data = batches(5, 7);
+    let first = t.step(data[0].0.clone(), data[0].1.clone(), true).unwrap();
+    let mut last = first;
+    for (x, y) in &data[1..] {
+        last = t.step(x.clone(), y.clone(), true).unwrap();
+    }
+    assert!(
+        last.terms.metric < first.terms.metric,
+        "official score {} → {}",
+        first.terms.metric,
+        last.terms.metric
     );
 }
 

@@ -278,6 +278,30 @@ impl Quantization {
         }
     }
 
+    /// The bits of a quantized network, as `quant_info.json` records them (layers it does
+    /// not list would count as fp32; it lists them all).
+    pub fn from_info(info: &crate::quant::info::QuantInfo) -> Self {
+        let whole = |v: &[f32]| {
+            v.iter()
+                .map(|&b| b.round().clamp(1.0, 32.0) as u32)
+                .collect()
+        };
+        let mut q = Quantization::float();
+        q.bias_bits = info.bias_bits.round() as u32;
+        q.act_fn_bits = info.swish_bits.round() as u32;
+        for l in &info.layers {
+            q.layers.insert(
+                l.name.clone(),
+                LayerQuant {
+                    weight_bits: Some(whole(&l.weight_bits)),
+                    act_bits: Some(whole(&l.act_bits)),
+                    sparsity: 0.0,
+                },
+            );
+        }
+        q
+    }
+
     /// These settings overridden by a `quant_info.json` text: `bias_bits`, `swish_bits` and
     /// `layers: [{name, weight_bits: [per output channel], act_bits: [per input channel],
     /// sparsity?}]`; a listed layer's entry replaces any earlier one, other keys are

@@ -20,7 +20,19 @@ use serde::{Deserialize, Serialize};
 /// Bits of the network input.
 pub const INPUT_BITS: f32 = 8.0;
 
-/// Baselines and the straight-through split of the max.
+/// Which score training pushes down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricRule {
+    /// The original's metric (additions at low precision, no pooling/SE-scale/skip ops).
+    #[default]
+    Paper,
+    /// The official MicroNet score (`counter`): its value exactly, its gradient through
+    /// the bit-dependent parts (parameters, and multiplies at max(operand bits)).
+    Official,
+}
+
+/// Baselines, the straight-through split of the max, and the rule.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MetricConfig {
     /// P0: parameter baseline (MobileNetV2-1.4: 6.9e6).
@@ -29,6 +41,8 @@ pub struct MetricConfig {
     pub ops_baseline: f64,
     /// γ: share of the max's gradient given to the activation bits.
     pub gamma: f32,
+    #[serde(default)]
+    pub rule: MetricRule,
 }
 
 impl Default for MetricConfig {
@@ -37,6 +51,7 @@ impl Default for MetricConfig {
             params_baseline: 6.9e6,
             ops_baseline: 1170e6,
             gamma: 0.7,
+            rule: MetricRule::Paper,
         }
     }
 }
@@ -81,6 +96,7 @@ pub fn metric(model: &QEfficientNet, cfg: &MetricConfig) -> Metric {
     let convs = model.convs();
     let mut params = Tensor::<1>::zeros([1], &device);
     let mut ops = Tensor::<1>::zeros([1], &device);
+    let mut mults = Tensor::<1>::zeros([1], &device);
     let mut biases = 0usize;
     for c in &convs {
         let l = &c.layer;
@@ -92,13 +108,17 @@ pub fn metric(model: &QEfficientNet, cfg: &MetricConfig) -> Metric {
         };
         params = params + bw.clone().mean().mul_scalar(l.weight_count() as f32 / 32.0);
         let m = smax(bw, ba, l.depthwise(), cfg.gamma);
+        mults = mults + m.clone().mul_scalar(l.macs() as f32 / 32.0);
         ops = ops + m.mul_scalar(2.0 * l.macs() as f32 / 32.0);
         biases += l.cout;
     }
     let q = &model.qconfig;
+    params = params.add_scalar(biases as f32 * q.bias_bits / 32.0);
+    if cfg.rule == MetricRule::Official {
+        return official(model, cfg, params, mults);
+    }
     let swish = model.config.activation == crate::model::Activation::Swish;
     let layers: Vec<QLayer> = convs.iter().map(|c| c.layer.clone()).collect();
-    params = params.add_scalar(biases as f32 * q.bias_bits / 32.0);
     ops = ops.add_scalar(3.0 * swish_elements(&layers, swish) as f32 * q.swish_bits / 32.0);
     let metric = params.clone().div_scalar(cfg.params_baseline as f32)
         + ops.clone().div_scalar(cfg.ops_baseline as f32);
@@ -106,6 +126,41 @@ pub fn metric(model: &QEfficientNet, cfg: &MetricConfig) -> Metric {
         metric,
         params,
         ops,
+    }
+}
+
+/// The official score as a tracked scalar: the counter's exact value, carried by the
+/// bit-dependent parts (parameter costs and weighted-layer multiplies) for gradients.
+fn official(
+    model: &QEfficientNet,
+    cfg: &MetricConfig,
+    params: Tensor<1>,
+    mults: Tensor<1>,
+) -> Metric {
+    use super::counter;
+    let info = crate::quant::info::QuantInfo::of(model);
+    let options = counter::Options {
+        params_baseline: cfg.params_baseline,
+        ops_baseline: cfg.ops_baseline,
+        ..Default::default()
+    };
+    let report = counter::count(
+        &model.config,
+        model.config.resolution,
+        &counter::Quantization::from_info(&info),
+        &options,
+    )
+    .expect("a quantized network's own layers match its config");
+    let t = &report.totals;
+    let carrier = params.clone().div_scalar(cfg.params_baseline as f32)
+        + mults.clone().div_scalar(cfg.ops_baseline as f32);
+    let metric = carrier.clone() + (carrier.detach().neg().add_scalar(t.score as f32));
+    let device = params.device();
+    Metric {
+        metric,
+        params: params.clone() + (params.detach().neg().add_scalar(t.params_cost as f32)),
+        ops: Tensor::full([1], (t.mults_cost + t.adds_cost) as f32, &device)
+            + (mults.clone() - mults.detach()),
     }
 }
 

@@ -13,7 +13,7 @@ use crate::model::dir::{self, ModelInfo};
 use crate::quant::info::QuantInfo;
 use crate::quant::{QConfig, QEfficientNet, RangePreset, Thresholds};
 use crate::report::tensorboard::EventWriter;
-use crate::score::metric::{MetricConfig, metric};
+use crate::score::metric::{MetricConfig, MetricRule, metric};
 use crate::train::adjq::{AdjqConfig, AdjqTrainer};
 use crate::train::loss::LossTerms;
 use crate::train::schedule::{LrSchedule, MINI_EPOCHS, PrecisionSchedule, SwaSchedule};
@@ -318,6 +318,10 @@ impl StageKind for Adjq {
             params_baseline: f(&p, "params_baseline", 6.9e6),
             ops_baseline: f(&p, "ops_baseline", 1170e6),
             gamma: f(&p, "gamma", 0.7) as f32,
+            rule: match p.str("metric_rule") {
+                Some("official") => MetricRule::Official,
+                _ => MetricRule::Paper,
+            },
         };
         let cfg = AdjqConfig {
             alpha: f(&p, "alpha", 7.0) as f32,

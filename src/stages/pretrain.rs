@@ -12,6 +12,7 @@ use crate::model::config::PRESETS;
 use crate::model::dir::{self, ModelInfo};
 use crate::model::{EfficientNet, EfficientNetConfig, import};
 use crate::report::tensorboard::EventWriter;
+use crate::train::ema::Ema;
 use crate::train::loss::cross_entropy;
 use crate::train::params::stable_ids;
 use anyhow::{Context, Result, anyhow, bail};
@@ -57,6 +58,12 @@ static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
             T::Float,
             D::Toml("0.1"),
             "label smoothing ε",
+        ),
+        ParamSpec::new(
+            "ema_decay",
+            T::Float,
+            D::Toml("0.0"),
+            "moving average of the weights (e.g. 0.999; 0 = off); when on, validation and the output use it",
         ),
         ParamSpec::new(
             "seed",
@@ -193,6 +200,12 @@ impl StageKind for Pretrain {
             progress = serde_json::from_slice(&std::fs::read(state.join("progress.json"))?)
                 .context("resume state: progress.json")?;
         }
+        let ema_decay = p.f64("ema_decay").unwrap_or(0.0);
+        let mut ema = (ema_decay > 0.0).then(|| Ema::new(ema_decay));
+        if let (Some(state), Some(e)) = (states.latest(), &mut ema) {
+            let (shadow, _) = crate::ckpt::safetensors::read(&state.join("ema.safetensors"))?;
+            *e = Ema::with_shadow(ema_decay, shadow);
+        }
         ctx.set_metric("resumed_at_epoch", progress.epochs);
 
         while progress.epochs < epochs {
@@ -223,6 +236,9 @@ impl StageKind for Pretrain {
                 }
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 model = opt.step(lr, model, grads);
+                if let Some(e) = &mut ema {
+                    e.update(&import::export(&model))?;
+                }
                 loss_sum += value;
                 steps += 1;
                 let ips = (steps * batch) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
@@ -235,7 +251,7 @@ impl StageKind for Pretrain {
                     ),
                 );
             }
-            let valid = model.valid();
+            let valid = evaluated(&model, &ema)?;
             let accuracy = support::evaluate(
                 &|x| valid.forward(x),
                 val.clone(),
@@ -275,6 +291,15 @@ impl StageKind for Pretrain {
             ctx.set_metric("loss", last.loss);
         }
         Ok(())
+    }
+}
+
+/// The model to validate and output: the EMA of the weights when one is kept.
+fn evaluated(model: &EfficientNet, ema: &Option<Ema>) -> Result<EfficientNet> {
+    let valid = model.valid();
+    match ema.as_ref().and_then(Ema::shadow) {
+        Some(shadow) => import::load(valid, shadow).map_err(|m| anyhow!("EMA weights: {m}")),
+        None => Ok(valid),
     }
 }
 

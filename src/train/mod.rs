@@ -2,6 +2,7 @@
 //! (stable ids, optimizer groups, snapshots) and the adjustable-quantization trainer.
 
 pub mod adjq;
+pub mod ema;
 pub mod loss;
 pub mod params;
 pub mod schedule;
