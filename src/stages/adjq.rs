@@ -206,11 +206,7 @@ static INPUTS: &[InputSpec] = &[
         required: false,
         doc: "thresholds.json of the init model (needed when init is a float model)",
     },
-    InputSpec {
-        name: "data",
-        required: true,
-        doc: "dataset directory with TF-Slim `train-*` and `validation-*` shards",
-    },
+    support::TRAIN_DATA,
 ];
 
 /// One mini-epoch's results (a line of metrics.jsonl).
@@ -530,12 +526,7 @@ fn save_model(model: &QEfficientNet, info: &ModelInfo, path: &std::path::Path) -
 
 /// metrics.jsonl and the TensorBoard curves, rewritten from all records.
 fn write_logs(ctx: &StageContext, records: &[MiniEpoch]) -> Result<()> {
-    let mut lines = String::new();
-    for r in records {
-        lines.push_str(&serde_json::to_string(r)?);
-        lines.push('\n');
-    }
-    crate::store::atomic::write(&ctx.output_path(METRICS), lines.as_bytes())?;
+    support::write_jsonl(&ctx.output_path(METRICS), records)?;
     let mut tb = EventWriter::create(&ctx.output_path(TENSORBOARD))?;
     for (i, r) in records.iter().enumerate() {
         tb.scalars(

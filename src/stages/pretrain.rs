@@ -15,11 +15,10 @@ use crate::report::tensorboard::EventWriter;
 use crate::train::ema::Ema;
 use crate::train::loss::cross_entropy;
 use crate::train::params::stable_ids;
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use burn::module::Module;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
-use burn::tensor::Bytes;
 use serde::{Deserialize, Serialize};
 use std::sync::LazyLock;
 
@@ -83,11 +82,7 @@ static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
 });
 
 static INPUTS: &[InputSpec] = &[
-    InputSpec {
-        name: "data",
-        required: true,
-        doc: "dataset directory with TF-Slim `train-*` and `validation-*` shards",
-    },
+    support::TRAIN_DATA,
     InputSpec {
         name: "init",
         required: false,
@@ -189,22 +184,14 @@ impl StageKind for Pretrain {
 
         let states = StateDirs::new(ctx);
         let mut progress = Progress::default();
-        if let Some(state) = states.latest() {
-            let (values, _) = crate::ckpt::safetensors::read(&state.join("model.safetensors"))?;
-            model = import::load(model, &values).map_err(|m| anyhow!("resume state: {m}"))?;
-            opt = new_opt()
-                .from_bytes(Bytes::from_bytes_vec(std::fs::read(
-                    state.join("optimizer.bin"),
-                )?))
-                .map_err(|e| anyhow!("resume state: optimizer: {e:?}"))?;
-            progress = serde_json::from_slice(&std::fs::read(state.join("progress.json"))?)
-                .context("resume state: progress.json")?;
-        }
         let ema_decay = p.f64("ema_decay").unwrap_or(0.0);
         let mut ema = (ema_decay > 0.0).then(|| Ema::new(ema_decay));
-        if let (Some(state), Some(e)) = (states.latest(), &mut ema) {
-            let (shadow, _) = crate::ckpt::safetensors::read(&state.join("ema.safetensors"))?;
-            *e = Ema::with_shadow(ema_decay, shadow);
+        if let Some(state) = states.latest() {
+            let (m, o, pr, shadow) = support::load_training_state(&state, model, new_opt())?;
+            (model, opt, progress) = (m, o, pr);
+            if let (Some(e), Some(shadow)) = (&mut ema, shadow) {
+                *e = Ema::with_shadow(ema_decay, shadow);
+            }
         }
         ctx.set_metric("resumed_at_epoch", progress.epochs);
 
@@ -268,22 +255,12 @@ impl StageKind for Pretrain {
             progress.epochs += 1;
             write_logs(ctx, &progress.records)?;
             states.save(&progress.epochs.to_string(), |d| {
-                crate::ckpt::safetensors::write(
-                    &d.join("model.safetensors"),
-                    &import::export(&model),
-                    &Default::default(),
-                )?;
-                let bytes = opt.into_bytes().map_err(|e| anyhow!("{e:?}"))?;
-                crate::store::atomic::write(&d.join("optimizer.bin"), &bytes)?;
-                crate::store::atomic::write_json(&d.join("progress.json"), &progress)?;
-                Ok(())
+                let shadow = ema.as_ref().and_then(Ema::shadow);
+                support::save_training_state(d, &model, &opt, &progress, shadow)
             })?;
         }
-        dir::write(
-            &ctx.output_path(MODEL),
-            &import::export(&model.valid()),
-            &info,
-        )?;
+        let out = evaluated(&model, &ema)?;
+        dir::write(&ctx.output_path(MODEL), &import::export(&out), &info)?;
         write_logs(ctx, &progress.records)?;
         if let Some(last) = progress.records.last() {
             ctx.set_metric("top1", last.accuracy.top1);
@@ -304,12 +281,7 @@ fn evaluated(model: &EfficientNet, ema: &Option<Ema>) -> Result<EfficientNet> {
 }
 
 fn write_logs(ctx: &StageContext, records: &[Epoch]) -> Result<()> {
-    let mut lines = String::new();
-    for r in records {
-        lines.push_str(&serde_json::to_string(r)?);
-        lines.push('\n');
-    }
-    crate::store::atomic::write(&ctx.output_path(METRICS), lines.as_bytes())?;
+    support::write_jsonl(&ctx.output_path(METRICS), records)?;
     let mut tb = EventWriter::create(&ctx.output_path(TENSORBOARD))?;
     for r in records {
         tb.scalars(

@@ -11,15 +11,13 @@ use crate::exec::context::StageContext;
 use crate::manifest::Params;
 use crate::manifest::value::{ParamDefault as D, ParamSpec, ParamType as T};
 use crate::model::dir::{self, ModelInfo};
-use crate::model::import;
 use crate::quant::tfqat::TfQat;
 use crate::quant::{QConfig, QEfficientNet};
 use crate::train::loss::cross_entropy;
 use crate::train::params::{param_ids, stable_ids};
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, bail};
 use burn::module::{Module, ParamId};
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::Bytes;
 use serde::{Deserialize, Serialize};
 use std::sync::LazyLock;
 
@@ -80,11 +78,7 @@ static INPUTS: &[InputSpec] = &[
         required: true,
         doc: "the float model directory to start from",
     },
-    InputSpec {
-        name: "data",
-        required: true,
-        doc: "dataset directory with TF-Slim `train-*` and `validation-*` shards",
-    },
+    support::TRAIN_DATA,
 ];
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -188,16 +182,7 @@ impl StageKind for Qat {
             ..Progress::default()
         };
         if let Some(state) = states.latest() {
-            let (values, _) = crate::ckpt::safetensors::read(&state.join("model.safetensors"))?;
-            net = import::load(net, &values).map_err(|m| anyhow!("resume state: {m}"))?;
-            opt = AdamConfig::new()
-                .init()
-                .from_bytes(Bytes::from_bytes_vec(std::fs::read(
-                    state.join("optimizer.bin"),
-                )?))
-                .map_err(|e| anyhow!("resume state: optimizer: {e:?}"))?;
-            progress = serde_json::from_slice(&std::fs::read(state.join("progress.json"))?)
-                .context("resume state: progress.json")?;
+            (net, opt, progress, _) = support::load_training_state(&state, net, opt)?;
         }
         if progress.float_accuracy.is_none() {
             let f = float.clone();
@@ -259,15 +244,7 @@ impl StageKind for Qat {
             });
             progress.epochs += 1;
             states.save(&progress.epochs.to_string(), |d| {
-                crate::ckpt::safetensors::write(
-                    &d.join("model.safetensors"),
-                    &import::export(&net),
-                    &Default::default(),
-                )?;
-                let bytes = opt.into_bytes().map_err(|e| anyhow!("{e:?}"))?;
-                crate::store::atomic::write(&d.join("optimizer.bin"), &bytes)?;
-                crate::store::atomic::write_json(&d.join("progress.json"), &progress)?;
-                Ok(())
+                support::save_training_state(d, &net, &opt, &progress, None)
             })?;
         }
 
@@ -281,12 +258,7 @@ impl StageKind for Qat {
             &out_info,
         )?;
         crate::store::atomic::write_json(&ctx.output_path(RANGES), &progress.qat)?;
-        let mut lines = String::new();
-        for r in &progress.records {
-            lines.push_str(&serde_json::to_string(r)?);
-            lines.push('\n');
-        }
-        crate::store::atomic::write(&ctx.output_path(METRICS), lines.as_bytes())?;
+        support::write_jsonl(&ctx.output_path(METRICS), &progress.records)?;
         if let Some(f) = progress.float_accuracy {
             ctx.set_metric("float_top1", f.top1);
         }

@@ -1,15 +1,22 @@
 //! What the training stages share: the device of the run's backend, the dataset of a
 //! `data` input, preprocessing for a model, evaluation, resumable state directories.
 
+use super::InputSpec;
 use crate::backend::Backend;
+use crate::ckpt::TensorMap;
 use crate::data::{Compression, Dataset, ExampleSchema, Loader, LoaderConfig, OnBadRecord};
 use crate::data::{Normalization, Preprocess, Resize};
 use crate::exec::context::StageContext;
 use crate::manifest::value::{ParamDefault as D, ParamSpec, ParamType as T};
 use crate::model::dir::ModelInfo;
+use crate::model::import;
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
+use burn::tensor::Bytes;
 use clap::ValueEnum;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -199,4 +206,75 @@ impl StateDirs {
         }
         Ok(())
     }
+}
+
+/// The `data` input of the training stages.
+pub const TRAIN_DATA: InputSpec = InputSpec {
+    name: "data",
+    required: true,
+    doc: "dataset directory with TF-Slim `train-*` and `validation-*` shards",
+};
+
+const STATE_MODEL: &str = "model.safetensors";
+const STATE_OPTIMIZER: &str = "optimizer.bin";
+const STATE_PROGRESS: &str = "progress.json";
+const STATE_EMA: &str = "ema.safetensors";
+
+/// Writes an epoch-resumable stage's state into a [`StateDirs`] directory: every model
+/// value, the optimizer state, the stage's progress, and the weight EMA when kept.
+pub fn save_training_state<M: Module>(
+    dir: &Path,
+    model: &M,
+    opt: &ModuleOptimizer,
+    progress: &impl Serialize,
+    ema: Option<&TensorMap>,
+) -> Result<()> {
+    crate::ckpt::safetensors::write(
+        &dir.join(STATE_MODEL),
+        &import::export(model),
+        &Default::default(),
+    )?;
+    let bytes = opt
+        .into_bytes()
+        .map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?;
+    crate::store::atomic::write(&dir.join(STATE_OPTIMIZER), &bytes)?;
+    crate::store::atomic::write_json(&dir.join(STATE_PROGRESS), progress)?;
+    if let Some(shadow) = ema {
+        crate::ckpt::safetensors::write(&dir.join(STATE_EMA), shadow, &Default::default())?;
+    }
+    Ok(())
+}
+
+/// Restores what [`save_training_state`] wrote into a model and optimizer built the same
+/// way (stable parameter ids), returning the progress and the EMA shadow if one was saved.
+pub fn load_training_state<M: Module, P: DeserializeOwned>(
+    dir: &Path,
+    model: M,
+    opt: ModuleOptimizer,
+) -> Result<(M, ModuleOptimizer, P, Option<TensorMap>)> {
+    let (values, _) = crate::ckpt::safetensors::read(&dir.join(STATE_MODEL))?;
+    let model = import::load(model, &values).map_err(|m| anyhow::anyhow!("resume state: {m}"))?;
+    let bytes = std::fs::read(dir.join(STATE_OPTIMIZER))?;
+    let opt = opt
+        .from_bytes(Bytes::from_bytes_vec(bytes))
+        .map_err(|e| anyhow::anyhow!("resume state: optimizer: {e:?}"))?;
+    let progress = serde_json::from_slice(&std::fs::read(dir.join(STATE_PROGRESS))?)
+        .context("resume state: progress.json")?;
+    let ema_path = dir.join(STATE_EMA);
+    let ema = match ema_path.exists() {
+        true => Some(crate::ckpt::safetensors::read(&ema_path)?.0),
+        false => None,
+    };
+    Ok((model, opt, progress, ema))
+}
+
+/// `metrics.jsonl`: one JSON line per record.
+pub fn write_jsonl<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
+    let mut lines = String::new();
+    for r in records {
+        lines.push_str(&serde_json::to_string(r)?);
+        lines.push('\n');
+    }
+    crate::store::atomic::write(path, lines.as_bytes())?;
+    Ok(())
 }
