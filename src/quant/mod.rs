@@ -22,3 +22,18 @@ pub fn host_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .try_into_vec::<f32>()
         .expect("f32 data after convert")
 }
+
+/// Per-channel (min, max) of `x` along `axis`, on the host: the initial range of a
+/// quantization point.
+pub fn channel_min_max<const D: usize>(x: &Tensor<D>, axis: usize) -> (Vec<f32>, Vec<f32>) {
+    let c = x.dims()[axis];
+    let per_channel = x
+        .clone()
+        .detach()
+        .swap_dims(0, axis)
+        .reshape([c as i64, -1]);
+    (
+        host_f32(per_channel.clone().min_dim(1)),
+        host_f32(per_channel.max_dim(1)),
+    )
+}

@@ -147,14 +147,7 @@ impl Points for Observe {
         if point == Point::Bias {
             return x;
         }
-        let c = x.dims()[axis];
-        let per_channel = x
-            .clone()
-            .detach()
-            .swap_dims(0, axis)
-            .reshape([c as i64, -1]);
-        let lo = super::host_f32(per_channel.clone().min_dim(1));
-        let hi = super::host_f32(per_channel.max_dim(1));
+        let (lo, hi) = super::channel_min_max(&x, axis);
         let key = format!("{}/{}", layer.name, point.name());
         match self.thresholds.points.get_mut(&key) {
             Some(r) => {
@@ -297,13 +290,7 @@ impl Builder<'_> {
         };
         let (min, max) = match (from_map, own) {
             (Some(r), _) => r,
-            (None, Some(w)) => {
-                let flat = w.clone().reshape([channels as i64, -1]);
-                (
-                    super::host_f32(flat.clone().min_dim(1)),
-                    super::host_f32(flat.max_dim(1)),
-                )
-            }
+            (None, Some(w)) => super::channel_min_max(w, 0),
             (None, None) => (vec![0.0; channels], vec![1.0; channels]),
         };
         Ok(AdjQuant::new(spec, &min, &max, &self.device))
