@@ -536,6 +536,9 @@ impl Session<'_> {
         };
         store.write_run_log(&log)?;
         print_summary(plan, &outcomes, t0.elapsed().as_secs_f64());
+        if plan.variants.len() == 1 {
+            print_reports(plan, &outcomes, store);
+        }
         let code = if outcomes.iter().all(|o| o.state.ok()) {
             0
         } else if outcomes.iter().any(|o| o.state == JobState::Interrupted) {
@@ -666,6 +669,28 @@ fn print_summary(plan: &Plan, outcomes: &[Outcome], secs: f64) {
         "{} stages: {ran} ran, {cached} cached, {bad} not ok, in {secs:.2}s",
         outcomes.len()
     );
+}
+
+/// The summary of every finished `report` stage, with where its page is.
+fn print_reports(plan: &Plan, outcomes: &[Outcome], store: &Store) {
+    use crate::stages::report;
+    for (job, outcome) in plan.jobs.iter().zip(outcomes) {
+        let Some(dir) = outcome
+            .record
+            .as_ref()
+            .filter(|_| outcome.state.ok() && job.stage.kind.name() == "report")
+            .and_then(|r| r.outputs.get(report::OUTPUT))
+            .map(|o| store.object_path(&o.hash))
+        else {
+            continue;
+        };
+        let summary = std::fs::read_to_string(dir.join(report::SUMMARY)).unwrap_or_default();
+        println!("\n{} — {}", job.stage.name, job.stage.description.as_deref().unwrap_or("report"));
+        for line in summary.lines() {
+            println!("  {line}");
+        }
+        println!("  report: {}", dir.join(report::HTML).display());
+    }
 }
 
 /// The plan as it stands now; `status` also shows running and failed keys.

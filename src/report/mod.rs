@@ -1,3 +1,6 @@
-//! Reports: TensorBoard event files for training curves (plots and report pages follow).
+//! Reports: TensorBoard event files for training curves, charts (PNG and SVG) and report
+//! pages (Markdown and self-contained HTML).
 
+pub mod page;
+pub mod plots;
 pub mod tensorboard;

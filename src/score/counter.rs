@@ -530,7 +530,7 @@ pub struct Row {
     pub adds_cost: f64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Totals {
     pub params: f64,
     pub params_cost: f64,

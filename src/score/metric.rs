@@ -167,7 +167,7 @@ fn official(
 /// The paper metric computed from bit-widths alone (no tensors), in f64: what `runner
 /// score` and the reports print beside the official score. Equal to [`metric`] for the
 /// same bits.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PaperMetric {
     pub params: f64,
     pub ops: f64,

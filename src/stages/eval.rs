@@ -10,13 +10,29 @@ use crate::model::dir;
 use crate::quant::info::QuantInfo;
 use crate::quant::{QConfig, QEfficientNet};
 use crate::score::counter::{self, Quantization};
-use crate::score::metric::{MetricConfig, paper_metric};
-use anyhow::Result;
+use crate::score::metric::{MetricConfig, PaperMetric, paper_metric};
+use anyhow::{Result, bail};
+use crate::quant::thresholds::Thresholds;
 use burn::module::Module;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use std::sync::LazyLock;
 
 pub struct Eval;
+
+/// `eval.json`: what the stage measured (the report stage reads it back).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalResult {
+    pub model: String,
+    pub quantized: bool,
+    pub top1: f64,
+    pub top5: f64,
+    pub images: usize,
+    pub paper_metric: PaperMetric,
+    /// The official MicroNet totals and score.
+    pub official: counter::Totals,
+    pub avg_weight_bits: f64,
+    pub avg_act_bits: f64,
+}
 
 pub const RESULT: &str = "eval.json";
 pub const SCORE_TABLE: &str = "score.txt";
@@ -35,6 +51,18 @@ static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
             T::Int,
             D::Toml("50"),
             "images per forward pass",
+        ),
+        ParamSpec::new(
+            "weight_bits",
+            T::Float,
+            D::Toml("8.0"),
+            "with `thresholds`: bits of every weight channel",
+        ),
+        ParamSpec::new(
+            "act_bits",
+            T::Float,
+            D::Toml("8.0"),
+            "with `thresholds`: bits of every activation channel (swish inputs and biases too)",
         ),
         ParamSpec::new(
             "params_baseline",
@@ -60,6 +88,11 @@ static INPUTS: &[InputSpec] = &[
         doc: "a model directory (float or quantized)",
     },
     InputSpec {
+        name: "thresholds",
+        required: false,
+        doc: "thresholds.json of a float `model`: evaluate it quantized with these initial ranges at weight_bits/act_bits (post-training quantization, adjq's starting point)",
+    },
+    InputSpec {
         name: "data",
         required: true,
         doc: "dataset directory with TF-Slim `validation-*` shards",
@@ -72,13 +105,14 @@ impl StageKind for Eval {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn doc(&self) -> &'static str {
         "Evaluates a float or quantized model: top-1/top-5 on the validation split, the \
          paper metric and the official MicroNet score (per-layer table in score.txt), \
-         quant_info.json with per-channel and per-layer average bits."
+         quant_info.json with per-channel and per-layer average bits. A float model with a \
+         `thresholds` input is evaluated quantized at fixed bits with those ranges."
     }
 
     fn params(&self) -> &'static [ParamSpec] {
@@ -107,17 +141,46 @@ impl StageKind for Eval {
             bits_trainable: false,
             ..QConfig::default()
         };
-        let (forward, qinfo, quant): (Box<dyn Fn(_) -> _>, QuantInfo, Quantization) = match &info
-            .quantized
-        {
-            Some(_) => {
-                let (q, _) = dir::load_quantized(&model_dir, &device)?;
-                let q = q.valid();
-                let qi = QuantInfo::of(&q);
-                let quant = Quantization::float().with_quant_info(&serde_json::to_string(&qi)?)?;
-                (Box::new(move |x| q.forward(x)), qi, quant)
+        let thresholds = ctx.inputs.get("thresholds").cloned();
+        if thresholds.is_some() && info.quantized.is_some() {
+            bail!(
+                "input `thresholds` quantizes a float model, but `model` ({}) is already quantized",
+                model_dir.display()
+            );
+        }
+        let quantize = |q: QEfficientNet| -> Result<_> {
+            let q = q.valid();
+            let qi = QuantInfo::of(&q);
+            let quant = Quantization::float().with_quant_info(&serde_json::to_string(&qi)?)?;
+            Ok((Box::new(move |x| q.forward(x)) as Box<dyn Fn(_) -> _>, qi, quant))
+        };
+        let (forward, qinfo, quant): (Box<dyn Fn(_) -> _>, QuantInfo, Quantization) = match (
+            &info.quantized,
+            thresholds,
+        ) {
+            (None, Some(path)) => {
+                let (float, _) = dir::load_float(&model_dir, &device)?;
+                let (w, a) = (
+                    p.f64("weight_bits").unwrap_or(8.0) as f32,
+                    p.f64("act_bits").unwrap_or(8.0) as f32,
+                );
+                let q = QConfig {
+                    weight_bits: w,
+                    act_bits: a,
+                    swish_bits: a,
+                    bias_bits: a,
+                    bits_trainable: false,
+                    ..QConfig::default()
+                };
+                let t = Thresholds::load(&path)?;
+                quantize(QEfficientNet::from_float(&float.fold_bn(), &t, &q)?)?
             }
-            None => {
+            (Some(_), _) => {
+                let (q, _) = dir::load_quantized(&model_dir, &device)?;
+                quantize(q)?
+            }
+            (None, None) => {
+
                 let (float, _) = dir::load_float(&model_dir, &device)?;
                 let qi = QuantInfo::of(&QEfficientNet::for_calibration(
                     &float.clone().fold_bn(),
@@ -158,17 +221,17 @@ impl StageKind for Eval {
             ..Default::default()
         };
         let paper = paper_metric(&info.config, res, &quant, &mcfg);
-        let result = json!({
-            "model": info.config.name,
-            "quantized": info.quantized.is_some(),
-            "top1": acc.top1,
-            "top5": acc.top5,
-            "images": acc.images,
-            "paper_metric": paper,
-            "official": report.totals,
-            "avg_weight_bits": qinfo.avg_weight_bits,
-            "avg_act_bits": qinfo.avg_act_bits,
-        });
+        let result = EvalResult {
+            model: info.config.name.clone(),
+            quantized: info.quantized.is_some() || ctx.inputs.contains_key("thresholds"),
+            top1: acc.top1,
+            top5: acc.top5,
+            images: acc.images,
+            paper_metric: paper,
+            official: report.totals.clone(),
+            avg_weight_bits: qinfo.avg_weight_bits,
+            avg_act_bits: qinfo.avg_act_bits,
+        };
         crate::store::atomic::write_json(&ctx.output_path(RESULT), &result)?;
         crate::store::atomic::write_json(&ctx.output_path(QUANT_INFO), &qinfo)?;
         let table = format!(

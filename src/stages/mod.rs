@@ -9,6 +9,7 @@ mod convert;
 mod eval;
 mod pretrain;
 mod qat;
+pub mod report;
 mod select;
 mod shell;
 mod support;
@@ -62,6 +63,7 @@ static KINDS: &[&dyn StageKind] = &[
     &adjq::Adjq,
     &select::Select,
     &eval::Eval,
+    &report::Report,
     &shell::Shell,
 ];
 

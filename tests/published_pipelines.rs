@@ -1,0 +1,56 @@
+//! The published-recipe manifests (pipelines/micronet.toml, pipelines/lite0.toml) load and
+//! plan without their data; a real run without the data stops before running anything,
+//! naming each missing path and how to give it.
+
+mod common;
+
+use common::Project;
+use std::path::Path;
+
+fn check(file: &str, stages: &[&str], missing: &[&str]) {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    let manifest = manifest.to_str().unwrap();
+    let p = Project::new();
+    let store = p.path("store");
+    let store = store.to_str().unwrap();
+    let plan = p.ok(&["--store", store, "run", "--dry-run", manifest]);
+    for s in stages {
+        assert!(plan.contains(s), "{file}: stage {s} missing from the plan:\n{plan}");
+    }
+    let out = p.runner(&["--store", store, "run", manifest]);
+    let err = common::stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("missing input paths"), "{err}");
+    for m in missing {
+        assert!(err.contains(&format!("{m} does not exist")), "{file}: {m} not named:\n{err}");
+    }
+    assert!(err.contains("--set params."), "{err}");
+    // Nothing ran: no stage record was written.
+    let records = p.path("store/records");
+    let n = std::fs::read_dir(&records).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(n, 0, "{file}: a stage ran without its data");
+}
+
+#[test]
+fn micronet_plans_without_data_and_fails_fast() {
+    check(
+        "pipelines/micronet.toml",
+        &[
+            "convert", "qat", "thresholds", "adjq_b85", "best_b85", "adjq_b115", "select",
+            "swa1", "swa2", "swa3", "eval_float", "eval", "report",
+        ],
+        &["/data/imagenet/tfrecord", "/data/checkpoints/efficientnet-b0"],
+    );
+}
+
+#[test]
+fn lite0_plans_without_data_and_fails_fast() {
+    check(
+        "pipelines/lite0.toml",
+        &["convert", "qat", "thresholds", "adjq_b85", "adjq_b115", "swa3", "report"],
+        &[
+            "/data/imagenet/tfrecord",
+            "/data/checkpoints/efficientnet-lite0-57934424.pth",
+        ],
+    );
+}
