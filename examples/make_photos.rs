@@ -23,8 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .rsplit_once('=')
             .ok_or_else(|| format!("`{arg}` is not IMAGE=CLASS_INDEX"))?;
         let class: i64 = class.parse()?;
-        let img = adjq::data::image::decode(&std::fs::read(path)?)
-            .map_err(|e| format!("{path}: {e}"))?;
+        let img =
+            adjq::data::image::decode(&std::fs::read(path)?).map_err(|e| format!("{path}: {e}"))?;
         let mut jpeg = Vec::new();
         Encoder::new(&mut jpeg, 95).encode(
             &img.rgb,
@@ -32,7 +32,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             img.height as u16,
             ColorType::Rgb,
         )?;
-        let name = Path::new(path).file_stem().unwrap_or_default().to_string_lossy();
+        let name = Path::new(path)
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy();
         let bytes = |s: &[u8]| Feature::Bytes(vec![s.to_vec()]);
         examples.push(
             Example::default()

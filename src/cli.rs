@@ -135,7 +135,7 @@ struct SweepArgs {
     /// A metric column STAGE.METRIC (repeatable; default [sweep] metrics, else all final-stage metrics).
     #[arg(long, value_name = "STAGE.METRIC")]
     metric: Vec<String>,
-    /// Where to write results.csv and results.md (default <store>/sweeps/<pipeline>-<time>).
+    /// Where to write results.csv, results.md and the Pareto plot pareto.png/.svg (default <store>/sweeps/<pipeline>-<time>).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     #[command(flatten)]
@@ -602,9 +602,28 @@ fn run_sweep(
             .join(format!("{pipeline}-{stamp}"))
     });
     store::atomic::write(&dir.join("results.csv"), &table.csv()?)?;
-    store::atomic::write(&dir.join("results.md"), table.markdown().as_bytes())?;
-    println!("\n{}", table.markdown());
-    println!("results: {}", dir.join("results.csv").display());
+    let mut md = table.markdown();
+    if let Some(chart) = table.pareto() {
+        let front = crate::report::plots::pareto_front(&chart.points);
+        md.push_str(&format!(
+            "\nPareto front ({} against {}): {}\n\n![pareto](pareto.png)\n",
+            table
+                .header
+                .iter()
+                .find(|h| h.ends_with(".top1"))
+                .map_or("", String::as_str),
+            chart.x_label.split(' ').next().unwrap_or(""),
+            front
+                .iter()
+                .map(|&i| format!("`{}`", chart.points[i].label))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        crate::report::plots::save(&chart, &dir.join("pareto"))?;
+    }
+    store::atomic::write(&dir.join("results.md"), md.as_bytes())?;
+    println!("\n{md}");
+    println!("results: {}", dir.join("results.md").display());
     Ok(code)
 }
 
@@ -685,7 +704,11 @@ fn print_reports(plan: &Plan, outcomes: &[Outcome], store: &Store) {
             continue;
         };
         let summary = std::fs::read_to_string(dir.join(report::SUMMARY)).unwrap_or_default();
-        println!("\n{} — {}", job.stage.name, job.stage.description.as_deref().unwrap_or("report"));
+        println!(
+            "\n{} — {}",
+            job.stage.name,
+            job.stage.description.as_deref().unwrap_or("report")
+        );
         for line in summary.lines() {
             println!("  {line}");
         }

@@ -5,6 +5,7 @@ use crate::exec::plan::{Plan, Settings};
 use crate::manifest::diag::ManifestErrors;
 use crate::manifest::value::Value;
 use crate::manifest::{self, GridAxis, Manifest, Override};
+use crate::report::plots::{Candidate, Pareto};
 use std::path::Path;
 
 /// Parses `--grid stage.param=v1,v2,...` (commas inside brackets or quotes do not split).
@@ -93,10 +94,21 @@ pub fn expand(
         .collect()
 }
 
+/// A number with more than four decimals, rounded to four for reading (the CSV keeps
+/// every digit); anything else unchanged.
+fn short_number(cell: &str) -> String {
+    match (cell.split_once('.'), cell.parse::<f64>()) {
+        (Some((_, frac)), Ok(x)) if frac.len() > 4 && x.is_finite() => format!("{x:.4}"),
+        _ => cell.to_string(),
+    }
+}
+
 /// The results table: one row per variant, grid settings then the chosen metrics.
 pub struct Table {
     pub header: Vec<String>,
     pub rows: Vec<Vec<String>>,
+    /// The first `settings` columns are the grid axes.
+    pub settings: usize,
 }
 
 /// `metrics` are `stage.metric` names; when empty, every metric of the stages nothing
@@ -124,6 +136,7 @@ pub fn table(plan: &Plan, outcomes: &[Outcome], metrics: &[String]) -> Table {
         .iter()
         .map(|(k, _)| k.clone())
         .collect();
+    let settings = header.len();
     header.extend(metrics.iter().cloned());
     header.push("status".into());
     let rows = plan
@@ -158,10 +171,50 @@ pub fn table(plan: &Plan, outcomes: &[Outcome], metrics: &[String]) -> Table {
             row
         })
         .collect();
-    Table { header, rows }
+    Table {
+        header,
+        rows,
+        settings,
+    }
 }
 
 impl Table {
+    /// Accuracy against cost over the variants, when the table has a `*.top1` column and
+    /// a cost column (`*.official_score`, else `*.paper_metric`, else `*.metric`).
+    pub fn pareto(&self) -> Option<Pareto> {
+        let col = |suffix: &str| self.header.iter().position(|h| h.ends_with(suffix));
+        let y = col(".top1")?;
+        let x = col(".official_score")
+            .or_else(|| col(".paper_metric"))
+            .or_else(|| col(".metric"))?;
+        let axes = 0..self.settings;
+        let points: Vec<Candidate> = self
+            .rows
+            .iter()
+            .filter_map(|r| {
+                let label = axes
+                    .clone()
+                    .map(|i| {
+                        let name = self.header[i].rsplit('.').next().unwrap_or("");
+                        format!("{name}={}", r[i])
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                Some(Candidate {
+                    label,
+                    cost: r[x].parse().ok()?,
+                    quality: r[y].parse().ok()?,
+                })
+            })
+            .collect();
+        (!points.is_empty()).then(|| Pareto {
+            title: format!("sweep: {} against {}", self.header[y], self.header[x]),
+            x_label: format!("{} (lower is better)", self.header[x]),
+            y_label: format!("{} (higher is better)", self.header[y]),
+            points,
+        })
+    }
+
     pub fn markdown(&self) -> String {
         let mut out = format!(
             "| {} |\n|{}\n",
@@ -169,7 +222,8 @@ impl Table {
             "---|".repeat(self.header.len())
         );
         for r in &self.rows {
-            out.push_str(&format!("| {} |\n", r.join(" | ")));
+            let cells: Vec<String> = r.iter().map(|c| short_number(c)).collect();
+            out.push_str(&format!("| {} |\n", cells.join(" | ")));
         }
         out
     }
@@ -187,6 +241,42 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pareto_of_a_table_uses_top1_against_the_official_score() {
+        let row = |b: &str, g: &str, top1: &str, score: &str| {
+            [b, g, top1, "0.3", score, "ok"].map(String::from).to_vec()
+        };
+        let t = Table {
+            header: [
+                "adjq.beta",
+                "adjq.gamma",
+                "eval.top1",
+                "eval.paper_metric",
+                "eval.official_score",
+                "status",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows: vec![
+                row("10", "0.5", "0.9", "0.5"),
+                row("20", "0.5", "0.85", "-"),
+                row("20", "0.7", "0.8", "0.4"),
+            ],
+            settings: 2,
+        };
+        let p = t.pareto().unwrap();
+        // The variant without a score is left out; labels name the settings.
+        assert_eq!(p.points.len(), 2);
+        assert_eq!(p.points[1].label, "beta=20 gamma=0.7");
+        assert_eq!((p.points[1].cost, p.points[1].quality), (0.4, 0.8));
+        assert!(p.x_label.starts_with("eval.official_score"));
+        // Markdown rounds long numbers for reading; settings and short values stay.
+        let md = t.markdown();
+        assert!(md.contains("| 10 | 0.5 | 0.9 | 0.3 | 0.5 | ok |"), "{md}");
+        assert_eq!(short_number("0.9393939393939394"), "0.9394");
+        assert_eq!(short_number("1e-5"), "1e-5");
+    }
 
     #[test]
     fn grid_flag_splits_on_top_level_commas() {

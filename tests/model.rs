@@ -270,7 +270,10 @@ fn pretrained_lite0_smoke_pipeline_and_predict() {
     let pth = String::from_utf8_lossy(&fetched.stdout).trim().to_string();
     let p = common::Project::new();
     let store = p.path("store").display().to_string();
-    let manifest = root.join("pipelines/lite0-smoke.toml").display().to_string();
+    let manifest = root
+        .join("pipelines/lite0-smoke.toml")
+        .display()
+        .to_string();
     let weights = format!("params.lite0_checkpoint={pth}");
     let run = p.ok(&["--store", &store, "run", &manifest, "--set", &weights]);
     assert!(run.contains("5 stages: 5 ran"), "{run}");
@@ -293,7 +296,10 @@ fn pretrained_lite0_smoke_pipeline_and_predict() {
     assert!(float["top1"].as_f64().unwrap() >= 0.5, "{float}");
     assert_eq!(float["top5"].as_f64(), Some(1.0), "{float}");
     assert_eq!(q8["quantized"], true);
-    assert!((q8["avg_weight_bits"].as_f64().unwrap() - 8.0).abs() < 1e-9, "{q8}");
+    assert!(
+        (q8["avg_weight_bits"].as_f64().unwrap() - 8.0).abs() < 1e-9,
+        "{q8}"
+    );
     assert!(q8["top5"].as_f64().unwrap() >= 0.75, "{q8}");
     assert!(run.contains("report.html"), "{run}");
 

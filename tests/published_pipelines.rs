@@ -15,14 +15,20 @@ fn check(file: &str, stages: &[&str], missing: &[&str]) {
     let store = store.to_str().unwrap();
     let plan = p.ok(&["--store", store, "run", "--dry-run", manifest]);
     for s in stages {
-        assert!(plan.contains(s), "{file}: stage {s} missing from the plan:\n{plan}");
+        assert!(
+            plan.contains(s),
+            "{file}: stage {s} missing from the plan:\n{plan}"
+        );
     }
     let out = p.runner(&["--store", store, "run", manifest]);
     let err = common::stderr(&out);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("missing input paths"), "{err}");
     for m in missing {
-        assert!(err.contains(&format!("{m} does not exist")), "{file}: {m} not named:\n{err}");
+        assert!(
+            err.contains(&format!("{m} does not exist")),
+            "{file}: {m} not named:\n{err}"
+        );
     }
     assert!(err.contains("--set params."), "{err}");
     // Nothing ran: no stage record was written.
@@ -36,10 +42,24 @@ fn micronet_plans_without_data_and_fails_fast() {
     check(
         "pipelines/micronet.toml",
         &[
-            "convert", "qat", "thresholds", "adjq_b85", "best_b85", "adjq_b115", "select",
-            "swa1", "swa2", "swa3", "eval_float", "eval", "report",
+            "convert",
+            "qat",
+            "thresholds",
+            "adjq_b85",
+            "best_b85",
+            "adjq_b115",
+            "select",
+            "swa1",
+            "swa2",
+            "swa3",
+            "eval_float",
+            "eval",
+            "report",
         ],
-        &["/data/imagenet/tfrecord", "/data/checkpoints/efficientnet-b0"],
+        &[
+            "/data/imagenet/tfrecord",
+            "/data/checkpoints/efficientnet-b0",
+        ],
     );
 }
 
@@ -47,7 +67,15 @@ fn micronet_plans_without_data_and_fails_fast() {
 fn lite0_plans_without_data_and_fails_fast() {
     check(
         "pipelines/lite0.toml",
-        &["convert", "qat", "thresholds", "adjq_b85", "adjq_b115", "swa3", "report"],
+        &[
+            "convert",
+            "qat",
+            "thresholds",
+            "adjq_b85",
+            "adjq_b115",
+            "swa3",
+            "report",
+        ],
         &[
             "/data/imagenet/tfrecord",
             "/data/checkpoints/efficientnet-lite0-57934424.pth",

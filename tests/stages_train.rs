@@ -152,7 +152,10 @@ fn thresholds_adjq_eval_run_cache_and_report() {
     // The run ends with the report's summary and where the page is.
     for out in [&first, &again] {
         assert!(out.contains("report — the test report"), "{out}");
-        assert!(out.contains("top-1: float ") && out.contains(" → final "), "{out}");
+        assert!(
+            out.contains("top-1: float ") && out.contains(" → final "),
+            "{out}"
+        );
         assert!(out.contains("report.html"), "{out}");
     }
 
@@ -239,7 +242,10 @@ fn thresholds_adjq_eval_run_cache_and_report() {
         assert!(svg.starts_with("<svg"), "{chart}");
     }
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
-    assert!(md.contains("![training curves](training_curves.png)"), "{md}");
+    assert!(
+        md.contains("![training curves](training_curves.png)"),
+        "{md}"
+    );
     assert!(md.contains("| top-1 |"), "{md}");
     // Columns float first, and the layer table names every layer.
     assert!(md.contains("|  | float | final | ptq |"), "{md}");

@@ -37,7 +37,11 @@ impl Page {
         let line = |cells: &[String]| {
             format!(
                 "| {} |\n",
-                cells.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | ")
+                cells
+                    .iter()
+                    .map(|c| cell(c))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
             )
         };
         self.md.push_str(&line(header));
@@ -52,11 +56,6 @@ impl Page {
     /// An image by its file name, relative to the page's directory.
     pub fn image(&mut self, alt: &str, file: &str) {
         self.md.push_str(&format!("![{}]({file})\n\n", cell(alt)));
-    }
-
-    pub fn code(&mut self, text: &str) {
-        self.md
-            .push_str(&format!("```\n{}\n```\n\n", text.trim_end()));
     }
 
     pub fn markdown(&self) -> &str {
@@ -128,10 +127,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.png"), b"\x89PNG fake").unwrap();
         let mut p = Page::new("T & co");
-        p.table(
-            &["x".into(), "y".into()],
-            &[vec!["1".into(), "a|b".into()]],
-        );
+        p.table(&["x".into(), "y".into()], &[vec!["1".into(), "a|b".into()]]);
         p.image("chart", "a.png");
         let html = p.html("T & co", dir.path()).unwrap();
         assert!(html.contains("<title>T &amp; co</title>"));

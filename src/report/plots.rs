@@ -2,7 +2,7 @@
 //! bundled DejaVu Sans, so rendering needs no system fonts or fontconfig.
 
 use anyhow::{Context, Result, anyhow};
-use plotters::coord::Shift;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -30,7 +30,10 @@ fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let registered = plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES);
-        assert!(registered.is_ok(), "the bundled DejaVu Sans is a valid font");
+        assert!(
+            registered.is_ok(),
+            "the bundled DejaVu Sans is a valid font"
+        );
     });
 }
 
@@ -77,6 +80,20 @@ fn font(size: u32) -> TextStyle<'static> {
     (FONT, size).into_font().into()
 }
 
+/// The series labels of a chart, in one style for every chart.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> DrawResult<DB> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(RGBColor(150, 150, 150))
+        .label_font(font(12))
+        .position(position)
+        .draw()
+}
+
 /// One horizontal bar per category (e.g. per layer, first at the top, so long layer names
 /// stay readable), with an optional vertical reference line (e.g. the network average).
 pub struct Bars {
@@ -98,7 +115,12 @@ impl Chart for Bars {
         area.fill(&WHITE)?;
         let n = self.categories.len() as i32;
         let top = self.values.iter().cloned().fold(0.0, f64::max).max(1.0) * 1.12;
-        let longest = self.categories.iter().map(|c| c.chars().count()).max().unwrap_or(4);
+        let longest = self
+            .categories
+            .iter()
+            .map(|c| c.chars().count())
+            .max()
+            .unwrap_or(4);
         let mut chart = ChartBuilder::on(area)
             .caption(&self.title, font(20))
             .margin(12)
@@ -124,7 +146,10 @@ impl Chart for Bars {
         chart.draw_series(self.values.iter().enumerate().map(|(i, &v)| {
             let row = n - 1 - i as i32;
             let mut bar = Rectangle::new(
-                [(0.0, SegmentValue::Exact(row)), (v, SegmentValue::Exact(row + 1))],
+                [
+                    (0.0, SegmentValue::Exact(row)),
+                    (v, SegmentValue::Exact(row + 1)),
+                ],
                 self.color.filled(),
             );
             bar.set_margin(2, 2, 0, 0);
@@ -133,18 +158,15 @@ impl Chart for Bars {
         if let Some((label, mean)) = &self.reference {
             chart
                 .draw_series(LineSeries::new(
-                    [(*mean, SegmentValue::Exact(0)), (*mean, SegmentValue::Exact(n))],
+                    [
+                        (*mean, SegmentValue::Exact(0)),
+                        (*mean, SegmentValue::Exact(n)),
+                    ],
                     BLACK.stroke_width(2),
                 ))?
                 .label(label.as_str())
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.stroke_width(2)));
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.9))
-                .border_style(BLACK)
-                .label_font(font(13))
-                .position(SeriesLabelPosition::LowerRight)
-                .draw()?;
+            legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         }
         Ok(())
     }
@@ -185,6 +207,7 @@ impl Chart for GroupedBars {
         chart
             .configure_mesh()
             .disable_x_mesh()
+            .light_line_style(WHITE.mix(0.0))
             .x_labels(bins.len())
             .x_label_formatter(&|v| match v {
                 SegmentValue::CenterOf(i) => bins.get(*i as usize).cloned().unwrap_or_default(),
@@ -207,7 +230,10 @@ impl Chart for GroupedBars {
                 .draw_series(values.iter().enumerate().map(|(i, &v)| {
                     let i = i as i32;
                     let mut bar = Rectangle::new(
-                        [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), v)],
+                        [
+                            (SegmentValue::Exact(i), 0.0),
+                            (SegmentValue::Exact(i + 1), v),
+                        ],
                         c.filled(),
                     );
                     bar.set_margin(0, 0, left, right);
@@ -216,13 +242,7 @@ impl Chart for GroupedBars {
                 .label(name.as_str())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(font(13))
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()?;
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         Ok(())
     }
 }
@@ -280,9 +300,16 @@ impl Chart for Panels {
         let (x0, x1) = all_x.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
             (a.min(x), b.max(x))
         });
-        let xr = if x0.is_finite() { (x0.min(0.0))..(x1 + 0.5) } else { 0.0..1.0 };
+        let xr = if x0.is_finite() {
+            (x0.min(0.0))..(x1 + 0.5)
+        } else {
+            0.0..1.0
+        };
         for (panel, cell) in self.panels.iter().zip(cells.iter()) {
-            let ys = panel.lines.iter().flat_map(|l| l.points.iter().map(|p| p.1));
+            let ys = panel
+                .lines
+                .iter()
+                .flat_map(|l| l.points.iter().map(|p| p.1));
             let (y0, y1) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
                 (a.min(y), b.max(y))
             });
@@ -323,21 +350,12 @@ impl Chart for Panels {
                     });
                 }
                 if line.markers {
-                    chart.draw_series(
-                        line.points
-                            .iter()
-                            .map(|&p| Circle::new(p, 3, c.filled())),
-                    )?;
+                    chart
+                        .draw_series(line.points.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
                 }
             }
             if panel.lines.iter().any(|l| !l.name.is_empty()) {
-                chart
-                    .configure_series_labels()
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(RGBColor(160, 160, 160))
-                    .label_font(font(11))
-                    .position(SeriesLabelPosition::UpperRight)
-                    .draw()?;
+                legend(&mut chart, SeriesLabelPosition::UpperRight)?;
             }
         }
         Ok(())
@@ -411,6 +429,7 @@ impl Chart for Pareto {
             .build_cartesian_2d(xr, yr)?;
         chart
             .configure_mesh()
+            .light_line_style(WHITE.mix(0.0))
             .x_desc(&self.x_label)
             .y_desc(&self.y_label)
             .label_style(font(13))
@@ -438,22 +457,18 @@ impl Chart for Pareto {
             ))?
             .label("Pareto front")
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], red.stroke_width(2)));
-        chart.draw_series(
-            front
-                .iter()
-                .map(|&i| Circle::new((self.points[i].cost, self.points[i].quality), 6, red.filled())),
-        )?;
+        chart.draw_series(front.iter().map(|&i| {
+            Circle::new(
+                (self.points[i].cost, self.points[i].quality),
+                6,
+                red.filled(),
+            )
+        }))?;
         chart.draw_series(self.points.iter().map(|p| {
             EmptyElement::at((p.cost, p.quality))
                 + Text::new(p.label.clone(), (10, -6), font(12).color(&BLACK))
         }))?;
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(font(13))
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         Ok(())
     }
 }
@@ -472,7 +487,13 @@ mod tests {
 
     #[test]
     fn pareto_front_keeps_only_undominated_points() {
-        let pts = [c(0.5, 0.90), c(0.3, 0.88), c(0.4, 0.85), c(0.2, 0.80), c(0.5, 0.91)];
+        let pts = [
+            c(0.5, 0.90),
+            c(0.3, 0.88),
+            c(0.4, 0.85),
+            c(0.2, 0.80),
+            c(0.5, 0.91),
+        ];
         // (0.4, 0.85) loses to (0.3, 0.88); (0.5, 0.90) to (0.5, 0.91).
         assert_eq!(pareto_front(&pts), vec![3, 1, 4]);
     }

@@ -8,11 +8,11 @@ use crate::manifest::Params;
 use crate::manifest::value::{ParamDefault as D, ParamSpec, ParamType as T};
 use crate::model::dir;
 use crate::quant::info::QuantInfo;
+use crate::quant::thresholds::Thresholds;
 use crate::quant::{QConfig, QEfficientNet};
 use crate::score::counter::{self, Quantization};
 use crate::score::metric::{MetricConfig, PaperMetric, paper_metric};
 use anyhow::{Result, bail};
-use crate::quant::thresholds::Thresholds;
 use burn::module::Module;
 use serde::{Deserialize, Serialize};
 use std::sync::LazyLock;
@@ -152,47 +152,48 @@ impl StageKind for Eval {
             let q = q.valid();
             let qi = QuantInfo::of(&q);
             let quant = Quantization::float().with_quant_info(&serde_json::to_string(&qi)?)?;
-            Ok((Box::new(move |x| q.forward(x)) as Box<dyn Fn(_) -> _>, qi, quant))
+            Ok((
+                Box::new(move |x| q.forward(x)) as Box<dyn Fn(_) -> _>,
+                qi,
+                quant,
+            ))
         };
-        let (forward, qinfo, quant): (Box<dyn Fn(_) -> _>, QuantInfo, Quantization) = match (
-            &info.quantized,
-            thresholds,
-        ) {
-            (None, Some(path)) => {
-                let (float, _) = dir::load_float(&model_dir, &device)?;
-                let (w, a) = (
-                    p.f64("weight_bits").unwrap_or(8.0) as f32,
-                    p.f64("act_bits").unwrap_or(8.0) as f32,
-                );
-                let q = QConfig {
-                    weight_bits: w,
-                    act_bits: a,
-                    swish_bits: a,
-                    bias_bits: a,
-                    bits_trainable: false,
-                    ..QConfig::default()
-                };
-                let t = Thresholds::load(&path)?;
-                quantize(QEfficientNet::from_float(&float.fold_bn(), &t, &q)?)?
-            }
-            (Some(_), _) => {
-                let (q, _) = dir::load_quantized(&model_dir, &device)?;
-                quantize(q)?
-            }
-            (None, None) => {
-
-                let (float, _) = dir::load_float(&model_dir, &device)?;
-                let qi = QuantInfo::of(&QEfficientNet::for_calibration(
-                    &float.clone().fold_bn(),
-                    &fp32,
-                )?);
-                (
-                    Box::new(move |x| float.forward(x)),
-                    qi,
-                    Quantization::float(),
-                )
-            }
-        };
+        let (forward, qinfo, quant): (Box<dyn Fn(_) -> _>, QuantInfo, Quantization) =
+            match (&info.quantized, thresholds) {
+                (None, Some(path)) => {
+                    let (float, _) = dir::load_float(&model_dir, &device)?;
+                    let (w, a) = (
+                        p.f64("weight_bits").unwrap_or(8.0) as f32,
+                        p.f64("act_bits").unwrap_or(8.0) as f32,
+                    );
+                    let q = QConfig {
+                        weight_bits: w,
+                        act_bits: a,
+                        swish_bits: a,
+                        bias_bits: a,
+                        bits_trainable: false,
+                        ..QConfig::default()
+                    };
+                    let t = Thresholds::load(&path)?;
+                    quantize(QEfficientNet::from_float(&float.fold_bn(), &t, &q)?)?
+                }
+                (Some(_), _) => {
+                    let (q, _) = dir::load_quantized(&model_dir, &device)?;
+                    quantize(q)?
+                }
+                (None, None) => {
+                    let (float, _) = dir::load_float(&model_dir, &device)?;
+                    let qi = QuantInfo::of(&QEfficientNet::for_calibration(
+                        &float.clone().fold_bn(),
+                        &fp32,
+                    )?);
+                    (
+                        Box::new(move |x| float.forward(x)),
+                        qi,
+                        Quantization::float(),
+                    )
+                }
+            };
         let ds = support::dataset(
             ctx.input("data")?,
             "validation",

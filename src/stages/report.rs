@@ -47,9 +47,18 @@ enum Input {
     Selection(serde_json::Value),
 }
 
-fn parse<T: DeserializeOwned>(name: &str, path: &Path, v: serde_json::Value, what: &str) -> Result<T> {
-    serde_json::from_value(v)
-        .with_context(|| format!("input `{name}` ({}) looks like {what} but is not one", path.display()))
+fn parse<T: DeserializeOwned>(
+    name: &str,
+    path: &Path,
+    v: serde_json::Value,
+    what: &str,
+) -> Result<T> {
+    serde_json::from_value(v).with_context(|| {
+        format!(
+            "input `{name}` ({}) looks like {what} but is not one",
+            path.display()
+        )
+    })
 }
 
 fn classify(name: &str, path: &Path) -> Result<Input> {
@@ -72,12 +81,18 @@ fn classify(name: &str, path: &Path) -> Result<Input> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .collect();
-    let first: Option<serde_json::Value> = lines.first().and_then(|(_, l)| serde_json::from_str(l).ok());
+    let first: Option<serde_json::Value> = lines
+        .first()
+        .and_then(|(_, l)| serde_json::from_str(l).ok());
     if first.is_some_and(|v| has(&v, &["mini_epoch", "checkpoint"])) {
         let mut rows = Vec::new();
         for (i, line) in lines {
             rows.push(serde_json::from_str(line).with_context(|| {
-                format!("input `{name}`: {}:{}: not an adjq metrics record", path.display(), i + 1)
+                format!(
+                    "input `{name}`: {}:{}: not an adjq metrics record",
+                    path.display(),
+                    i + 1
+                )
             })?);
         }
         return Ok(Input::Curve(rows));
@@ -144,7 +159,9 @@ impl StageKind for Report {
         let order = ctx.params.strings("curves");
         for n in &order {
             if !curves.iter().any(|(c, _)| c == n) {
-                bail!("param `curves` names `{n}`, which is not a metrics.jsonl input of this stage");
+                bail!(
+                    "param `curves` names `{n}`, which is not a metrics.jsonl input of this stage"
+                );
             }
         }
         let rank = |n: &str| order.iter().position(|o| o == n).unwrap_or(order.len());
@@ -249,15 +266,25 @@ fn results_section(page: &mut Page, evals: &[(String, EvalResult)]) {
     };
     let rows = vec![
         row("model", &|e| {
-            format!("{} ({})", e.model, if e.quantized { "quantized" } else { "float" })
+            format!(
+                "{} ({})",
+                e.model,
+                if e.quantized { "quantized" } else { "float" }
+            )
         }),
         row("top-1", &|e| pct(e.top1)),
         row("top-5", &|e| pct(e.top5)),
         row("validation images", &|e| e.images.to_string()),
-        row("average weight bits", &|e| format!("{:.2}", e.avg_weight_bits)),
-        row("average activation bits", &|e| format!("{:.2}", e.avg_act_bits)),
+        row("average weight bits", &|e| {
+            format!("{:.2}", e.avg_weight_bits)
+        }),
+        row("average activation bits", &|e| {
+            format!("{:.2}", e.avg_act_bits)
+        }),
         row("paper metric", &|e| format!("{:.4}", e.paper_metric.metric)),
-        row("official MicroNet score", &|e| format!("{:.4}", e.official.score)),
+        row("official MicroNet score", &|e| {
+            format!("{:.4}", e.official.score)
+        }),
         row("  parameters (32-bit equivalents)", &|e| {
             format!("{:.0}", e.official.params_cost)
         }),
@@ -278,10 +305,14 @@ fn results_section(page: &mut Page, evals: &[(String, EvalResult)]) {
 
 /// Channel counts per bit-width: bins 2..=8 and "16+" (unquantized or high precision).
 fn histogram(channels: impl Iterator<Item = f32>) -> Vec<f64> {
-    let mut bins = vec![0.0; 8];
+    let mut bins = [0.0; 8];
     for b in channels {
         let b = b.round() as i64;
-        let i = if b > 8 { 7 } else { (b.clamp(2, 8) - 2) as usize };
+        let i = if b > 8 {
+            7
+        } else {
+            (b.clamp(2, 8) - 2) as usize
+        };
         bins[i] += 1.0;
     }
     let total: f64 = bins.iter().sum();
@@ -309,7 +340,10 @@ fn bits_section(page: &mut Page, out: &Path, name: &str, info: &QuantInfo) -> Re
             },
             &out.join(&stem),
         )?;
-        page.image(&format!("average {kind} bits per layer"), &format!("{stem}.png"));
+        page.image(
+            &format!("average {kind} bits per layer"),
+            &format!("{stem}.png"),
+        );
     }
     let stem = format!("{name}_bit_histogram");
     plots::save(
@@ -317,11 +351,18 @@ fn bits_section(page: &mut Page, out: &Path, name: &str, info: &QuantInfo) -> Re
             title: format!("{name}: channels by bit-width"),
             x_label: "bits".into(),
             y_label: "share of channels".into(),
-            bins: (2..=8).map(|b| b.to_string()).chain(["16+".into()]).collect(),
+            bins: (2..=8)
+                .map(|b| b.to_string())
+                .chain(["16+".into()])
+                .collect(),
             series: vec![
                 (
                     "weight channels".into(),
-                    histogram(info.layers.iter().flat_map(|l| l.weight_bits.iter().copied())),
+                    histogram(
+                        info.layers
+                            .iter()
+                            .flat_map(|l| l.weight_bits.iter().copied()),
+                    ),
                 ),
                 (
                     "activation channels".into(),
@@ -369,7 +410,9 @@ fn curves_section(page: &mut Page, out: &Path, curves: &[(String, Vec<MiniEpoch>
     page.heading("Training curves");
     type Pick = fn(&MiniEpoch) -> f64;
     let series: [(&str, &str, Pick); 5] = [
-        ("total loss (mini-epoch mean)", "loss", |r| r.loss.total as f64),
+        ("total loss (mini-epoch mean)", "loss", |r| {
+            r.loss.total as f64
+        }),
         ("cross-entropy", "loss", |r| r.loss.cross_entropy as f64),
         ("distillation", "loss", |r| r.loss.distill as f64),
         ("paper metric", "metric", |r| r.metric),
@@ -478,7 +521,9 @@ fn selections_section(page: &mut Page, selections: &[(String, serde_json::Value)
         .map(|(name, s)| {
             let num = |k: &str| s[k].as_f64().map(|x| format!("{x:.4}")).unwrap_or_default();
             let rule = match s["rule"].as_str() {
-                Some("highest_top1") => format!("highest top-1 with metric ≤ {}", num("max_metric")),
+                Some("highest_top1") => {
+                    format!("highest top-1 with metric ≤ {}", num("max_metric"))
+                }
                 _ => format!("lowest metric with top-1 ≥ {}", num("min_top1")),
             };
             let candidates = s["candidates"].as_array().map_or(0, Vec::len);
@@ -506,13 +551,19 @@ mod tests {
     fn inputs_are_told_apart_by_content_and_others_refused() {
         let dir = tempfile::tempdir().unwrap();
         let sel = dir.path().join("a");
-        std::fs::write(&sel, r#"{"chosen": "e0m1", "candidates": [], "rule": "lowest_metric"}"#)
-            .unwrap();
+        std::fs::write(
+            &sel,
+            r#"{"chosen": "e0m1", "candidates": [], "rule": "lowest_metric"}"#,
+        )
+        .unwrap();
         assert!(matches!(classify("s", &sel).unwrap(), Input::Selection(_)));
         let other = dir.path().join("b");
         std::fs::write(&other, "{\"epoch\": 1, \"loss\": 0.5}\n").unwrap();
         let e = classify("pre", &other).err().unwrap().to_string();
-        assert!(e.contains("input `pre`") && e.contains("metrics.jsonl (adjq)"), "{e}");
+        assert!(
+            e.contains("input `pre`") && e.contains("metrics.jsonl (adjq)"),
+            "{e}"
+        );
     }
 
     #[test]
