@@ -457,31 +457,60 @@ fn run_options(
 }
 
 /// Fails fast, before anything runs, when a file input is missing.
-fn check_inputs(plan: &Plan) -> Result<()> {
-    let mut missing = Vec::new();
+/// Fails before anything runs when input paths are missing: one line per path, with the
+/// stage inputs that need it and the `[params]` entry that sets it.
+fn check_inputs(plan: &Plan, manifest: &Manifest) -> Result<()> {
+    let mut missing: BTreeMap<PathBuf, BTreeSet<String>> = BTreeMap::new();
     for j in &plan.jobs {
         for (name, input) in &j.inputs {
             if let plan::JobInput::Path(p) = input
                 && !p.exists()
             {
-                missing.push(format!(
-                    "  stage `{}`, input `{name}`: {} does not exist",
-                    j.stage.name,
-                    p.display()
-                ));
+                missing
+                    .entry(p.clone())
+                    .or_default()
+                    .insert(format!("{}.{name}", j.stage.name));
             }
         }
     }
     if missing.is_empty() {
-        Ok(())
-    } else {
-        missing.sort();
-        missing.dedup();
-        bail!(
-            "missing input paths:\n{}\n  = hint: fix the path in the manifest or pass it with --set params.NAME=PATH",
-            missing.join("\n")
-        )
+        return Ok(());
     }
+    let mut lines = Vec::new();
+    let mut params = Vec::new();
+    for (path, users) in &missing {
+        let set_by: Vec<&String> = manifest
+            .params
+            .iter()
+            .filter(|(_, v)| {
+                v.as_str()
+                    .is_some_and(|s| manifest::normalize(&manifest.root.join(s)) == *path)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        let origin = match set_by.first() {
+            Some(k) => {
+                params.push(format!("--set params.{k}=PATH"));
+                format!("params.{k}, ")
+            }
+            None => String::new(),
+        };
+        let users: Vec<&str> = users.iter().map(String::as_str).collect();
+        lines.push(format!(
+            "  {} does not exist ({origin}read by {})",
+            path.display(),
+            users.join(", ")
+        ));
+    }
+    let hint = if params.is_empty() {
+        "fix the paths in the manifest or pass them with --set params.NAME=PATH".to_string()
+    } else {
+        format!("fix them in [params] or pass {}", params.join(" "))
+    };
+    bail!(
+        "missing input paths; nothing ran:\n{}\n  = hint: {hint}",
+        lines.join("\n")
+    )
 }
 
 fn run(
@@ -522,7 +551,7 @@ impl Session<'_> {
             print_plan(plan, store, &self.opts.force, false);
             return Ok((0, Vec::new()));
         }
-        check_inputs(plan)?;
+        check_inputs(plan, self.manifest)?;
         let started = store::now_rfc3339();
         let t0 = Instant::now();
         let resolver = Resolver::new(store);

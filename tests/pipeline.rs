@@ -211,13 +211,14 @@ fn missing_input_fails_fast_naming_the_path() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
-        err.contains("stage `a`, input `src`") && err.contains("input.txt does not exist"),
+        err.contains("input.txt does not exist (params.src, read by a.src")
+            && err.contains("--set params.src=PATH"),
         "{err}"
     );
     // Input paths can come from shared params, and --set moves them.
     let out = p.runner(&["run", "m.toml", "--set", "params.src=elsewhere.txt"]);
     assert!(
-        stderr(&out).contains("elsewhere.txt does not exist"),
+        stderr(&out).contains("elsewhere.txt does not exist (params.src, read by a.src"),
         "{}",
         stderr(&out)
     );

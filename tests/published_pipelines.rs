@@ -30,7 +30,10 @@ fn check(file: &str, stages: &[&str], missing: &[&str]) {
             "{file}: {m} not named:\n{err}"
         );
     }
-    assert!(err.contains("--set params."), "{err}");
+    assert!(
+        err.contains("nothing ran") && err.contains("--set params."),
+        "{err}"
+    );
     // Nothing ran: no stage record was written.
     let records = p.path("store/records");
     let n = std::fs::read_dir(&records).map(|d| d.count()).unwrap_or(0);

@@ -1294,7 +1294,8 @@ fn valid_name(n: &str) -> bool {
 }
 
 /// Lexically removes `.` and `..` components (the path need not exist).
-fn normalize(p: &Path) -> PathBuf {
+/// A path with `.` and `..` resolved lexically (as manifest paths are).
+pub fn normalize(p: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {

@@ -375,9 +375,9 @@ fn bits_section(page: &mut Page, out: &Path, name: &str, info: &QuantInfo) -> Re
     page.image("channels by bit-width", &format!("{stem}.png"));
     page.paragraph(&format!(
         "Averages over the network (weights weighted by weight count, activations by \
-         element count): weights **{:.2}** bits, activations **{:.2}** bits; swish inputs \
-         {} bits, biases {} bits.",
-        info.avg_weight_bits, info.avg_act_bits, info.swish_bits, info.bias_bits
+         element count): weights **{:.2}** bits, activations **{:.2}** bits; biases {} \
+         bits, swish inputs (in models with swish) {} bits.",
+        info.avg_weight_bits, info.avg_act_bits, info.bias_bits, info.swish_bits
     ));
     let rows: Vec<Vec<String>> = info
         .layers
