@@ -636,11 +636,7 @@ fn run_sweep(
         let front = crate::report::plots::pareto_front(&chart.points);
         md.push_str(&format!(
             "\nPareto front ({} against {}): {}\n\n![pareto](pareto.png)\n",
-            table
-                .header
-                .iter()
-                .find(|h| h.ends_with(".top1"))
-                .map_or("", String::as_str),
+            chart.y_label.split(' ').next().unwrap_or(""),
             chart.x_label.split(' ').next().unwrap_or(""),
             front
                 .iter()

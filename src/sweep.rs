@@ -182,7 +182,10 @@ impl Table {
     /// Accuracy against cost over the variants, when the table has a `*.top1` column and
     /// a cost column (`*.official_score`, else `*.paper_metric`, else `*.metric`).
     pub fn pareto(&self) -> Option<Pareto> {
-        let col = |suffix: &str| self.header.iter().position(|h| h.ends_with(suffix));
+        // Metric columns only: a grid axis may end in the same name (params.top1).
+        let col = |suffix: &str| {
+            (self.settings..self.header.len()).find(|&i| self.header[i].ends_with(suffix))
+        };
         let y = col(".top1")?;
         let x = col(".official_score")
             .or_else(|| col(".paper_metric"))
@@ -216,16 +219,12 @@ impl Table {
     }
 
     pub fn markdown(&self) -> String {
-        let mut out = format!(
-            "| {} |\n|{}\n",
-            self.header.join(" | "),
-            "---|".repeat(self.header.len())
-        );
-        for r in &self.rows {
-            let cells: Vec<String> = r.iter().map(|c| short_number(c)).collect();
-            out.push_str(&format!("| {} |\n", cells.join(" | ")));
-        }
-        out
+        let rows: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|r| r.iter().map(|c| short_number(c)).collect())
+            .collect();
+        crate::report::page::markdown_table(&self.header, &rows)
     }
 
     pub fn csv(&self) -> anyhow::Result<Vec<u8>> {

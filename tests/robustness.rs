@@ -313,3 +313,48 @@ outs = ["a.txt"]
             .contains("1 ran")
     );
 }
+
+/// A sweep whose metrics include an accuracy and a score gets a Pareto plot, and
+/// results.md names the front.
+#[test]
+fn sweep_with_accuracy_and_score_writes_the_pareto_plot() {
+    let p = Project::new();
+    p.write(
+        "m.toml",
+        r#"
+[pipeline]
+name = "pareto"
+
+[params]
+top1 = 0.5
+score = 1.0
+
+[stages.eval]
+kind = "shell"
+cmd = "echo '{\"top1\": ${params.top1}, \"official_score\": ${params.score}}' > m.json"
+metrics = "m.json"
+
+[sweep]
+metrics = ["eval.top1", "eval.official_score"]
+"#,
+    );
+    let out = p.ok(&[
+        "sweep",
+        "m.toml",
+        "--grid",
+        "params.top1=0.5,0.9",
+        "--grid",
+        "params.score=0.25,2.0",
+        "--out",
+        "sweep",
+    ]);
+    let png = std::fs::read(p.path("sweep/pareto.png")).unwrap();
+    assert_eq!(&png[..4], b"\x89PNG", "{out}");
+    assert!(p.read("sweep/pareto.svg").starts_with("<svg"));
+    // (top1 0.9, score 0.25) beats every other variant.
+    let md = p.read("sweep/results.md");
+    assert!(
+        md.contains("Pareto front (eval.top1 against eval.official_score): `top1=0.9 score=0.25`"),
+        "{md}"
+    );
+}

@@ -17,6 +17,20 @@ fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
+/// A Markdown table (cells escaped), one line per row.
+pub fn markdown_table(header: &[String], rows: &[Vec<String>]) -> String {
+    let line = |cells: &[String]| {
+        let cells: Vec<String> = cells.iter().map(|c| cell(c)).collect();
+        format!("| {} |\n", cells.join(" | "))
+    };
+    let mut out = line(header);
+    out.push_str(&format!("|{}\n", "---|".repeat(header.len().max(1))));
+    for r in rows {
+        out.push_str(&line(r));
+    }
+    out
+}
+
 impl Page {
     pub fn new(title: &str) -> Page {
         Page {
@@ -34,22 +48,7 @@ impl Page {
     }
 
     pub fn table(&mut self, header: &[String], rows: &[Vec<String>]) {
-        let line = |cells: &[String]| {
-            format!(
-                "| {} |\n",
-                cells
-                    .iter()
-                    .map(|c| cell(c))
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            )
-        };
-        self.md.push_str(&line(header));
-        self.md
-            .push_str(&format!("|{}\n", "---|".repeat(header.len().max(1))));
-        for r in rows {
-            self.md.push_str(&line(r));
-        }
+        self.md.push_str(&markdown_table(header, rows));
         self.md.push('\n');
     }
 
