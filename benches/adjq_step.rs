@@ -5,7 +5,7 @@
 //! build has. `benches/torch_adjq_step.py` is the same step in PyTorch eager; run both in
 //! one session (benches/README.md).
 //!
-//!     RAYON_NUM_THREADS=2 cargo bench --bench adjq_step [--features wgpu]
+//!     RAYON_NUM_THREADS=2 cargo bench --bench adjq_step [--features wgpu] [-- flex|wgpu ...]
 
 use adjq::backend::Backend;
 use adjq::model::{EfficientNet, EfficientNetConfig};
@@ -19,13 +19,12 @@ use burn::tensor::Distribution;
 use std::time::Instant;
 
 const BATCH: usize = 25;
-const ITERS: usize = 3;
 
 fn main() {
     println!(
         "| step (B0 @ 224, batch {BATCH}) | backend | ms / step | images/s |\n|---|---|---|---|"
     );
-    for backend in Backend::available() {
+    for backend in Backend::from_bench_args().expect("backends to run") {
         bench(backend);
     }
 }
@@ -68,12 +67,21 @@ fn bench(backend: Backend) {
             .step(x.clone(), y.clone(), true)
             .expect("a finite loss");
     };
-    step(); // warm-up
-    let t0 = Instant::now();
-    for _ in 0..ITERS {
+    // A GPU compiles and autotunes its kernels during the first steps.
+    let (warm_up, iters) = if backend == Backend::Flex {
+        (1, 3)
+    } else {
+        (3, 10)
+    };
+    for _ in 0..warm_up {
         step();
     }
-    let ms = t0.elapsed().as_secs_f64() * 1000.0 / ITERS as f64;
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        step();
+    }
+    device.sync().expect("device finishes its queue");
+    let ms = t0.elapsed().as_secs_f64() * 1000.0 / iters as f64;
     println!(
         "| adjq step, burn | {backend} | {ms:.0} | {:.1} |",
         BATCH as f64 * 1000.0 / ms

@@ -2,7 +2,7 @@
 //! has (flex; wgpu with `--features wgpu`): latency and throughput. Compare with `benches/torch_b0_forward.py` (PyTorch eager, same
 //! architecture, same threads) run right after; see benches/README.md.
 //!
-//!     RAYON_NUM_THREADS=2 cargo bench --bench model_forward [--features wgpu]
+//!     RAYON_NUM_THREADS=2 cargo bench --bench model_forward [--features wgpu] [-- flex|wgpu ...]
 
 use adjq::backend::Backend;
 use adjq::model::{EfficientNet, EfficientNetConfig};
@@ -12,7 +12,7 @@ use std::time::Instant;
 
 fn main() {
     println!("| backend | batch | ms / forward | images/s |\n|---|---|---|---|");
-    for backend in Backend::available() {
+    for backend in Backend::from_bench_args().expect("backends to run") {
         bench(backend);
     }
 }

@@ -3,7 +3,7 @@
 //! relative to the float (BN-folded) B0's forward + backward in the same run; on every
 //! backend this build has (flex; wgpu with `--features wgpu`).
 //!
-//!     RAYON_NUM_THREADS=2 cargo bench --bench quant_step [--features wgpu]
+//!     RAYON_NUM_THREADS=2 cargo bench --bench quant_step [--features wgpu] [-- flex|wgpu ...]
 
 use adjq::backend::Backend;
 use adjq::model::{EfficientNet, EfficientNetConfig};
@@ -29,7 +29,7 @@ fn time(label: &str, backend: Backend, mut step: impl FnMut()) -> f64 {
 
 fn main() {
     println!("| model (B0 @ 224) | backend | batch | ms / forward+backward |\n|---|---|---|---|");
-    for backend in Backend::available() {
+    for backend in Backend::from_bench_args().expect("backends to run") {
         bench(backend);
     }
 }
@@ -56,9 +56,11 @@ fn bench(backend: Backend) {
 
     let f = time("float, BN folded", backend, || {
         let _ = float.forward(x.clone()).mean().backward();
+        device.sync().expect("device finishes its queue");
     });
     let q = time("quantized (adjustable, learned bits)", backend, || {
         let _ = quant.forward(x.clone()).mean().backward();
+        device.sync().expect("device finishes its queue");
     });
     println!("| quantized / float | {backend} | | {:.2}× |", q / f);
 }

@@ -8,6 +8,7 @@ tensor), the float teacher's forward, the paper metric with the straight-through
 loss, and two Adams.
 
     python3 benches/torch_adjq_step.py --threads 2 [--channels-last]
+    python3 benches/torch_adjq_step.py --device cuda      # the GPU peer of `-- wgpu`
 """
 import argparse, math, time
 import torch
@@ -138,7 +139,7 @@ class QB0(nn.Module):
         biases = swish = 0
         for c in self.convs():
             bw = c.wq.bits()
-            ba = c.iq.bits() if c.iq is not None else torch.full((c.cin,), 8.0)
+            ba = c.iq.bits() if c.iq is not None else torch.full((c.cin,), 8.0, device=bw.device)
             P = c.weight.numel()
             F_ = P * c.out * c.out
             if c.g > 1:
@@ -161,6 +162,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -168,12 +170,13 @@ def main():
     spec = importlib.util.spec_from_file_location("b0", pathlib.Path(__file__).with_name("torch_b0_forward.py"))
     b0 = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(b0)
-    teacher = b0.B0().eval()
+    dev = torch.device(a.device)
+    teacher = b0.B0().eval().to(dev)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    student = QB0()
-    x = torch.randn(25, 3, 224, 224)
-    y = torch.arange(25) * 37 % 1000
+    student = QB0().to(dev)
+    x = torch.randn(25, 3, 224, 224, device=dev)
+    y = (torch.arange(25) * 37 % 1000).to(dev)
     if a.channels_last:
         teacher, student = teacher.to(memory_format=torch.channels_last), student
         x = x.contiguous(memory_format=torch.channels_last)
@@ -192,14 +195,21 @@ def main():
         loss.backward()
         opt_w.step(); opt_k.step()
 
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
     step()
-    iters = 3
+    sync()
+    iters = 3 if dev.type == "cpu" else 20
     t0 = time.perf_counter()
     for _ in range(iters):
         step()
+    sync()
     ms = (time.perf_counter() - t0) * 1000 / iters
     layout = "channels_last" if a.channels_last else "contiguous"
-    print(f"| adjq step, torch {torch.__version__} eager ({layout}) | cpu, {a.threads} threads | {ms:.0f} | {25 * 1000 / ms:.1f} |")
+    where = f"cpu, {a.threads} threads" if dev.type == "cpu" else torch.cuda.get_device_name(dev)
+    print(f"| adjq step, torch {torch.__version__} eager ({layout}) | {where} | {ms:.0f} | {25 * 1000 / ms:.1f} |")
 
 
 if __name__ == "__main__":

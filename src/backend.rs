@@ -37,6 +37,27 @@ impl Backend {
         v
     }
 
+    /// The backends a benchmark was asked for: those named among its arguments (cargo's
+    /// own flags, such as `--bench`, are skipped), or every backend built when none is.
+    pub fn from_bench_args() -> Result<Vec<Backend>> {
+        let names: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|a| !a.starts_with('-'))
+            .collect();
+        if names.is_empty() {
+            return Ok(Self::available());
+        }
+        names
+            .iter()
+            .map(|name| {
+                let backend = <Backend as clap::ValueEnum>::from_str(name, true)
+                    .map_err(|_| anyhow::anyhow!("unknown backend {name:?} (flex or wgpu)"))?;
+                backend.device()?;
+                Ok(backend)
+            })
+            .collect()
+    }
+
     /// The (non-autodiff) device of this backend, or an error saying how to get it.
     pub fn device(self) -> Result<Device> {
         match self {

@@ -9,6 +9,7 @@
 //! only inside the bounds (inclusive) and never to the bounds. So a, s and k learn
 //! through S and z (and k also through the metric).
 
+use super::fused;
 use super::ste::{clip, clip_scalar, round};
 use burn::module::Param;
 use burn::prelude::*;
@@ -142,7 +143,6 @@ impl AdjQuant {
 
     /// Quantizes `x` along `axis` (the channel axis; any axis when per tensor).
     pub fn forward<const D: usize>(&self, x: Tensor<D>, axis: usize) -> Tensor<D> {
-        let c = self.channels();
         let (min, width) = match (&self.init_min, &self.init_width) {
             (Some(m), Some(w)) => (m.val(), w.val()),
             _ => {
@@ -167,16 +167,33 @@ impl AdjQuant {
         let step_inv = levels.clone() / w.add_scalar(1e-7);
         let zero = round(lo * step_inv.clone());
         let inv = step_inv.clone().recip();
-
-        let shape = broadcast_shape::<D>(c, axis);
-        let sb = step_inv.reshape(shape);
-        let zb = zero.reshape(shape);
-        let lb = levels.detach().reshape(shape);
-        let ib = inv.reshape(shape);
-        let u = round(x * sb) - zb.clone();
-        let zeros = Tensor::zeros(shape, &lb.device());
-        (clip(u, zeros, lb) + zb) * ib
+        if fused::supports(&x) {
+            fused::quantize(x, step_inv, zero, levels, inv, axis)
+        } else {
+            quantize_composed(x, step_inv, zero, levels, inv, axis)
+        }
     }
+}
+
+/// x̂ = (clip(round(x·S) − z, 0, L) + z)·inv from tensor ops, with S, z, L, inv per channel
+/// along `axis` (`[1]`: per tensor). The definition of the quantizer's step; backends
+/// without the fused op (`fused`) run this.
+pub fn quantize_composed<const D: usize>(
+    x: Tensor<D>,
+    step_inv: Tensor<1>,
+    zero: Tensor<1>,
+    levels: Tensor<1>,
+    inv: Tensor<1>,
+    axis: usize,
+) -> Tensor<D> {
+    let shape = broadcast_shape::<D>(step_inv.dims()[0], axis);
+    let sb = step_inv.reshape(shape);
+    let zb = zero.reshape(shape);
+    let lb = levels.detach().reshape(shape);
+    let ib = inv.reshape(shape);
+    let u = round(x * sb) - zb.clone();
+    let zeros = Tensor::zeros(shape, &lb.device());
+    (clip(u, zeros, lb) + zb) * ib
 }
 
 fn limit(t: Tensor<1>, bounds: Option<(f32, f32)>) -> Tensor<1> {

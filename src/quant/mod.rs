@@ -3,6 +3,7 @@
 
 pub mod adjustable;
 pub mod fake_quant;
+pub mod fused;
 pub mod info;
 pub mod qnet;
 pub mod ste;

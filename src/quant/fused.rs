@@ -1,0 +1,446 @@
+//! The adjustable quantizer's per-element step, y = (clip(round(x·S) − z, 0, L) + z)·inv,
+//! as one op on the CPU backend: one pass forward and one backward instead of the ~11 and
+//! ~9 full-size passes of its composition from tensor ops (`adjustable::quantize_composed`,
+//! which stays the definition, the test reference and the path of every other backend).
+//!
+//! Gradients are those of the composition: the round passes the gradient through, the
+//! clip passes it only inside [0, L] (bounds included), L gets none. With g the upstream
+//! gradient and inside = 0 ≤ round(x·S) − z ≤ L:
+//! ∂x = inside·g·inv·S, ∂S = Σ inside·g·inv·x, ∂z = Σ (1 − inside)·g·inv,
+//! ∂inv = Σ g·(clip(..) + z), the sums per channel.
+
+use burn::backend::autodiff::{
+    Autodiff,
+    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
+    grads::Gradients,
+    ops::{Backward, Ops, OpsKind},
+};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Backend as BackendOps, Flex, backend_extension, tensor::FloatTensor};
+use burn::prelude::*;
+use burn::tensor::{DType, TensorData};
+use rayon::prelude::*;
+
+#[backend_extension(Flex, Autodiff)]
+pub trait AdjQuantOps: BackendOps {
+    /// y = (clip(round(x·S) − z, 0, L) + z)·inv; S, z, L, inv are `[C]` along `axis`
+    /// (`[1]`: one range for the whole tensor).
+    fn adj_quant(
+        x: FloatTensor<Self>,
+        step_inv: FloatTensor<Self>,
+        zero: FloatTensor<Self>,
+        levels: FloatTensor<Self>,
+        inv: FloatTensor<Self>,
+        axis: usize,
+    ) -> FloatTensor<Self>;
+
+    /// Gradients of x, S, z and inv for the upstream gradient `grad`.
+    #[allow(clippy::type_complexity)]
+    fn adj_quant_backward(
+        grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        step_inv: FloatTensor<Self>,
+        zero: FloatTensor<Self>,
+        levels: FloatTensor<Self>,
+        inv: FloatTensor<Self>,
+        axis: usize,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    );
+}
+
+/// Whether `x` can take the fused op: f32 on the CPU backend (with or without autodiff).
+pub fn supports<const D: usize>(x: &Tensor<D>) -> bool {
+    x.dtype() == DType::F32 && x.device().inner() == Device::flex()
+}
+
+/// The fused quantizer step (see the module doc); callers check [`supports`] first.
+pub fn quantize<const D: usize>(
+    x: Tensor<D>,
+    step_inv: Tensor<1>,
+    zero: Tensor<1>,
+    levels: Tensor<1>,
+    inv: Tensor<1>,
+    axis: usize,
+) -> Tensor<D> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as AdjQuantOps>::adj_quant(
+        x.into_dispatch(),
+        step_inv.into_dispatch(),
+        zero.into_dispatch(),
+        levels.detach().into_dispatch(),
+        inv.into_dispatch(),
+        axis,
+    ))
+}
+
+/// Per-channel constants of one quantization point, on the host.
+struct Ranges {
+    step_inv: Vec<f32>,
+    zero: Vec<f32>,
+    levels: Vec<f32>,
+    inv: Vec<f32>,
+}
+
+impl Ranges {
+    fn read(
+        step_inv: &FlexTensor,
+        zero: &FlexTensor,
+        levels: &FlexTensor,
+        inv: &FlexTensor,
+    ) -> Self {
+        Ranges {
+            step_inv: host(step_inv),
+            zero: host(zero),
+            levels: host(levels),
+            inv: host(inv),
+        }
+    }
+
+    fn channels(&self) -> usize {
+        self.step_inv.len()
+    }
+
+    /// Run length and runs per task for `x` of `shape` with channels along `axis`: a run is
+    /// one channel's contiguous stretch (per-tensor ranges: a fixed-size piece).
+    fn runs(&self, shape: &[usize], axis: usize) -> (usize, usize) {
+        let len: usize = shape.iter().product();
+        let run = if self.channels() == 1 {
+            len.clamp(1, 1 << 15)
+        } else {
+            assert_eq!(
+                shape[axis],
+                self.channels(),
+                "quantizer ranges must match the channel axis"
+            );
+            shape[axis + 1..].iter().product::<usize>().max(1)
+        };
+        // Small runs (SE vectors, FC inputs) are grouped so each task has some work.
+        (run, (4096 / run).max(1))
+    }
+
+    fn channel(&self, run_index: usize) -> usize {
+        run_index % self.channels()
+    }
+}
+
+fn host(t: &FlexTensor) -> Vec<f32> {
+    t.to_contiguous()
+        .as_slice::<f32>()
+        .expect("quantizer ranges are f32")
+        .to_vec()
+}
+
+fn contiguous_f32(t: &FlexTensor) -> FlexTensor {
+    assert_eq!(
+        t.dtype(),
+        DType::F32,
+        "the fused quantizer takes f32 tensors"
+    );
+    t.to_contiguous()
+}
+
+fn channel_vector(values: Vec<f32>) -> FlexTensor {
+    let n = values.len();
+    FlexTensor::from_data(TensorData::new(values, [n]))
+}
+
+impl AdjQuantOps for Flex {
+    fn adj_quant(
+        x: FlexTensor,
+        step_inv: FlexTensor,
+        zero: FlexTensor,
+        levels: FlexTensor,
+        inv: FlexTensor,
+        axis: usize,
+    ) -> FlexTensor {
+        let r = Ranges::read(&step_inv, &zero, &levels, &inv);
+        let x = contiguous_f32(&x);
+        let shape = x.layout().shape().clone();
+        let (run, per_task) = r.runs(&shape, axis);
+        let xs = x.as_slice::<f32>().expect("contiguous f32");
+        let mut out = FlexTensor::empty(shape, DType::F32);
+        if xs.is_empty() {
+            return out;
+        }
+        out.storage_mut::<f32>()
+            .par_chunks_mut(run)
+            .zip(xs.par_chunks(run))
+            .with_min_len(per_task)
+            .enumerate()
+            .for_each(|(i, (ys, xs))| {
+                let c = r.channel(i);
+                let (s, z, l, inv) = (r.step_inv[c], r.zero[c], r.levels[c], r.inv[c]);
+                for (y, &v) in ys.iter_mut().zip(xs) {
+                    let u = (v * s).round_ties_even() - z;
+                    *y = (u.clamp(0.0, l) + z) * inv;
+                }
+            });
+        out
+    }
+
+    fn adj_quant_backward(
+        grad: FlexTensor,
+        x: FlexTensor,
+        step_inv: FlexTensor,
+        zero: FlexTensor,
+        levels: FlexTensor,
+        inv: FlexTensor,
+        axis: usize,
+    ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
+        let r = Ranges::read(&step_inv, &zero, &levels, &inv);
+        let x = contiguous_f32(&x);
+        let grad = contiguous_f32(&grad);
+        let shape = x.layout().shape().clone();
+        let (run, per_task) = r.runs(&shape, axis);
+        let xs = x.as_slice::<f32>().expect("contiguous f32");
+        let gs = grad.as_slice::<f32>().expect("contiguous f32");
+        let mut grad_x = FlexTensor::empty(shape, DType::F32);
+        // Per-run partial sums, added up in run order below: the same result for any
+        // thread count (training is deterministic on CPU).
+        let partial: Vec<[f64; 3]> = if xs.is_empty() {
+            Vec::new()
+        } else {
+            grad_x
+                .storage_mut::<f32>()
+                .par_chunks_mut(run)
+                .zip(xs.par_chunks(run).zip(gs.par_chunks(run)))
+                .with_min_len(per_task)
+                .enumerate()
+                .map(|(i, (dxs, (xs, gs)))| {
+                    let c = r.channel(i);
+                    let (s, z, l, inv) = (r.step_inv[c], r.zero[c], r.levels[c], r.inv[c]);
+                    let (mut ds, mut dz, mut dinv) = (0f64, 0f64, 0f64);
+                    for ((dx, &v), &g) in dxs.iter_mut().zip(xs).zip(gs) {
+                        let u = (v * s).round_ties_even() - z;
+                        let gi = g * inv;
+                        if (0.0..=l).contains(&u) {
+                            *dx = gi * s;
+                            ds += f64::from(gi * v);
+                        } else {
+                            dz += f64::from(gi);
+                        }
+                        dinv += f64::from(g * (u.clamp(0.0, l) + z));
+                    }
+                    [ds, dz, dinv]
+                })
+                .collect()
+        };
+        let mut sums = vec![[0f64; 3]; r.channels()];
+        for (i, p) in partial.iter().enumerate() {
+            let acc = &mut sums[r.channel(i)];
+            for k in 0..3 {
+                acc[k] += p[k];
+            }
+        }
+        let column = |k: usize| channel_vector(sums.iter().map(|s| s[k] as f32).collect());
+        (grad_x, column(0), column(1), column(2))
+    }
+}
+
+/// The autodiff node: forward on the inner backend, backward through its
+/// `adj_quant_backward`. L is a constant (no gradient), as in the composition.
+impl<B: BackendOps + AdjQuantOps, C: CheckpointStrategy> AdjQuantOps for Autodiff<B, C> {
+    fn adj_quant(
+        x: FloatTensor<Self>,
+        step_inv: FloatTensor<Self>,
+        zero: FloatTensor<Self>,
+        levels: FloatTensor<Self>,
+        inv: FloatTensor<Self>,
+        axis: usize,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct QuantizeBackward;
+
+        impl<B: BackendOps + AdjQuantOps> Backward<B, 4> for QuantizeBackward {
+            type State = (
+                FloatTensor<B>,
+                FloatTensor<B>,
+                FloatTensor<B>,
+                FloatTensor<B>,
+                FloatTensor<B>,
+                usize,
+            );
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 4>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let (x, step_inv, zero, levels, inv, axis) = ops.state;
+                let grad = grads.consume::<B>(&ops.node);
+                let (dx, ds, dz, dinv) =
+                    B::adj_quant_backward(grad, x, step_inv, zero, levels, inv, axis);
+                for (parent, g) in ops.parents.into_iter().zip([dx, ds, dz, dinv]) {
+                    if let Some(parent) = parent {
+                        grads.register::<B>(parent.id, g);
+                    }
+                }
+            }
+        }
+
+        let parents = [x.node(), step_inv.node(), zero.node(), inv.node()];
+        let (x, step_inv, zero, levels, inv) = (
+            x.into_primitive(),
+            step_inv.into_primitive(),
+            zero.into_primitive(),
+            levels.into_primitive(),
+            inv.into_primitive(),
+        );
+        let y = B::adj_quant(
+            x.clone(),
+            step_inv.clone(),
+            zero.clone(),
+            levels.clone(),
+            inv.clone(),
+            axis,
+        );
+        match QuantizeBackward
+            .prepare::<C>(parents)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((x, step_inv, zero, levels, inv, axis), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
+    fn adj_quant_backward(
+        _grad: FloatTensor<Self>,
+        _x: FloatTensor<Self>,
+        _step_inv: FloatTensor<Self>,
+        _zero: FloatTensor<Self>,
+        _levels: FloatTensor<Self>,
+        _inv: FloatTensor<Self>,
+        _axis: usize,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        unreachable!("the quantizer's backward is not itself differentiated")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::adjustable::quantize_composed;
+    use crate::quant::host_f32;
+    use crate::quant::ste::round;
+
+    /// Largest |a − b| relative to the largest |b| (1 when b is all zeros).
+    fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
+        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+
+    struct Outcome {
+        y: Vec<f32>,
+        dx: Vec<f32>,
+        dlo: Vec<f32>,
+        dwidth: Vec<f32>,
+    }
+
+    /// Values spread over [lo, hi) from a fixed hash of their index: tests run in
+    /// parallel, so the backend's global RNG could be reseeded by another test midway.
+    fn spread(n: usize, salt: f32, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let h = ((i as f32 + salt) * 12.9898).sin() * 43_758.547;
+                lo + (hi - lo) * (h - h.floor())
+            })
+            .collect()
+    }
+
+    fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+        Tensor::from_data(TensorData::new(values, shape), device)
+    }
+
+    /// Quantizes x with ranges built from tracked leaves (lo, width), so S, z and inv all
+    /// carry gradient, and returns y and the gradients of a fixed projection of y.
+    fn run<const D: usize>(
+        shape: [usize; D],
+        axis: usize,
+        channels: usize,
+        fused: bool,
+    ) -> Outcome {
+        let device = Device::flex().autodiff();
+        let n = shape.iter().product();
+        let x = tensor(spread(n, 0.5, -8.0, 8.0), shape, &device).require_grad();
+        let probe = tensor(spread(n, 7.25, -1.0, 1.0), shape, &device);
+        let lo = tensor(spread(channels, 3.5, -4.0, -1.0), [channels], &device).require_grad();
+        let width = tensor(spread(channels, 9.5, 2.0, 8.0), [channels], &device).require_grad();
+        // 2, 4 and 8 bits across channels: many values land on and beyond the bounds.
+        let levels: Vec<f32> = (0..channels).map(|c| [3.0, 15.0, 255.0][c % 3]).collect();
+        let levels = tensor(levels, [channels], &device);
+        let step_inv = levels.clone() / width.clone();
+        let zero = round(lo.clone() * step_inv.clone());
+        let inv = step_inv.clone().recip();
+        let y = if fused {
+            assert!(supports(&x));
+            quantize(x.clone(), step_inv, zero, levels, inv, axis)
+        } else {
+            quantize_composed(x.clone(), step_inv, zero, levels, inv, axis)
+        };
+        let grads = (y.clone() * probe).sum().backward();
+        Outcome {
+            y: host_f32(y),
+            dx: host_f32(x.grad(&grads).expect("x has a gradient")),
+            dlo: host_f32(lo.grad(&grads).expect("lo has a gradient")),
+            dwidth: host_f32(width.grad(&grads).expect("width has a gradient")),
+        }
+    }
+
+    fn check<const D: usize>(shape: [usize; D], axis: usize, channels: usize) {
+        let f = run(shape, axis, channels, true);
+        let c = run(shape, axis, channels, false);
+        assert_eq!(f.y, c.y, "{shape:?}: forward differs");
+        assert!(rel_diff(&f.dx, &c.dx) < 1e-6, "{shape:?}: ∂x differs");
+        // Per-channel sums: same terms, another summation order.
+        assert!(
+            rel_diff(&f.dlo, &c.dlo) < 1e-4,
+            "{shape:?}: ∂lo {:?} vs {:?}",
+            f.dlo,
+            c.dlo
+        );
+        assert!(
+            rel_diff(&f.dwidth, &c.dwidth) < 1e-4,
+            "{shape:?}: ∂width {:?} vs {:?}",
+            f.dwidth,
+            c.dwidth
+        );
+        let clipped = f.dx.iter().filter(|v| **v == 0.0).count();
+        assert!(
+            clipped > 0 && clipped < f.dx.len(),
+            "{shape:?}: no clipped values tested"
+        );
+    }
+
+    #[test]
+    fn fused_step_equals_the_composition_for_activations_weights_and_biases() {
+        check([2, 6, 5, 7], 1, 6); // activations, channels on axis 1
+        check([6, 3, 3, 3], 0, 6); // conv weights, per output channel
+        check([3, 5, 1, 1], 1, 5); // SE vectors: runs of one element
+        check([40_000], 0, 1); // per tensor, several pieces
+        check([4, 9], 1, 1); // per tensor on a 2-D tensor
+    }
+
+    #[test]
+    fn fused_step_without_autodiff_gives_the_same_values() {
+        let device = Device::flex();
+        let x = tensor(spread(72, 1.5, -6.0, 6.0), [2, 4, 3, 3], &device);
+        let s = Tensor::<1>::from_floats([2.0, 3.0, 4.0, 5.0], &device);
+        let z = Tensor::<1>::from_floats([-3.0, -7.0, 0.0, -1.0], &device);
+        let l = Tensor::<1>::from_floats([3.0, 15.0, 7.0, 255.0], &device);
+        let inv = s.clone().recip();
+        let fused = quantize(x.clone(), s.clone(), z.clone(), l.clone(), inv.clone(), 1);
+        let composed = quantize_composed(x, s, z, l, inv, 1);
+        assert_eq!(host_f32(fused), host_f32(composed));
+    }
+}
