@@ -30,6 +30,7 @@ fn main() {
 }
 
 fn bench(backend: Backend) {
+    let started = Instant::now();
     let plain = backend.device().expect("backend device");
     let device = plain.clone().autodiff();
     plain.seed(0);
@@ -60,16 +61,29 @@ fn bench(backend: Backend) {
             lr_bits: 1e-3,
         },
     );
+    eprintln!(
+        "{backend}: models built and calibrated in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let x = x.to_device(&device);
     let y = Tensor::<1, Int>::from_ints(labels.as_slice(), &device);
+    let mut count = 0;
     let mut step = || {
+        let t = Instant::now();
         trainer
             .step(x.clone(), y.clone(), true)
             .expect("a finite loss");
+        device.sync().expect("device finishes its queue");
+        count += 1;
+        // Progress on stderr: the first steps of a GPU include kernel compilation.
+        eprintln!(
+            "{backend}: step {count} {:.0} ms",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
     };
     // A GPU compiles and autotunes its kernels during the first steps.
     let (warm_up, iters) = if backend == Backend::Flex {
-        (1, 3)
+        (2, 4)
     } else {
         (3, 10)
     };
@@ -80,7 +94,6 @@ fn bench(backend: Backend) {
     for _ in 0..iters {
         step();
     }
-    device.sync().expect("device finishes its queue");
     let ms = t0.elapsed().as_secs_f64() * 1000.0 / iters as f64;
     println!(
         "| adjq step, burn | {backend} | {ms:.0} | {:.1} |",

@@ -14,21 +14,25 @@ use burn::tensor::Distribution;
 use std::time::Instant;
 
 const BATCH: usize = 8;
-const ITERS: usize = 3;
+/// Timed rounds; each times one float and one quantized step, alternating, so drift on
+/// a shared machine (page cache, allocator, neighbours) hits both alike.
+const ROUNDS: usize = 5;
 
-fn time(label: &str, backend: Backend, mut step: impl FnMut()) -> f64 {
-    step(); // warm-up
+fn timed(step: &mut dyn FnMut()) -> f64 {
     let t0 = Instant::now();
-    for _ in 0..ITERS {
-        step();
-    }
-    let ms = t0.elapsed().as_secs_f64() * 1000.0 / ITERS as f64;
-    println!("| {label} | {backend} | {BATCH} | {ms:.0} |");
-    ms
+    step();
+    t0.elapsed().as_secs_f64() * 1000.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn main() {
-    println!("| model (B0 @ 224) | backend | batch | ms / forward+backward |\n|---|---|---|---|");
+    println!(
+        "| model (B0 @ 224) | backend | batch | median ms / forward+backward |\n|---|---|---|---|"
+    );
     for backend in Backend::from_bench_args().expect("backends to run") {
         bench(backend);
     }
@@ -54,13 +58,24 @@ fn bench(backend: Backend) {
         .train();
     let float = float.to_device(&device).train();
 
-    let f = time("float, BN folded", backend, || {
+    let mut float_step = || {
         let _ = float.forward(x.clone()).mean().backward();
         device.sync().expect("device finishes its queue");
-    });
-    let q = time("quantized (adjustable, learned bits)", backend, || {
+    };
+    let mut quant_step = || {
         let _ = quant.forward(x.clone()).mean().backward();
         device.sync().expect("device finishes its queue");
-    });
+    };
+    // Warm-up (a GPU compiles its kernels here).
+    float_step();
+    quant_step();
+    let (mut f, mut q) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        f.push(timed(&mut float_step));
+        q.push(timed(&mut quant_step));
+    }
+    let (f, q) = (median(f), median(q));
+    println!("| float, BN folded | {backend} | {BATCH} | {f:.0} |");
+    println!("| quantized (adjustable, learned bits) | {backend} | {BATCH} | {q:.0} |");
     println!("| quantized / float | {backend} | | {:.2}× |", q / f);
 }

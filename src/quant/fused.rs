@@ -126,6 +126,21 @@ impl Ranges {
     }
 }
 
+/// Round half to even, like burn's `round`, without the libm call that
+/// `f32::round_ties_even` becomes on baseline x86-64 (no SSE4.1): adding and removing
+/// 2^23 (with v's sign) leaves the nearest integer under the default rounding mode;
+/// from 2^23 up every f32 is an integer already.
+#[inline(always)]
+fn round_even(v: f32) -> f32 {
+    const TWO_23: f32 = 8_388_608.0;
+    if v.abs() >= TWO_23 {
+        v
+    } else {
+        let m = TWO_23.copysign(v);
+        (v + m) - m
+    }
+}
+
 fn host(t: &FlexTensor) -> Vec<f32> {
     t.to_contiguous()
         .as_slice::<f32>()
@@ -174,7 +189,7 @@ impl AdjQuantOps for Flex {
                 let c = r.channel(i);
                 let (s, z, l, inv) = (r.step_inv[c], r.zero[c], r.levels[c], r.inv[c]);
                 for (y, &v) in ys.iter_mut().zip(xs) {
-                    let u = (v * s).round_ties_even() - z;
+                    let u = round_even(v * s) - z;
                     *y = (u.clamp(0.0, l) + z) * inv;
                 }
             });
@@ -214,7 +229,7 @@ impl AdjQuantOps for Flex {
                     let (s, z, l, inv) = (r.step_inv[c], r.zero[c], r.levels[c], r.inv[c]);
                     let (mut ds, mut dz, mut dinv) = (0f64, 0f64, 0f64);
                     for ((dx, &v), &g) in dxs.iter_mut().zip(xs).zip(gs) {
-                        let u = (v * s).round_ties_even() - z;
+                        let u = round_even(v * s) - z;
                         let gi = g * inv;
                         if (0.0..=l).contains(&u) {
                             *dx = gi * s;
@@ -429,6 +444,32 @@ mod tests {
         check([3, 5, 1, 1], 1, 5); // SE vectors: runs of one element
         check([40_000], 0, 1); // per tensor, several pieces
         check([4, 9], 1, 1); // per tensor on a 2-D tensor
+    }
+
+    #[test]
+    fn round_even_is_half_to_even_everywhere() {
+        for v in [
+            0.5f32,
+            1.5,
+            2.5,
+            -0.5,
+            -1.5,
+            -2.5,
+            0.49999997,
+            3.7,
+            -3.7,
+            4_194_303.5,
+            4_194_304.5,
+            8_388_609.0,
+            1e20,
+            -1e20,
+            0.0,
+            -0.0,
+        ] {
+            assert_eq!(round_even(v), v.round_ties_even(), "{v}");
+        }
+        assert!(round_even(f32::NAN).is_nan());
+        assert_eq!(round_even(f32::INFINITY), f32::INFINITY);
     }
 
     #[test]
