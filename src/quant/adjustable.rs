@@ -167,25 +167,44 @@ impl AdjQuant {
         let step_inv = levels.clone() / w.add_scalar(1e-7);
         let zero = round(lo * step_inv.clone());
         let inv = step_inv.clone().recip();
+        let step = Step {
+            step_inv,
+            zero,
+            levels,
+            inv,
+        };
         if fused::supports(&x) {
-            fused::quantize(x, step_inv, zero, levels, inv, axis)
+            fused::quantize(x, step, axis)
         } else {
-            quantize_composed(x, step_inv, zero, levels, inv, axis)
+            quantize_composed(x, step, axis)
         }
     }
+}
+
+/// The per-channel constants of one quantizer step, `[C]` along the channel axis (`[1]`:
+/// one range for the whole tensor).
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// S = L / W.
+    pub step_inv: Tensor<1>,
+    /// z = round(lo·S).
+    pub zero: Tensor<1>,
+    /// L = 2^b − 1 (a constant to the step: no gradient).
+    pub levels: Tensor<1>,
+    /// 1 / S.
+    pub inv: Tensor<1>,
 }
 
 /// x̂ = (clip(round(x·S) − z, 0, L) + z)·inv from tensor ops, with S, z, L, inv per channel
 /// along `axis` (`[1]`: per tensor). The definition of the quantizer's step; backends
 /// without the fused op (`fused`) run this.
-pub fn quantize_composed<const D: usize>(
-    x: Tensor<D>,
-    step_inv: Tensor<1>,
-    zero: Tensor<1>,
-    levels: Tensor<1>,
-    inv: Tensor<1>,
-    axis: usize,
-) -> Tensor<D> {
+pub fn quantize_composed<const D: usize>(x: Tensor<D>, step: Step, axis: usize) -> Tensor<D> {
+    let Step {
+        step_inv,
+        zero,
+        levels,
+        inv,
+    } = step;
     let shape = broadcast_shape::<D>(step_inv.dims()[0], axis);
     let sb = step_inv.reshape(shape);
     let zb = zero.reshape(shape);

@@ -9,6 +9,7 @@
 //! ∂x = inside·g·inv·S, ∂S = Σ inside·g·inv·x, ∂z = Σ (1 − inside)·g·inv,
 //! ∂inv = Σ g·(clip(..) + z), the sums per channel.
 
+use super::adjustable::Step;
 use burn::backend::autodiff::{
     Autodiff,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -58,20 +59,13 @@ pub fn supports<const D: usize>(x: &Tensor<D>) -> bool {
 }
 
 /// The fused quantizer step (see the module doc); callers check [`supports`] first.
-pub fn quantize<const D: usize>(
-    x: Tensor<D>,
-    step_inv: Tensor<1>,
-    zero: Tensor<1>,
-    levels: Tensor<1>,
-    inv: Tensor<1>,
-    axis: usize,
-) -> Tensor<D> {
+pub fn quantize<const D: usize>(x: Tensor<D>, step: Step, axis: usize) -> Tensor<D> {
     Tensor::from_dispatch(<burn::backend::Dispatch as AdjQuantOps>::adj_quant(
         x.into_dispatch(),
-        step_inv.into_dispatch(),
-        zero.into_dispatch(),
-        levels.detach().into_dispatch(),
-        inv.into_dispatch(),
+        step.step_inv.into_dispatch(),
+        step.zero.into_dispatch(),
+        step.levels.detach().into_dispatch(),
+        step.inv.into_dispatch(),
         axis,
     ))
 }
@@ -397,11 +391,17 @@ mod tests {
         let step_inv = levels.clone() / width.clone();
         let zero = round(lo.clone() * step_inv.clone());
         let inv = step_inv.clone().recip();
+        let step = Step {
+            step_inv,
+            zero,
+            levels,
+            inv,
+        };
         let y = if fused {
             assert!(supports(&x));
-            quantize(x.clone(), step_inv, zero, levels, inv, axis)
+            quantize(x.clone(), step, axis)
         } else {
-            quantize_composed(x.clone(), step_inv, zero, levels, inv, axis)
+            quantize_composed(x.clone(), step, axis)
         };
         let grads = (y.clone() * probe).sum().backward();
         Outcome {
@@ -479,9 +479,14 @@ mod tests {
         let s = Tensor::<1>::from_floats([2.0, 3.0, 4.0, 5.0], &device);
         let z = Tensor::<1>::from_floats([-3.0, -7.0, 0.0, -1.0], &device);
         let l = Tensor::<1>::from_floats([3.0, 15.0, 7.0, 255.0], &device);
-        let inv = s.clone().recip();
-        let fused = quantize(x.clone(), s.clone(), z.clone(), l.clone(), inv.clone(), 1);
-        let composed = quantize_composed(x, s, z, l, inv, 1);
+        let step = Step {
+            inv: s.clone().recip(),
+            step_inv: s,
+            zero: z,
+            levels: l,
+        };
+        let fused = quantize(x.clone(), step.clone(), 1);
+        let composed = quantize_composed(x, step, 1);
         assert_eq!(host_f32(fused), host_f32(composed));
     }
 }
