@@ -4,11 +4,11 @@
 //! All on the CPU backend (flex), deterministic.
 
 use adjq::model::{EfficientNet, EfficientNetConfig};
-use adjq::quant::adjustable::{AdjQuant, QuantSpec, RangeLimits, RangePreset};
+use adjq::quant::adjustable::{AdjQuant, ClipGrad, QuantSpec, RangeLimits, RangePreset};
 use adjq::quant::fake_quant::{Kernel, fake_quant, nudge};
 use adjq::quant::qnet::Observe;
 use adjq::quant::{QConfig, QEfficientNet, host_f32};
-use adjq::score::metric::{MetricConfig, metric, smax};
+use adjq::score::metric::{MetricConfig, Pairing, metric, pair_stride, smax};
 use burn::prelude::*;
 use burn::tensor::{Distribution, Gradients};
 use serde_json::Value;
@@ -113,6 +113,7 @@ fn spec(bits: f32, trainable: bool, limits: RangeLimits) -> QuantSpec {
         bits,
         trainable_bits: trainable,
         limits,
+        clip_grad: ClipGrad::AsExecuted,
     }
 }
 
@@ -181,8 +182,10 @@ struct Frozen {
     min: f64,
     width: f64,
     base_bits: f64,
-    /// 2^b − 1 at the evaluation point: the clip's upper bound, a constant.
+    /// 2^b − 1 at the evaluation point: the clip's upper bound when it is a constant
+    /// ([`ClipGrad::Detached`]); as executed it moves with the bits.
     levels: f64,
+    bound_moves: bool,
     rb: f64,
     rz: f64,
     rx: Vec<f64>,
@@ -202,6 +205,7 @@ fn smooth(x: &[f64], a: f64, s: f64, k: f64, f: &Frozen) -> Vec<f64> {
             let u = xi * sc + f.rx[i] - z;
             let v = match f.branch[i] {
                 -1 => 0.0,
+                1 if f.bound_moves => l,
                 1 => f.levels,
                 _ => u,
             };
@@ -212,6 +216,11 @@ fn smooth(x: &[f64], a: f64, s: f64, k: f64, f: &Frozen) -> Vec<f64> {
 
 #[test]
 fn adjustable_gradients_match_finite_differences_of_the_smooth_parts() {
+    check_finite_differences(ClipGrad::AsExecuted);
+    check_finite_differences(ClipGrad::Detached);
+}
+
+fn check_finite_differences(clip_grad: ClipGrad) {
     let d = dev();
     let (m, w, b0) = (-0.8f64, 2.0f64, 6.0f64);
     let (a0, s0, k0) = (1.1f64, 0.05f64, 0.9f64);
@@ -222,7 +231,10 @@ fn adjustable_gradients_match_finite_differences_of_the_smooth_parts() {
 
     // burn, with autodiff.
     let q = AdjQuant::new(
-        spec(b0 as f32, true, RangePreset::Unbounded.limits()),
+        QuantSpec {
+            clip_grad,
+            ..spec(b0 as f32, true, RangePreset::Unbounded.limits())
+        },
         &[m as f32],
         &[(m + w) as f32],
         &d,
@@ -261,6 +273,7 @@ fn adjustable_gradients_match_finite_differences_of_the_smooth_parts() {
         width: w,
         base_bits: b0,
         levels: l,
+        bound_moves: clip_grad == ClipGrad::AsExecuted,
         rb: b - k0 * b0,
         rz: zr - (m + w * s0) * sc,
         rx: vec![],
@@ -297,7 +310,7 @@ fn adjustable_gradients_match_finite_differences_of_the_smooth_parts() {
     for (name, got, fd) in [("a", ga, fd_a), ("s", gs, fd_s), ("k", gk, fd_k)] {
         assert!(
             (got - fd).abs() <= 2e-3 * fd.abs().max(1.0),
-            "d/d{name}: autodiff {got} vs finite difference {fd}"
+            "{clip_grad:?} d/d{name}: autodiff {got} vs finite difference {fd}"
         );
     }
     for i in 0..xs.len() {
@@ -365,6 +378,7 @@ fn sixteen_bit_network_with_initial_ranges_tracks_the_float_model() {
         bias_bits: 16.0,
         bits_trainable: false,
         range: RangePreset::Default,
+        clip_grad: ClipGrad::AsExecuted,
     };
     let probe = QEfficientNet::for_calibration(&float, &q16).unwrap();
     let mut obs = Observe::default();
@@ -414,7 +428,7 @@ fn observed_thresholds_equal_a_direct_min_max() {
     let w = float.blocks[0].depthwise.conv.weight.val();
     let c = w.dims()[0];
     let flat = w.reshape([c, 9]);
-    let r = &obs.thresholds.points["blocks.0.depthwise/weight"];
+    let r = &obs.thresholds.points["expanded_conv_0/dws/weights"];
     assert_eq!(r.min, host_f32(flat.clone().min_dim(1)));
     assert_eq!(r.max, host_f32(flat.max_dim(1)));
     // The stem's swish input over both batches: min/max of the stem conv output.
@@ -422,22 +436,130 @@ fn observed_thresholds_equal_a_direct_min_max() {
     let stem = float.stem.forward(both);
     let sc = stem.dims()[1];
     let per = stem.swap_dims(0, 1).reshape([sc as i64, -1]);
-    let r = &obs.thresholds.points["stem/swish"];
+    let r = &obs.thresholds.points["Conv/swish_input"];
     assert_eq!(r.min, host_f32(per.clone().min_dim(1)));
     assert_eq!(r.max, host_f32(per.max_dim(1)));
-    // Every conv but the stem has an input point; the classifier too.
-    assert!(obs.thresholds.points.contains_key("classifier/input"));
-    assert!(!obs.thresholds.points.contains_key("stem/input"));
+    // The pooled head output entering the classifier, and no point on the network input.
+    assert!(obs.thresholds.points.contains_key("Conv_1/output"));
+    assert!(
+        !obs.thresholds
+            .points
+            .keys()
+            .any(|k| k.starts_with("input_data"))
+    );
+}
+
+#[test]
+fn residual_blocks_quantize_the_project_output_and_not_the_sum() {
+    let float = tiny_float(11);
+    let probe = QEfficientNet::for_calibration(&float, &QConfig::default()).unwrap();
+    let mut obs = Observe::default();
+    let x = images(2, 12);
+    probe.forward_with(x.clone(), &mut obs);
+    let (i, block) = float
+        .blocks
+        .iter()
+        .enumerate()
+        .find(|(_, b)| b.skip)
+        .expect("the tiny preset has a residual block");
+    // The project output point holds the project conv's range, before the add.
+    let r = &obs.thresholds.points[&format!("expanded_conv_{i}/project/output")];
+    let act = float.config.activation;
+    let mut h = burn::tensor::activation::silu(float.stem.forward(x));
+    for b in &float.blocks[..i] {
+        h = b.forward(h, act);
+    }
+    let with_skip = block.forward(h.clone(), act);
+    let projected = with_skip - h;
+    let c = projected.dims()[1];
+    let per = projected.swap_dims(0, 1).reshape([c as i64, -1]);
+    let (lo, hi) = (host_f32(per.clone().min_dim(1)), host_f32(per.max_dim(1)));
+    for ch in 0..c {
+        assert!((r.min[ch] - lo[ch]).abs() < 1e-4 && (r.max[ch] - hi[ch]).abs() < 1e-4);
+    }
+    // The sum feeds the next conv unquantized: that conv has no input point.
+    let q = QEfficientNet::from_float(&float, &obs.thresholds, &QConfig::default()).unwrap();
+    let next = &q.blocks[i + 1];
+    let first = next.expand.as_ref().unwrap_or(&next.depthwise);
+    assert!(first.input_q.is_none());
+    assert!(q.blocks[i].project.output_q.is_some());
+}
+
+#[test]
+fn the_quantized_network_has_no_dropout() {
+    // A preset with dropout: training-mode forwards of the same batch agree exactly.
+    let d = dev();
+    let mut cfg = EfficientNetConfig::preset("efficientnet-tiny").unwrap();
+    cfg.dropout = 0.5;
+    let float = EfficientNet::new(&cfg, &d).valid().fold_bn();
+    let probe = QEfficientNet::for_calibration(&float, &QConfig::default()).unwrap();
+    let mut obs = Observe::default();
+    probe.forward_with(images(2, 13), &mut obs);
+    let q = QEfficientNet::from_float(&float, &obs.thresholds, &QConfig::default()).unwrap();
+    let ad = Device::flex().autodiff();
+    let q = q.to_device(&ad).train();
+    let x = images(4, 14).to_device(&ad);
+    let a = host_f32(q.forward(x.clone()));
+    let b = host_f32(q.forward(x));
+    assert_eq!(a, b);
+}
+
+/// Our B0's quantization points, by name, are the original's 229
+/// (`tests/fixtures/original/point_names.txt`) with the network input left out.
+#[test]
+fn b0_points_are_the_originals_and_its_thresholds_file_loads_as_is() {
+    use adjq::quant::qnet::INPUT_KEY;
+    let text = std::fs::read_to_string("tests/fixtures/original/point_names.txt").unwrap();
+    let original: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(original.len(), 229);
+    let d = dev();
+    let mut cfg = EfficientNetConfig::preset("efficientnet-b0").unwrap();
+    cfg.resolution = 32; // the point set does not depend on it
+    let float = EfficientNet::new(&cfg, &d).valid().fold_bn();
+    let probe = QEfficientNet::for_calibration(&float, &QConfig::default()).unwrap();
+    let mut obs = Observe::default();
+    probe.forward_with(images(1, 15), &mut obs);
+    let mut ours: Vec<&str> = obs.thresholds.points.keys().map(String::as_str).collect();
+    ours.push(INPUT_KEY);
+    let (mut a, mut b) = (ours.clone(), original.clone());
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a, b);
+
+    // The original's file shape: a bare {name: {min, max}} map, with the input's entry.
+    let mut bare = serde_json::Map::new();
+    for (k, r) in &obs.thresholds.points {
+        bare.insert(k.clone(), serde_json::json!({"min": r.min, "max": r.max}));
+    }
+    // The original records the image's per-channel range there; it is not used.
+    let rgb = serde_json::json!({"min": [-1.0, -1.0, -1.0], "max": [1.0, 1.0, 1.0]});
+    bare.insert(INPUT_KEY.into(), rgb);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("initial_thresholds.json");
+    std::fs::write(&path, serde_json::to_string(&bare).unwrap()).unwrap();
+    let t = adjq::quant::Thresholds::load(&path).unwrap();
+    QEfficientNet::from_float(&float, &t, &QConfig::default()).unwrap();
 }
 
 #[test]
 fn missing_thresholds_are_named() {
     let float = tiny_float(4);
-    let mut t = adjq::quant::Thresholds::default();
-    t.insert("stem/swish".into(), vec![0.0; 8], vec![1.0; 8]);
-    let err = QEfficientNet::from_float(&float, &t, &QConfig::default()).unwrap_err();
+    let probe = QEfficientNet::for_calibration(&float, &QConfig::default()).unwrap();
+    let mut obs = Observe::default();
+    probe.forward_with(images(1, 16), &mut obs);
+    let mut t = obs.thresholds;
+    t.points.shift_remove("expanded_conv_0/dws/weights");
+    t.insert(
+        "blocks.0.depthwise/input".into(),
+        vec![0.0; 8],
+        vec![1.0; 8],
+    );
+    let err = QEfficientNet::from_float(&float, &t, &QConfig::default())
+        .unwrap_err()
+        .to_string();
     assert!(
-        err.to_string().contains("blocks.0.depthwise/input"),
+        err.contains("1 missing (`expanded_conv_0/dws/weights`)")
+            && err.contains("1 unknown (`blocks.0.depthwise/input`)"),
         "{err}"
     );
 }
@@ -447,7 +569,9 @@ fn smax_forward_is_the_mean_max_and_its_gradient_splits_gamma() {
     let d = dev();
     let bw = Tensor::<1>::from_floats([3.0, 5.0], &d).require_grad();
     let ba = Tensor::<1>::from_floats([4.0, 2.0, 6.0], &d).require_grad();
-    let m = smax(bw.clone(), ba.clone(), false, 0.7);
+    // Cout 2, Cin 3 are coprime: tf.tile's pairs (k mod 2, k mod 3) are every pair once.
+    assert_eq!(pair_stride(2, 3, false, Pairing::Tile), 1);
+    let m = smax(bw.clone(), ba.clone(), 1, 0.7);
     // pairs: max(3,4)=4 max(3,2)=3 max(3,6)=6 max(5,4)=5 max(5,2)=5 max(5,6)=6 → 29/6.
     assert!((m.clone().into_scalar::<f32>() - 29.0 / 6.0).abs() < 1e-6);
     let g = m.sum().backward();
@@ -460,11 +584,44 @@ fn smax_forward_is_the_mean_max_and_its_gradient_splits_gamma() {
     // Depthwise: only matching channels pair up.
     let bw = Tensor::<1>::from_floats([3.0, 5.0], &d).require_grad();
     let ba = Tensor::<1>::from_floats([4.0, 2.0], &d).require_grad();
-    let m = smax(bw.clone(), ba.clone(), true, 0.5);
+    let m = smax(
+        bw.clone(),
+        ba.clone(),
+        pair_stride(2, 2, true, Pairing::All),
+        0.5,
+    );
     assert!((m.clone().into_scalar::<f32>() - 4.5).abs() < 1e-6);
     let g = m.sum().backward();
     assert_eq!(grad_of(&bw, &g), vec![0.25, 0.25]);
     assert_eq!(grad_of(&ba, &g), vec![0.25, 0.25]);
+}
+
+#[test]
+fn smax_tile_pairing_worked_by_hand() {
+    let d = dev();
+    // Cout 4, Cin 2: tf.tile repeats bw twice and ba four times; element k pairs
+    // bw[k mod 4] with ba[k mod 2]: (3,4) (5,6) (2,4) (7,6), twice: maxes 4 6 4 7 → 5.25.
+    // Every pair instead: 4 6 5 6 4 6 7 7 → 45/8.
+    let (bw, ba) = ([3.0, 5.0, 2.0, 7.0], [4.0, 6.0]);
+    let tile = pair_stride(4, 2, false, Pairing::Tile);
+    let all = pair_stride(4, 2, false, Pairing::All);
+    assert_eq!((tile, all), (2, 1));
+    for (stride, expected) in [(tile, 5.25), (all, 45.0 / 8.0)] {
+        let w = Tensor::<1>::from_floats(bw, &d).require_grad();
+        let a = Tensor::<1>::from_floats(ba, &d).require_grad();
+        let m = smax(w.clone(), a.clone(), stride, 0.7);
+        assert!((m.clone().into_scalar::<f32>() - expected).abs() < 1e-6);
+        // The same gradient either way: mean((1 − γ)·bw + γ·ba).
+        let g = m.sum().backward();
+        for v in grad_of(&w, &g) {
+            assert!((v - 0.3 / 4.0).abs() < 1e-6);
+        }
+        for v in grad_of(&a, &g) {
+            assert!((v - 0.7 / 2.0).abs() < 1e-6);
+        }
+    }
+    // A depthwise conv pairs matching channels whatever the pairing.
+    assert_eq!(pair_stride(6, 6, true, Pairing::Tile), 6);
 }
 
 #[test]
@@ -530,6 +687,9 @@ fn mixed_bits_net() -> QEfficientNet {
         conv.weight_q.bit_scale = spread(conv.layer.cout, salt);
         if let Some(iq) = &mut conv.input_q {
             iq.bit_scale = spread(conv.layer.cin, salt + 1);
+        }
+        if let Some(oq) = &mut conv.output_q {
+            oq.bit_scale = spread(conv.layer.cout, salt + 2);
         }
     };
     set(&mut q.stem);
@@ -681,6 +841,7 @@ fn official_rule_metric_equals_the_counter() {
         ops_baseline: 1e6,
         gamma: 0.7,
         rule: MetricRule::Official,
+        ..Default::default()
     };
     let m = metric(&q, &cfg);
     let info = QuantInfo::of(&q);
@@ -722,4 +883,125 @@ fn official_rule_metric_equals_the_counter() {
         },
     );
     assert_ne!(paper.metric.into_scalar::<f32>() as f64, value);
+}
+
+/// `{"shape", "data"}` of the TensorFlow fixtures as f32.
+fn tf_array(v: &Value) -> Vec<f32> {
+    f32s(&v["data"])
+}
+
+fn assert_close(name: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{name}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * w.abs().max(1.0),
+            "{name}[{i}]: ours {g}, TensorFlow {w}"
+        );
+    }
+}
+
+/// The original's quantizer run by real TensorFlow (TF1 graph, its gradient overrides):
+/// values and gradients, with the clip's upper bound taking the gradient of the elements
+/// above it (`ClipGrad::AsExecuted`), per channel and for a bias (range = its own min/max,
+/// differentiated through).
+#[test]
+fn adjustable_quantizer_matches_tensorflow_as_executed() {
+    let text = std::fs::read_to_string("tests/fixtures/tf/adjq_clip_grad.json").unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(doc["per_channel"]["has_ClipByValue_op"], Value::Bool(false));
+    let d = dev();
+    let narrow = RangeLimits {
+        scale: Some((0.5, 1.3)),
+        shift: Some((-0.2, 0.4)),
+    };
+    let p = |v: Vec<f32>| {
+        burn::module::Param::from_tensor(Tensor::<1>::from_floats(v.as_slice(), &d).require_grad())
+    };
+
+    let pc = &doc["per_channel"];
+    let i = &pc["inputs"];
+    let q = AdjQuant::new(
+        spec(i["b0"].as_f64().unwrap() as f32, true, narrow),
+        &tf_array(&i["min_th"]),
+        &tf_array(&i["max_th"]),
+        &d,
+    );
+    let q = AdjQuant {
+        scale: p(tf_array(&i["alpha"])),
+        shift: p(tf_array(&i["beta"])),
+        bit_scale: Some(p(tf_array(&i["bits_scale"]))),
+        ..q
+    };
+    let x = Tensor::<1>::from_floats(tf_array(&i["x"]).as_slice(), &d)
+        .reshape([5, 4])
+        .require_grad();
+    let g = Tensor::<1>::from_floats(tf_array(&i["G"]).as_slice(), &d).reshape([5, 4]);
+    let y = q.forward(x.clone(), 1);
+    assert_close("y", &host_f32(y.clone()), &tf_array(&pc["y"]), 1e-6);
+    assert_close("bits", &host_f32(q.bits()), &tf_array(&pc["bits"]), 0.0);
+    let grads = (y * g).sum().backward();
+    let want = &pc["grads"];
+    assert_close("∂x", &grad_of(&x, &grads), &tf_array(&want["x"]), 1e-5);
+    assert_close(
+        "∂alpha",
+        &grad_of(&q.scale.val(), &grads),
+        &tf_array(&want["alpha"]),
+        1e-4,
+    );
+    assert_close(
+        "∂beta",
+        &grad_of(&q.shift.val(), &grads),
+        &tf_array(&want["beta"]),
+        1e-4,
+    );
+    let k = q.bit_scale.as_ref().unwrap().val();
+    assert_close(
+        "∂bits_scale",
+        &grad_of(&k, &grads),
+        &tf_array(&want["bits_scale"]),
+        1e-4,
+    );
+    // The fixture tells the modes apart: a constant bound gives other bit gradients.
+    let detached = AdjQuant {
+        clip_grad: ClipGrad::Detached,
+        ..q.clone()
+    };
+    let g = Tensor::<1>::from_floats(tf_array(&i["G"]).as_slice(), &d).reshape([5, 4]);
+    let grads = (detached.forward(x.clone(), 1) * g).sum().backward();
+    let k = detached.bit_scale.as_ref().unwrap().val();
+    let far = grad_of(&k, &grads)
+        .iter()
+        .zip(tf_array(&want["bits_scale"]))
+        .any(|(a, b)| (a - b).abs() > 0.1 * b.abs().max(1e-3));
+    assert!(far, "detached bound gives TensorFlow's bit gradients too");
+
+    let b = &doc["bias"];
+    let i = &b["inputs"];
+    let q = AdjQuant::dynamic(spec(8.0, false, narrow), 1, &d);
+    let q = AdjQuant {
+        scale: p(tf_array(&i["alpha"])),
+        shift: p(tf_array(&i["beta"])),
+        ..q
+    };
+    let bias = Tensor::<1>::from_floats(tf_array(&i["b"]).as_slice(), &d).require_grad();
+    let y = q
+        .forward(bias.clone().reshape([6, 1, 1, 1]), 0)
+        .reshape([6]);
+    assert_close("bias y", &host_f32(y.clone()), &tf_array(&b["y"]), 1e-6);
+    let gb = Tensor::<1>::from_floats(tf_array(&i["Gb"]).as_slice(), &d);
+    let grads = (y * gb).sum().backward();
+    let want = &b["grads"];
+    assert_close("∂b", &grad_of(&bias, &grads), &tf_array(&want["b"]), 1e-4);
+    assert_close(
+        "bias ∂alpha",
+        &grad_of(&q.scale.val(), &grads),
+        &tf_array(&want["alpha"]),
+        1e-4,
+    );
+    assert_close(
+        "bias ∂beta",
+        &grad_of(&q.shift.val(), &grads),
+        &tf_array(&want["beta"]),
+        1e-4,
+    );
 }

@@ -319,3 +319,53 @@ fn precision_lr_and_swa_schedules() {
     let rec: Vec<usize> = (0..10).filter(|&k| sparse.records_after(1, k)).collect();
     assert_eq!(rec, vec![3, 6, 9]);
 }
+
+/// TF1's `AdamOptimizer` run by real TensorFlow (`tests/fixtures/tf/tf1_adam.json`): six
+/// steps with fed gradients (tiny ones where ε matters, zeros, large ones) and a changing
+/// lr; our variables, slots and β powers equal TF's bit for bit after every step.
+#[test]
+fn tf1_adam_matches_tensorflow_bit_for_bit() {
+    use adjq::train::tf_adam::{TfAdam, TfAdamState};
+    use burn::optim::Optimizer;
+    let text = std::fs::read_to_string("tests/fixtures/tf/tf1_adam.json").unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let d = Device::flex();
+    let values = |v: &serde_json::Value| -> Vec<f32> {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let tensor = |v: &serde_json::Value| Tensor::<1>::from_floats(values(v).as_slice(), &d);
+    let host = |t: &Tensor<1>| adjq::quant::host_f32(t.clone());
+    let opt = TfAdam::default();
+    let mut vars = [tensor(&doc["initial"]["v1"]), tensor(&doc["initial"]["v2"])];
+    let mut states: [Option<TfAdamState<1>>; 2] = [None, None];
+    for step in doc["steps"].as_array().unwrap() {
+        let lr = step["lr"].as_f64().unwrap();
+        let after = &step["after"];
+        for (k, (name, grad)) in [("v1", "g1"), ("v2", "g2")].into_iter().enumerate() {
+            let (v, s) = opt.step(lr, vars[k].clone(), tensor(&step[grad]), states[k].take());
+            let s = s.expect("Adam keeps state");
+            let at = format!("step {} {name}", step["step"]);
+            assert_eq!(host(&v), values(&after[name]), "{at}: variable");
+            assert_eq!(host(&s.m), values(&after[format!("m_{name}")]), "{at}: m");
+            assert_eq!(host(&s.v), values(&after[format!("v_{name}")]), "{at}: v");
+            // TF's powers are per optimizer and advance after the step.
+            assert_eq!(
+                s.beta1_power,
+                values(&after["beta1_power"])[0],
+                "{at}: β1^t"
+            );
+            assert_eq!(
+                s.beta2_power,
+                values(&after["beta2_power"])[0],
+                "{at}: β2^t"
+            );
+            vars[k] = v;
+            states[k] = Some(s);
+        }
+    }
+}

@@ -6,11 +6,12 @@
 //! L = 2^b − 1, S = L / (W + 1e-7), z = round(lo·S),
 //! q = clip(round(x·S) − z, 0, L) + z, x̂ = q / S.
 //! Every round passes its gradient straight through; every clip passes it to its input
-//! only inside the bounds (inclusive) and never to the bounds. So a, s and k learn
-//! through S and z (and k also through the metric).
+//! only inside the bounds (inclusive). The upper bound L of the last clip takes the
+//! gradient of the elements above it, as the original ran ([`ClipGrad`]). So a, s and k
+//! learn through S, z and L (and k also through the metric).
 
 use super::fused;
-use super::ste::{clip, clip_scalar, round};
+use super::ste::{clip_scalar, clip_tf, round};
 use burn::module::Param;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -65,6 +66,35 @@ impl RangePreset {
     }
 }
 
+/// What the upper bound L = 2^b − 1 of the quantizer's clip receives in the backward pass.
+///
+/// The original overrides the gradient of `ClipByValue` to give the bounds none
+/// (`combined_tools.py:24-36`), but TF1's `tf.clip_by_value` builds `Minimum` and
+/// `Maximum` ops, so the override never fired (checked with real TensorFlow:
+/// `tests/fixtures/tf/adjq_clip_grad.json`): in the published run L took the gradient of
+/// every element saturated above it, and through L the bit scale k did too.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClipGrad {
+    /// L takes the gradient of the elements above it (what the original executed).
+    #[default]
+    AsExecuted,
+    /// L is a constant to the clip (what the original's override meant).
+    Detached,
+}
+
+impl ClipGrad {
+    pub const NAMES: &[&str] = &["as_executed", "detached"];
+
+    pub fn parse(name: &str) -> Option<ClipGrad> {
+        Some(match name {
+            "as_executed" => ClipGrad::AsExecuted,
+            "detached" => ClipGrad::Detached,
+            _ => return None,
+        })
+    }
+}
+
 /// Smallest and largest learned bit-width.
 pub const MIN_BITS: f32 = 2.0;
 pub const MAX_BITS: f32 = 8.0;
@@ -87,6 +117,8 @@ pub struct AdjQuant {
     pub base_bits: f32,
     #[module(skip)]
     pub limits: RangeLimits,
+    #[module(skip)]
+    pub clip_grad: ClipGrad,
 }
 
 /// How to build a quantization point.
@@ -95,6 +127,7 @@ pub struct QuantSpec {
     pub bits: f32,
     pub trainable_bits: bool,
     pub limits: RangeLimits,
+    pub clip_grad: ClipGrad,
 }
 
 fn constant(values: &[f32], device: &Device) -> Param<Tensor<1>> {
@@ -111,7 +144,9 @@ impl AdjQuant {
         q
     }
 
-    /// A point whose initial range is the tensor's own min/max at each call (per tensor).
+    /// A point whose initial range is the tensor's own min/max at each call (per tensor),
+    /// differentiated through as the original's bias quantizer is
+    /// (`effnetb0_model_adjutable.py:260-307`: `reduce_min`/`reduce_max` of the bias).
     pub fn dynamic(spec: QuantSpec, channels: usize, device: &Device) -> Self {
         let ones = || Param::from_tensor(Tensor::ones([channels], device));
         AdjQuant {
@@ -122,6 +157,7 @@ impl AdjQuant {
             init_width: None,
             base_bits: spec.bits,
             limits: spec.limits,
+            clip_grad: spec.clip_grad,
         }
     }
 
@@ -146,8 +182,8 @@ impl AdjQuant {
         let (min, width) = match (&self.init_min, &self.init_width) {
             (Some(m), Some(w)) => (m.val(), w.val()),
             _ => {
-                // Per-tensor range of the current values, not trained through.
-                let flat = x.clone().detach().flatten::<1>(0, D - 1);
+                // Per-tensor range of the current values, trained through.
+                let flat = x.clone().flatten::<1>(0, D - 1);
                 let lo = flat.clone().min();
                 let hi = flat.max();
                 (lo.clone(), hi - lo)
@@ -164,13 +200,17 @@ impl AdjQuant {
             .exp()
             .sub_scalar(1.0);
         let levels = smooth.clone() + (smooth.clone().detach().round() - smooth.detach()).detach();
+        let clip_levels = match self.clip_grad {
+            ClipGrad::AsExecuted => levels.clone(),
+            ClipGrad::Detached => levels.clone().detach(),
+        };
         let step_inv = levels.clone() / w.add_scalar(1e-7);
         let zero = round(lo * step_inv.clone());
         let inv = step_inv.clone().recip();
         let step = Step {
             step_inv,
             zero,
-            levels,
+            levels: clip_levels,
             inv,
         };
         if fused::supports(&x) {
@@ -189,7 +229,8 @@ pub struct Step {
     pub step_inv: Tensor<1>,
     /// z = round(lo·S).
     pub zero: Tensor<1>,
-    /// L = 2^b − 1 (a constant to the step: no gradient).
+    /// L = 2^b − 1, the clip's upper bound: it takes the gradient of the elements above
+    /// it (detach it for a constant bound, [`ClipGrad::Detached`]).
     pub levels: Tensor<1>,
     /// 1 / S.
     pub inv: Tensor<1>,
@@ -208,11 +249,11 @@ pub fn quantize_composed<const D: usize>(x: Tensor<D>, step: Step, axis: usize) 
     let shape = broadcast_shape::<D>(step_inv.dims()[0], axis);
     let sb = step_inv.reshape(shape);
     let zb = zero.reshape(shape);
-    let lb = levels.detach().reshape(shape);
+    let lb = levels.reshape(shape);
     let ib = inv.reshape(shape);
     let u = round(x * sb) - zb.clone();
     let zeros = Tensor::zeros(shape, &lb.device());
-    (clip(u, zeros, lb) + zb) * ib
+    (clip_tf(u, zeros, lb) + zb) * ib
 }
 
 fn limit(t: Tensor<1>, bounds: Option<(f32, f32)>) -> Tensor<1> {

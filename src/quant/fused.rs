@@ -4,10 +4,12 @@
 //! which stays the definition, the test reference and the path of every other backend).
 //!
 //! Gradients are those of the composition: the round passes the gradient through, the
-//! clip passes it only inside [0, L] (bounds included), L gets none. With g the upstream
-//! gradient and inside = 0 ≤ round(x·S) − z ≤ L:
+//! clip passes it only inside [0, L] (bounds included), and L takes the gradient of the
+//! elements above it (TF1's Minimum, as the original ran; a caller that wants L
+//! constant passes it detached). With g the upstream gradient and
+//! inside = 0 ≤ round(x·S) − z ≤ L:
 //! ∂x = inside·g·inv·S, ∂S = Σ inside·g·inv·x, ∂z = Σ (1 − inside)·g·inv,
-//! ∂inv = Σ g·(clip(..) + z), the sums per channel.
+//! ∂L = Σ (round(x·S) − z > L)·g·inv, ∂inv = Σ g·(clip(..) + z), the sums per channel.
 
 use super::adjustable::Step;
 use burn::backend::autodiff::{
@@ -17,7 +19,9 @@ use burn::backend::autodiff::{
     ops::{Backward, Ops, OpsKind},
 };
 use burn::backend::flex::FlexTensor;
-use burn::backend::{Backend as BackendOps, Flex, backend_extension, tensor::FloatTensor};
+use burn::backend::{
+    Backend as BackendOps, ExtensionType, Flex, backend_extension, tensor::FloatTensor,
+};
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
@@ -35,8 +39,7 @@ pub trait AdjQuantOps: BackendOps {
         axis: usize,
     ) -> FloatTensor<Self>;
 
-    /// Gradients of x, S, z and inv for the upstream gradient `grad`.
-    #[allow(clippy::type_complexity)]
+    /// Gradients of x, S, z, L and inv for the upstream gradient `grad`.
     fn adj_quant_backward(
         grad: FloatTensor<Self>,
         x: FloatTensor<Self>,
@@ -45,12 +48,18 @@ pub trait AdjQuantOps: BackendOps {
         levels: FloatTensor<Self>,
         inv: FloatTensor<Self>,
         axis: usize,
-    ) -> (
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-    );
+    ) -> QuantGrads<Self>;
+}
+
+/// The gradients of the fused step's inputs (a struct: the extension glue maps tuples of
+/// at most four tensors).
+#[derive(ExtensionType)]
+pub struct QuantGrads<B: BackendOps> {
+    pub x: FloatTensor<B>,
+    pub step_inv: FloatTensor<B>,
+    pub zero: FloatTensor<B>,
+    pub levels: FloatTensor<B>,
+    pub inv: FloatTensor<B>,
 }
 
 /// Whether `x` can take the fused op: f32 on the CPU backend (with or without autodiff).
@@ -64,7 +73,7 @@ pub fn quantize<const D: usize>(x: Tensor<D>, step: Step, axis: usize) -> Tensor
         x.into_dispatch(),
         step.step_inv.into_dispatch(),
         step.zero.into_dispatch(),
-        step.levels.detach().into_dispatch(),
+        step.levels.into_dispatch(),
         step.inv.into_dispatch(),
         axis,
     ))
@@ -198,7 +207,7 @@ impl AdjQuantOps for Flex {
         levels: FlexTensor,
         inv: FlexTensor,
         axis: usize,
-    ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
+    ) -> QuantGrads<Flex> {
         let r = Ranges::read(&step_inv, &zero, &levels, &inv);
         let x = contiguous_f32(&x);
         let grad = contiguous_f32(&grad);
@@ -209,7 +218,7 @@ impl AdjQuantOps for Flex {
         let mut grad_x = FlexTensor::empty(shape, DType::F32);
         // Per-run partial sums, added up in run order below: the same result for any
         // thread count (training is deterministic on CPU).
-        let partial: Vec<[f64; 3]> = if xs.is_empty() {
+        let partial: Vec<[f64; 4]> = if xs.is_empty() {
             Vec::new()
         } else {
             grad_x
@@ -221,7 +230,7 @@ impl AdjQuantOps for Flex {
                 .map(|(i, (dxs, (xs, gs)))| {
                     let c = r.channel(i);
                     let (s, z, l, inv) = (r.step_inv[c], r.zero[c], r.levels[c], r.inv[c]);
-                    let (mut ds, mut dz, mut dinv) = (0f64, 0f64, 0f64);
+                    let (mut ds, mut dz, mut dl, mut dinv) = (0f64, 0f64, 0f64, 0f64);
                     for ((dx, &v), &g) in dxs.iter_mut().zip(xs).zip(gs) {
                         let u = round_even(v * s) - z;
                         let gi = g * inv;
@@ -229,28 +238,38 @@ impl AdjQuantOps for Flex {
                             *dx = gi * s;
                             ds += f64::from(gi * v);
                         } else {
+                            *dx = 0.0;
                             dz += f64::from(gi);
+                            if u > l {
+                                dl += f64::from(gi);
+                            }
                         }
                         dinv += f64::from(g * (u.clamp(0.0, l) + z));
                     }
-                    [ds, dz, dinv]
+                    [ds, dz, dl, dinv]
                 })
                 .collect()
         };
-        let mut sums = vec![[0f64; 3]; r.channels()];
+        let mut sums = vec![[0f64; 4]; r.channels()];
         for (i, p) in partial.iter().enumerate() {
             let acc = &mut sums[r.channel(i)];
-            for k in 0..3 {
+            for k in 0..4 {
                 acc[k] += p[k];
             }
         }
         let column = |k: usize| channel_vector(sums.iter().map(|s| s[k] as f32).collect());
-        (grad_x, column(0), column(1), column(2))
+        QuantGrads {
+            x: grad_x,
+            step_inv: column(0),
+            zero: column(1),
+            levels: column(2),
+            inv: column(3),
+        }
     }
 }
 
 /// The autodiff node: forward on the inner backend, backward through its
-/// `adj_quant_backward`. L is a constant (no gradient), as in the composition.
+/// `adj_quant_backward`.
 impl<B: BackendOps + AdjQuantOps, C: CheckpointStrategy> AdjQuantOps for Autodiff<B, C> {
     fn adj_quant(
         x: FloatTensor<Self>,
@@ -263,7 +282,7 @@ impl<B: BackendOps + AdjQuantOps, C: CheckpointStrategy> AdjQuantOps for Autodif
         #[derive(Debug)]
         struct QuantizeBackward;
 
-        impl<B: BackendOps + AdjQuantOps> Backward<B, 4> for QuantizeBackward {
+        impl<B: BackendOps + AdjQuantOps> Backward<B, 5> for QuantizeBackward {
             type State = (
                 FloatTensor<B>,
                 FloatTensor<B>,
@@ -275,15 +294,15 @@ impl<B: BackendOps + AdjQuantOps, C: CheckpointStrategy> AdjQuantOps for Autodif
 
             fn backward(
                 self,
-                ops: Ops<Self::State, 4>,
+                ops: Ops<Self::State, 5>,
                 grads: &mut Gradients,
                 _checkpointer: &mut Checkpointer,
             ) {
                 let (x, step_inv, zero, levels, inv, axis) = ops.state;
                 let grad = grads.consume::<B>(&ops.node);
-                let (dx, ds, dz, dinv) =
-                    B::adj_quant_backward(grad, x, step_inv, zero, levels, inv, axis);
-                for (parent, g) in ops.parents.into_iter().zip([dx, ds, dz, dinv]) {
+                let g = B::adj_quant_backward(grad, x, step_inv, zero, levels, inv, axis);
+                let inputs = [g.x, g.step_inv, g.zero, g.levels, g.inv];
+                for (parent, g) in ops.parents.into_iter().zip(inputs) {
                     if let Some(parent) = parent {
                         grads.register::<B>(parent.id, g);
                     }
@@ -291,7 +310,13 @@ impl<B: BackendOps + AdjQuantOps, C: CheckpointStrategy> AdjQuantOps for Autodif
             }
         }
 
-        let parents = [x.node(), step_inv.node(), zero.node(), inv.node()];
+        let parents = [
+            x.node(),
+            step_inv.node(),
+            zero.node(),
+            levels.node(),
+            inv.node(),
+        ];
         let (x, step_inv, zero, levels, inv) = (
             x.into_primitive(),
             step_inv.into_primitive(),
@@ -325,12 +350,7 @@ impl<B: BackendOps + AdjQuantOps, C: CheckpointStrategy> AdjQuantOps for Autodif
         _levels: FloatTensor<Self>,
         _inv: FloatTensor<Self>,
         _axis: usize,
-    ) -> (
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-    ) {
+    ) -> QuantGrads<Self> {
         unreachable!("the quantizer's backward is not itself differentiated")
     }
 }
@@ -354,6 +374,7 @@ mod tests {
         dx: Vec<f32>,
         dlo: Vec<f32>,
         dwidth: Vec<f32>,
+        dlevels: Vec<f32>,
     }
 
     /// Values spread over [lo, hi) from a fixed hash of their index: tests run in
@@ -387,14 +408,14 @@ mod tests {
         let width = tensor(spread(channels, 9.5, 2.0, 8.0), [channels], &device).require_grad();
         // 2, 4 and 8 bits across channels: many values land on and beyond the bounds.
         let levels: Vec<f32> = (0..channels).map(|c| [3.0, 15.0, 255.0][c % 3]).collect();
-        let levels = tensor(levels, [channels], &device);
+        let levels = tensor(levels, [channels], &device).require_grad();
         let step_inv = levels.clone() / width.clone();
         let zero = round(lo.clone() * step_inv.clone());
         let inv = step_inv.clone().recip();
         let step = Step {
             step_inv,
             zero,
-            levels,
+            levels: levels.clone(),
             inv,
         };
         let y = if fused {
@@ -409,6 +430,7 @@ mod tests {
             dx: host_f32(x.grad(&grads).expect("x has a gradient")),
             dlo: host_f32(lo.grad(&grads).expect("lo has a gradient")),
             dwidth: host_f32(width.grad(&grads).expect("width has a gradient")),
+            dlevels: host_f32(levels.grad(&grads).expect("L has a gradient")),
         }
     }
 
@@ -429,6 +451,16 @@ mod tests {
             "{shape:?}: ∂width {:?} vs {:?}",
             f.dwidth,
             c.dwidth
+        );
+        assert!(
+            rel_diff(&f.dlevels, &c.dlevels) < 1e-4,
+            "{shape:?}: ∂L {:?} vs {:?}",
+            f.dlevels,
+            c.dlevels
+        );
+        assert!(
+            f.dlevels.iter().any(|v| *v != 0.0),
+            "{shape:?}: no saturated values tested"
         );
         let clipped = f.dx.iter().filter(|v| **v == 0.0).count();
         assert!(

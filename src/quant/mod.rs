@@ -10,7 +10,7 @@ pub mod ste;
 pub mod tfqat;
 pub mod thresholds;
 
-pub use adjustable::{AdjQuant, QuantSpec, RangeLimits, RangePreset};
+pub use adjustable::{AdjQuant, ClipGrad, QuantSpec, RangeLimits, RangePreset};
 pub use qnet::{QConfig, QEfficientNet, QLayer};
 pub use thresholds::Thresholds;
 

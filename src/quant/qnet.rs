@@ -1,22 +1,30 @@
 //! The quantized EfficientNet: built from a BN-folded float model and a thresholds map.
 //!
-//! Quantization points (DESIGN §3), named `<layer>/<point>`:
-//! - `weight`: every conv / depthwise / SE conv / classifier weight, per output channel;
-//! - `input`: the activation entering every conv except the stem, per channel (the
-//!   network input counts as 8-bit; a residual sum is not re-quantized on the skip path);
-//! - `swish`: the input of every swish, per channel, fixed bits, adjustable range;
-//! - `bias`: every bias, per tensor, fixed bits, range = its current min/max.
+//! The quantization points are the original's (`effnetb0_model_float.py` builds the
+//! network, `effnetb0_model_adjutable.py:352-401` quantizes it), each named as there
+//! (see [`point_key`]):
+//! - `weights`: every conv / depthwise / SE conv / classifier weight, per output channel;
+//! - `swish_input`: the input of every swish and of the SE gate's sigmoid, per channel,
+//!   fixed bits, adjustable range (`:384-401`, `float.py:132-135`);
+//! - `output`: the activation after a layer's swish (stem, expand, SE reduce), a block's
+//!   project conv output *before* the residual add (`float.py:140-146`: the sum is not
+//!   quantized and feeds the next block as is), and the pooled or gated values entering
+//!   the SE reduce, the project and the classifier convs; per channel, learned range and
+//!   bits. The depthwise conv's own output and the network input are not quantized (the
+//!   input counts as 8-bit data);
+//! - bias: every bias, per tensor, fixed bits, range = its current min/max.
 //!
 //! The classifier is held as a 1×1 conv on the pooled features so every layer is alike.
+//! There is no dropout: the original's quantized network has none.
 
-use super::adjustable::{AdjQuant, QuantSpec, RangePreset};
+use super::adjustable::{AdjQuant, ClipGrad, QuantSpec, RangePreset};
 use super::thresholds::Thresholds;
 use crate::model::config::{Activation, EfficientNetConfig};
 use crate::model::{ConvBn, EfficientNet, MbConv};
 use anyhow::Result;
 use burn::module::Param;
+use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
-use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::{relu6, sigmoid, silu};
 use burn::tensor::module::conv2d;
@@ -33,6 +41,9 @@ pub struct QConfig {
     /// Learn per-channel bit-widths of weights and activations.
     pub bits_trainable: bool,
     pub range: RangePreset,
+    /// The gradient of the quantizer clip's upper bound.
+    #[serde(default)]
+    pub clip_grad: ClipGrad,
 }
 
 impl Default for QConfig {
@@ -44,6 +55,7 @@ impl Default for QConfig {
             bias_bits: 8.0,
             bits_trainable: true,
             range: RangePreset::Default,
+            clip_grad: ClipGrad::AsExecuted,
         }
     }
 }
@@ -84,21 +96,59 @@ impl QLayer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Point {
     Weight,
+    /// The value entering the conv (SE reduce: the pooled features; project: the gated
+    /// features; classifier: the pooled head output).
     Input,
+    /// The input of the layer's swish, or of the SE gate's sigmoid.
     Swish,
+    /// The layer's activation (after its swish), or the project conv's output.
+    Output,
     Bias,
 }
 
-impl Point {
-    pub fn name(self) -> &'static str {
-        match self {
-            Point::Weight => "weight",
-            Point::Input => "input",
-            Point::Swish => "swish",
-            Point::Bias => "bias",
+/// The original's name of a layer (`effnetb0_model_float.py:189-248`, and the keys of
+/// its `initial_thresholds.json`): `Conv`, `expanded_conv_3/expand`, `…/dws`, `…/se_1`,
+/// `…/se_2`, `…/project`, `Conv_1`, `output`.
+pub fn original_layer(name: &str) -> String {
+    match name {
+        "stem" => "Conv".into(),
+        "head" => "Conv_1".into(),
+        "classifier" => "output".into(),
+        _ => {
+            let rest = name.strip_prefix("blocks.").unwrap_or(name);
+            let (i, part) = rest.split_once('.').unwrap_or((rest, ""));
+            let part = match part {
+                "depthwise" => "dws",
+                "se.reduce" => "se_1",
+                "se.expand" => "se_2",
+                other => other,
+            };
+            format!("expanded_conv_{i}/{part}")
         }
     }
 }
+
+/// The original's name of a quantization point, e.g. `expanded_conv_3/project/output`
+/// (the key of its threshold in `thresholds.json`).
+pub fn point_key(layer: &str, point: Point) -> String {
+    let l = original_layer(layer);
+    match point {
+        Point::Weight => format!("{l}/weights"),
+        Point::Swish => format!("{l}/swish_input"),
+        Point::Output | Point::Bias => format!("{l}/output"),
+        // What enters these convs is the output of the step before them in the original.
+        Point::Input => match l.rsplit_once('/') {
+            Some((block, "se_1")) => format!("{block}/dws/output"),
+            Some((block, "project")) => format!("{block}/output"),
+            _ if l == "output" => "Conv_1/output".into(),
+            _ => format!("{l}/input"),
+        },
+    }
+}
+
+/// The key the original's thresholds file gives the network input; it is not a
+/// quantization point here (the input counts as 8-bit data), so it is accepted and unused.
+pub const INPUT_KEY: &str = "input_data/output";
 
 /// What the forward pass does at each quantization point: quantize ([`Quantize`]) or
 /// record ranges of the float values ([`Observe`]).
@@ -128,7 +178,7 @@ impl Points for Quantize {
     }
 }
 
-/// Records the per-channel min/max of every weight, input and swish point over all
+/// Records the per-channel min/max of every weight and activation point over all
 /// batches seen, passing values through unquantized: the `thresholds` stage.
 #[derive(Default)]
 pub struct Observe {
@@ -148,7 +198,7 @@ impl Points for Observe {
             return x;
         }
         let (lo, hi) = super::channel_min_max(&x, axis);
-        let key = format!("{}/{}", layer.name, point.name());
+        let key = point_key(&layer.name, point);
         match self.thresholds.points.get_mut(&key) {
             Some(r) => {
                 r.min.iter_mut().zip(&lo).for_each(|(a, b)| *a = a.min(*b));
@@ -168,7 +218,9 @@ pub struct QConv {
     pub weight_q: AdjQuant,
     pub bias_q: AdjQuant,
     pub input_q: Option<AdjQuant>,
+    /// The swish input (or the SE gate's sigmoid input for the SE expand conv).
     pub swish_q: Option<AdjQuant>,
+    pub output_q: Option<AdjQuant>,
     #[module(skip)]
     pub layer: QLayer,
 }
@@ -177,10 +229,7 @@ impl QConv {
     /// Conv output (before any activation), quantizing input, weight and bias.
     fn conv(&self, x: Tensor<4>, pts: &mut dyn Points) -> Tensor<4> {
         let l = &self.layer;
-        let x = match &self.input_q {
-            Some(q) => pts.apply(l, Point::Input, q, x, 1),
-            None => x,
-        };
+        let x = self.at(Point::Input, &self.input_q, x, pts);
         let w = pts.apply(l, Point::Weight, &self.weight_q, self.weight.val(), 0);
         let b = self.bias.val().reshape([l.cout, 1, 1, 1]);
         let b = pts
@@ -195,13 +244,37 @@ impl QConv {
         conv2d(x, w, Some(b), opts)
     }
 
-    /// Conv followed by the model's activation (the swish input quantized).
+    /// Conv followed by the model's activation (its input quantized), not the output point.
     fn conv_act(&self, x: Tensor<4>, act: Activation, pts: &mut dyn Points) -> Tensor<4> {
         let y = self.conv(x, pts);
         match (&self.swish_q, act) {
             (Some(q), _) => silu(pts.apply(&self.layer, Point::Swish, q, y, 1)),
             (None, Activation::Swish) => silu(y),
             (None, Activation::Relu6) => relu6(y),
+        }
+    }
+
+    /// The SE gate: sigmoid of the conv output, its input quantized.
+    fn conv_gate(&self, x: Tensor<4>, pts: &mut dyn Points) -> Tensor<4> {
+        let y = self.conv(x, pts);
+        sigmoid(self.at(Point::Swish, &self.swish_q, y, pts))
+    }
+
+    /// The layer's output point applied to `y`.
+    fn output(&self, y: Tensor<4>, pts: &mut dyn Points) -> Tensor<4> {
+        self.at(Point::Output, &self.output_q, y, pts)
+    }
+
+    fn at(
+        &self,
+        point: Point,
+        q: &Option<AdjQuant>,
+        x: Tensor<4>,
+        pts: &mut dyn Points,
+    ) -> Tensor<4> {
+        match q {
+            Some(q) => pts.apply(&self.layer, point, q, x, 1),
+            None => x,
         }
     }
 }
@@ -234,7 +307,6 @@ pub struct QEfficientNet {
     pub stem: QConv,
     pub blocks: Vec<QBlock>,
     pub head: QConv,
-    pub dropout: Dropout,
     pub classifier: QConv,
     #[module(skip)]
     pub config: EfficientNetConfig,
@@ -244,10 +316,18 @@ pub struct QEfficientNet {
 
 /// Where the ranges of a new network come from.
 enum Ranges<'a> {
-    /// From a thresholds map (weights not in it use their own min/max).
+    /// From a thresholds map, which must name every point (and nothing else).
     Map(&'a Thresholds),
     /// Weights from their own min/max, activations [0, 1] (only for observing).
     Placeholder,
+}
+
+/// Which points a conv has besides its weight and bias.
+#[derive(Clone, Copy, Default)]
+struct Has {
+    input: bool,
+    swish: bool,
+    output: bool,
 }
 
 struct Builder<'a> {
@@ -255,6 +335,9 @@ struct Builder<'a> {
     ranges: Ranges<'a>,
     act: Activation,
     device: Device,
+    /// Keys of the map's points this network asked for (to report the rest).
+    used: std::cell::RefCell<Vec<String>>,
+    missing: std::cell::RefCell<Vec<String>>,
 }
 
 impl Builder<'_> {
@@ -268,7 +351,7 @@ impl Builder<'_> {
         let limits = self.q.range.limits();
         let (bits, trainable) = match point {
             Point::Weight => (self.q.weight_bits, self.q.bits_trainable),
-            Point::Input => (self.q.act_bits, self.q.bits_trainable),
+            Point::Input | Point::Output => (self.q.act_bits, self.q.bits_trainable),
             Point::Swish => (self.q.swish_bits, false),
             Point::Bias => (self.q.bias_bits, false),
         };
@@ -276,17 +359,25 @@ impl Builder<'_> {
             bits,
             trainable_bits: trainable,
             limits,
+            clip_grad: self.q.clip_grad,
         };
         if point == Point::Bias {
             return Ok(AdjQuant::dynamic(spec, 1, &self.device));
         }
-        let key = format!("{}/{}", layer.name, point.name());
+        let key = point_key(&layer.name, point);
         let from_map = match &self.ranges {
-            Ranges::Map(t) if point != Point::Weight || t.points.contains_key(&key) => {
-                let r = t.get(&key, channels)?;
-                Some((r.min.clone(), r.max.clone()))
-            }
-            _ => None,
+            Ranges::Map(t) => match t.points.get(&key) {
+                Some(_) => {
+                    self.used.borrow_mut().push(key.clone());
+                    let r = t.get(&key, channels)?;
+                    Some((r.min.clone(), r.max.clone()))
+                }
+                None => {
+                    self.missing.borrow_mut().push(key);
+                    None
+                }
+            },
+            Ranges::Placeholder => None,
         };
         let (min, max) = match (from_map, own) {
             (Some(r), _) => r,
@@ -296,27 +387,18 @@ impl Builder<'_> {
         Ok(AdjQuant::new(spec, &min, &max, &self.device))
     }
 
-    fn conv(
-        &self,
-        layer: QLayer,
-        weight: Tensor<4>,
-        bias: Tensor<1>,
-        quant_input: bool,
-    ) -> Result<QConv> {
-        let swish = layer.swish && self.act == Activation::Swish;
+    fn conv(&self, layer: QLayer, weight: Tensor<4>, bias: Tensor<1>, has: Has) -> Result<QConv> {
+        let swish = has.swish && self.act == Activation::Swish;
+        let opt = |on: bool, point: Point, channels: usize| -> Result<Option<AdjQuant>> {
+            on.then(|| self.point(&layer, point, channels, None))
+                .transpose()
+        };
         Ok(QConv {
             weight_q: self.point(&layer, Point::Weight, layer.cout, Some(&weight))?,
             bias_q: self.point(&layer, Point::Bias, 1, None)?,
-            input_q: if quant_input {
-                Some(self.point(&layer, Point::Input, layer.cin, None)?)
-            } else {
-                None
-            },
-            swish_q: if swish {
-                Some(self.point(&layer, Point::Swish, layer.cout, None)?)
-            } else {
-                None
-            },
+            input_q: opt(has.input, Point::Input, layer.cin)?,
+            swish_q: opt(swish, Point::Swish, layer.cout)?,
+            output_q: opt(has.output, Point::Output, layer.cout)?,
             weight: Param::from_tensor(weight),
             bias: Param::from_tensor(bias),
             layer,
@@ -329,7 +411,7 @@ impl Builder<'_> {
         name: String,
         in_size: usize,
         swish: bool,
-        quant_input: bool,
+        has: Has,
     ) -> Result<QConv> {
         let w = c.weight.val();
         let [cout, cin_g, k, _] = w.dims();
@@ -350,7 +432,7 @@ impl Builder<'_> {
             Some(b) => b.val(),
             None => Tensor::zeros([cout], &self.device),
         };
-        self.conv(layer, w, bias, quant_input)
+        self.conv(layer, w, bias, has)
     }
 
     fn qconv_bn(
@@ -359,13 +441,13 @@ impl Builder<'_> {
         name: String,
         in_size: usize,
         swish: bool,
-        quant_input: bool,
+        has: Has,
     ) -> Result<QConv> {
         anyhow::ensure!(
             c.bn.is_none(),
             "layer `{name}` still has batch norm: fold it first"
         );
-        self.qconv(&c.conv, name, in_size, swish, quant_input)
+        self.qconv(&c.conv, name, in_size, swish, has)
     }
 
     fn qlinear(&self, l: &Linear, name: String) -> Result<QConv> {
@@ -387,25 +469,54 @@ impl Builder<'_> {
             Some(b) => b.val(),
             None => Tensor::zeros([cout], &self.device),
         };
-        self.conv(layer, weight, bias, true)
+        let has = Has {
+            input: true,
+            ..Has::default()
+        };
+        self.conv(layer, weight, bias, has)
     }
 
     fn block(&self, b: &MbConv, i: usize, size: usize) -> Result<(QBlock, usize)> {
         let name = |part: &str| format!("blocks.{i}.{part}");
+        let activation = Has {
+            swish: true,
+            output: true,
+            ..Has::default()
+        };
         let expand = match &b.expand {
-            Some(e) => Some(self.qconv_bn(e, name("expand"), size, true, true)?),
+            Some(e) => Some(self.qconv_bn(e, name("expand"), size, true, activation)?),
             None => None,
         };
-        let depthwise = self.qconv_bn(&b.depthwise, name("depthwise"), size, true, true)?;
+        let swish_only = Has {
+            swish: true,
+            ..Has::default()
+        };
+        let depthwise = self.qconv_bn(&b.depthwise, name("depthwise"), size, true, swish_only)?;
         let out = depthwise.layer.out_size;
         let se = match &b.se {
             Some(se) => Some(QSqueezeExcite {
-                reduce: self.qconv(&se.reduce, name("se.reduce"), 1, true, true)?,
-                expand: self.qconv(&se.expand, name("se.expand"), 1, false, true)?,
+                reduce: self.qconv(
+                    &se.reduce,
+                    name("se.reduce"),
+                    1,
+                    true,
+                    Has {
+                        input: true,
+                        ..activation
+                    },
+                )?,
+                // The gate's sigmoid input is quantized like a swish input; the SE
+                // expand is not followed by a swish (the layer flag the metric counts).
+                expand: self.gate(&se.expand, name("se.expand"))?,
             }),
             None => None,
         };
-        let project = self.qconv_bn(&b.project, name("project"), out, false, true)?;
+        let project_points = Has {
+            input: true,
+            output: true,
+            ..Has::default()
+        };
+        let project = self.qconv_bn(&b.project, name("project"), out, false, project_points)?;
         Ok((
             QBlock {
                 expand,
@@ -417,11 +528,53 @@ impl Builder<'_> {
             out,
         ))
     }
+
+    /// The SE expand conv with its sigmoid-input point (whatever the model's activation).
+    fn gate(&self, c: &Conv2d, name: String) -> Result<QConv> {
+        let mut conv = self.qconv(c, name, 1, false, Has::default())?;
+        conv.swish_q = Some(self.point(&conv.layer, Point::Swish, conv.layer.cout, None)?);
+        Ok(conv)
+    }
+
+    /// After building from a map: the map must have named exactly this network's points.
+    fn check_map(&self) -> Result<()> {
+        let Ranges::Map(t) = &self.ranges else {
+            return Ok(());
+        };
+        let used = self.used.borrow();
+        let missing = self.missing.borrow();
+        let unknown: Vec<&String> = t
+            .points
+            .keys()
+            .filter(|k| k.as_str() != INPUT_KEY && !used.contains(k))
+            .collect();
+        if missing.is_empty() && unknown.is_empty() {
+            return Ok(());
+        }
+        let list = |v: Vec<&String>| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.iter()
+                    .map(|s| format!("`{s}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        anyhow::bail!(
+            "thresholds do not match the model's quantization points: {} missing ({}); {} unknown ({})",
+            missing.len(),
+            list(missing.iter().collect()),
+            unknown.len(),
+            list(unknown)
+        )
+    }
 }
 
 impl QEfficientNet {
     /// The quantized network of a BN-folded float model with initial ranges from
-    /// `thresholds` (weights missing there use their own per-channel min/max).
+    /// `thresholds`, which must hold every point of the network (weights included) and no
+    /// other (the original's `input_data/output` is accepted and unused).
     pub fn from_float(model: &EfficientNet, thresholds: &Thresholds, q: &QConfig) -> Result<Self> {
         Self::build(model, q, Ranges::Map(thresholds))
     }
@@ -437,9 +590,16 @@ impl QEfficientNet {
             ranges,
             act: model.config.activation,
             device: model.classifier.weight.val().device(),
+            used: Default::default(),
+            missing: Default::default(),
         };
         let mut size = model.config.resolution;
-        let stem = b.qconv_bn(&model.stem, "stem".into(), size, true, false)?;
+        let stem_points = Has {
+            swish: true,
+            output: true,
+            ..Has::default()
+        };
+        let stem = b.qconv_bn(&model.stem, "stem".into(), size, true, stem_points)?;
         size = stem.layer.out_size;
         let mut blocks = Vec::new();
         for (i, blk) in model.blocks.iter().enumerate() {
@@ -447,13 +607,18 @@ impl QEfficientNet {
             blocks.push(qb);
             size = out;
         }
-        let head = b.qconv_bn(&model.head, "head".into(), size, true, true)?;
+        let head_points = Has {
+            swish: true,
+            ..Has::default()
+        };
+        let head = b.qconv_bn(&model.head, "head".into(), size, true, head_points)?;
+        let classifier = b.qlinear(&model.classifier, "classifier".into())?;
+        b.check_map()?;
         Ok(QEfficientNet {
             stem,
             blocks,
             head,
-            dropout: DropoutConfig::new(model.config.dropout).init(),
-            classifier: b.qlinear(&model.classifier, "classifier".into())?,
+            classifier,
             config: model.config.clone(),
             qconfig: q.clone(),
         })
@@ -467,27 +632,29 @@ impl QEfficientNet {
     /// The forward pass with a chosen action at every quantization point.
     pub fn forward_with(&self, images: Tensor<4>, pts: &mut dyn Points) -> Tensor<2> {
         let act = self.config.activation;
-        let mut x = self.stem.conv_act(images, act, pts);
+        let y = self.stem.conv_act(images, act, pts);
+        let mut x = self.stem.output(y, pts);
         for b in &self.blocks {
             let input = x.clone();
             if let Some(e) = &b.expand {
-                x = e.conv_act(x, act, pts);
+                let y = e.conv_act(x, act, pts);
+                x = e.output(y, pts);
             }
             x = b.depthwise.conv_act(x, act, pts);
             if let Some(se) = &b.se {
                 let s = x.clone().mean_dim(2).mean_dim(3);
                 let s = se.reduce.conv_act(s, act, pts);
-                let s = sigmoid(se.expand.conv(s, pts));
-                x = x * s;
+                let s = se.reduce.output(s, pts);
+                x = x * se.expand.conv_gate(s, pts);
             }
-            x = b.project.conv(x, pts);
+            let y = b.project.conv(x, pts);
+            x = b.project.output(y, pts);
             if b.skip {
                 x = x + input;
             }
         }
         x = self.head.conv_act(x, act, pts);
         let pooled = x.mean_dim(2).mean_dim(3);
-        let pooled = self.dropout.forward(pooled);
         let n = pooled.dims()[0];
         self.classifier
             .conv(pooled, pts)
@@ -496,18 +663,58 @@ impl QEfficientNet {
 
     /// Every conv layer in forward order (stem, blocks.., head, classifier).
     pub fn convs(&self) -> Vec<&QConv> {
-        let mut v = vec![&self.stem];
+        self.convs_with_sources()
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect()
+    }
+
+    /// Every conv in forward order with the point whose bits its input carries (`None`:
+    /// the network input): the pairing the original's metric makes
+    /// (`trainer.py:95-114`). A block's input is the previous project output's point
+    /// even where a residual sum (not quantized) is what actually enters.
+    pub fn convs_with_sources(&self) -> Vec<(&QConv, Option<&AdjQuant>)> {
+        let mut v = vec![(&self.stem, None)];
+        let mut block_input = self.stem.output_q.as_ref();
         for b in &self.blocks {
-            v.extend(b.expand.iter());
-            v.push(&b.depthwise);
-            if let Some(se) = &b.se {
-                v.push(&se.reduce);
-                v.push(&se.expand);
+            let mut x = block_input;
+            if let Some(e) = &b.expand {
+                v.push((e, x));
+                x = e.output_q.as_ref();
             }
-            v.push(&b.project);
+            v.push((&b.depthwise, x));
+            if let Some(se) = &b.se {
+                v.push((&se.reduce, se.reduce.input_q.as_ref()));
+                v.push((&se.expand, se.reduce.output_q.as_ref()));
+            }
+            v.push((&b.project, b.project.input_q.as_ref()));
+            block_input = b.project.output_q.as_ref();
         }
-        v.push(&self.head);
-        v.push(&self.classifier);
+        v.push((&self.head, block_input));
+        v.push((&self.classifier, self.classifier.input_q.as_ref()));
+        v
+    }
+
+    /// Per conv (forward order), the point the original records as its `act`
+    /// (`effnetb0_model_adjutable.py:363-375`): the next quantized activation after it.
+    pub fn original_act_points(&self) -> Vec<Option<&AdjQuant>> {
+        let mut v = vec![self.stem.output_q.as_ref()];
+        for b in &self.blocks {
+            if let Some(e) = &b.expand {
+                v.push(e.output_q.as_ref());
+            }
+            match &b.se {
+                Some(se) => {
+                    v.push(se.reduce.input_q.as_ref());
+                    v.push(se.reduce.output_q.as_ref());
+                    v.push(b.project.input_q.as_ref());
+                }
+                None => v.push(b.project.input_q.as_ref()),
+            }
+            v.push(b.project.output_q.as_ref());
+        }
+        v.push(self.classifier.input_q.as_ref());
+        v.push(None);
         v
     }
 
@@ -515,7 +722,6 @@ impl QEfficientNet {
         self.convs().into_iter().map(|c| c.layer.clone()).collect()
     }
 }
-
 impl QEfficientNet {
     /// The network's (unquantized) weights as a float EfficientNet checkpoint whose batch
     /// norms are identities (γ = 1, β = bias, μ = 0, σ² = 1 − ε): loading it and folding

@@ -25,3 +25,11 @@ pub fn clip_scalar<const D: usize>(x: Tensor<D>, lo: f32, hi: f32) -> Tensor<D> 
     let outside = clipped.clone().not_equal(xd);
     x.mask_where(outside, clipped)
 }
+
+/// clip(x, lo, hi) differentiated as TF1's `clip_by_value` is (a Minimum then a Maximum
+/// op): x inside the bounds (bounds included), `hi` the sum over the elements above it.
+/// `lo` gets none (a constant wherever this is used).
+pub fn clip_tf<const D: usize>(x: Tensor<D>, lo: Tensor<D>, hi: Tensor<D>) -> Tensor<D> {
+    let above = x.clone().detach().greater(hi.clone().detach()).float();
+    clip(x, lo, hi.clone()) + (hi.clone() - hi.detach()) * above
+}

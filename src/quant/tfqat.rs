@@ -7,7 +7,7 @@
 use super::adjustable::AdjQuant;
 use super::fake_quant::{Kernel, fake_quant};
 use super::host_f32;
-use super::qnet::{Point, Points, QLayer};
+use super::qnet::{Point, Points, QLayer, point_key};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -22,7 +22,7 @@ pub struct TfQat {
     pub step: u64,
     /// Update the EMA ranges (training) or only use them (evaluation).
     pub training: bool,
-    /// Activation ranges by point (`<layer>/<input|swish>`): (min, max).
+    /// Activation ranges by point (the original's names, `qnet::point_key`): (min, max).
     pub ranges: BTreeMap<String, (f32, f32)>,
 }
 
@@ -62,8 +62,8 @@ impl Points for TfQat {
                 let (lo, hi) = (lo.clamp_max(0.0), hi.clamp_min(0.0));
                 fake_quant(w, lo, hi, self.bits, false, Kernel::PerChannel).swap_dims(axis, 3)
             }
-            Point::Input | Point::Swish => {
-                let key = format!("{}/{}", layer.name, point.name());
+            Point::Input | Point::Swish | Point::Output => {
+                let key = point_key(&layer.name, point);
                 if self.training {
                     let d = x.clone().detach();
                     let (lo, hi) = (host_f32(d.clone().min())[0], host_f32(d.max())[0]);

@@ -1,6 +1,9 @@
 //! `thresholds.json`: the initial per-channel range of every quantization point (the
-//! original's `initial_thresholds.json`). Keys are `<layer>/<point>`, e.g.
-//! `blocks.3.expand/weight`, `blocks.3.expand/input`, `blocks.3.expand/swish`.
+//! original's `initial_thresholds.json`). Keys are the original's point names
+//! (`qnet::point_key`), e.g. `expanded_conv_3/expand/weights`,
+//! `expanded_conv_3/expand/swish_input`, `expanded_conv_3/project/output`. Reads ours
+//! (`{"points": {name: {min, max}}}`) and the original's file as it is
+//! (`{name: {min, max}}`).
 
 use anyhow::{Context, Result, bail};
 use indexmap::IndexMap;
@@ -22,8 +25,21 @@ impl Thresholds {
     pub fn load(path: &Path) -> Result<Thresholds> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read thresholds {}", path.display()))?;
-        let t: Thresholds = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a thresholds file", path.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a thresholds file (not JSON)", path.display()))?;
+        // Ours wraps the map in `points`; the original's file is the bare map.
+        let bare = value.as_object().is_some_and(|o| !o.contains_key("points"));
+        let parsed = if bare {
+            serde_json::from_value(value).map(|points| Thresholds { points })
+        } else {
+            serde_json::from_value(value)
+        };
+        let t: Thresholds = parsed.with_context(|| {
+            format!(
+                "{}: not a thresholds file ({{\"points\": {{name: {{\"min\": [..], \"max\": [..]}}}}}} or the original's {{name: {{\"min\", \"max\"}}}})",
+                path.display()
+            )
+        })?;
         for (name, r) in &t.points {
             if r.min.len() != r.max.len() {
                 bail!(

@@ -5,12 +5,15 @@
 //! ops    = 2·Σ_l F_l·smax(b^w_l, b^a_l)/32 + 3·(swish elements)·swish_bits/32
 //! metric = params/P0 + ops/O0
 //!
-//! P_l is layer l's weight count, F_l its multiply-accumulates, b^a_l the bits of its
-//! input activation (the stem's input: 8). smax over all (output, input) channel pairs —
-//! only matching channels for a depthwise conv — has the forward value
-//! mean max(b^w_i, b^a_j) and the gradient of mean((1−γ)·b^w_i + γ·b^a_j).
-//! Additions count at the low precision and pooling, SE scale and skip adds are not
-//! counted: that is the paper's metric, not the official score (see `counter`).
+//! as `trainer.py:69-151` computes it: P_l is layer l's weight count, plus its biases for
+//! the SE convs and the classifier (whose biases count at their weight bits there; the
+//! bias count is the other layers' biases); F_l its multiply-accumulates; b^a_l the bits
+//! of its input activation (a block's input: the previous project output's). The stem's
+//! multiplies count at a constant 8 bits (no bit gradient). smax pairs the channels as
+//! the original's `tf.tile` does ([`Pairing`]): forward value the mean max of the paired
+//! bits, gradient that of mean((1−γ)·b^w + γ·b^a). Additions count at the low precision
+//! and pooling, SE scale and skip adds are not counted: that is the paper's metric, not
+//! the official score (see `counter`).
 
 use crate::quant::QEfficientNet;
 use crate::quant::qnet::QLayer;
@@ -32,6 +35,35 @@ pub enum MetricRule {
     Official,
 }
 
+impl MetricRule {
+    pub const NAMES: &[&str] = &["paper", "official"];
+}
+
+/// Which (weight channel, input channel) pairs the max of a layer's bits averages over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pairing {
+    /// The original's `tf.tile` (`trainer.py:141-151`): element k of the Cout·Cin tiles
+    /// pairs b^w[k mod Cout] with b^a[k mod Cin], i.e. the pairs i ≡ j (mod gcd(Cout,
+    /// Cin)), each gcd times; a depthwise conv pairs matching channels.
+    #[default]
+    Tile,
+    /// Every (i, j) pair once (matching channels for a depthwise conv).
+    All,
+}
+
+impl Pairing {
+    pub const NAMES: &[&str] = &["tile", "all"];
+
+    pub fn parse(name: &str) -> Option<Pairing> {
+        Some(match name {
+            "tile" => Pairing::Tile,
+            "all" => Pairing::All,
+            _ => return None,
+        })
+    }
+}
+
 /// Baselines, the straight-through split of the max, and the rule.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MetricConfig {
@@ -43,6 +75,8 @@ pub struct MetricConfig {
     pub gamma: f32,
     #[serde(default)]
     pub rule: MetricRule,
+    #[serde(default)]
+    pub pairing: Pairing,
 }
 
 impl Default for MetricConfig {
@@ -52,6 +86,7 @@ impl Default for MetricConfig {
             ops_baseline: 1170e6,
             gamma: 0.7,
             rule: MetricRule::Paper,
+            pairing: Pairing::Tile,
         }
     }
 }
@@ -63,19 +98,48 @@ pub struct Metric {
     pub ops: Tensor<1>,
 }
 
-/// Straight-through max of every (weight channel, input channel) pair's bits: forward
-/// mean max, gradient split (1−γ, γ). `bw` is `[Cout]`, `ba` `[Cin]`.
-pub fn smax(bw: Tensor<1>, ba: Tensor<1>, depthwise: bool, gamma: f32) -> Tensor<1> {
-    let (co, ci) = (bw.dims()[0], ba.dims()[0]);
-    let value = if depthwise {
-        bw.clone().detach().max_pair(ba.clone().detach()).mean()
-    } else {
-        let w = bw.clone().detach().reshape([co, 1]).expand([co, ci]);
-        let a = ba.clone().detach().reshape([1, ci]).expand([co, ci]);
-        w.max_pair(a).mean().reshape([1])
-    };
+/// The stride of the channel pairs a layer's max averages over: pairs (i, j) with
+/// i ≡ j (mod the stride), each once. Every pair: stride 1.
+pub fn pair_stride(cout: usize, cin: usize, depthwise: bool, pairing: Pairing) -> usize {
+    match (depthwise, pairing) {
+        (true, _) => cout,
+        (false, Pairing::All) => 1,
+        (false, Pairing::Tile) => gcd(cout, cin),
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// Straight-through max of the paired (weight channel, input channel) bits: forward the
+/// mean max over the pairs (i, j) with i ≡ j (mod `stride`, see [`pair_stride`]),
+/// gradient split (1−γ, γ). `bw` is `[Cout]`, `ba` `[Cin]`.
+pub fn smax(bw: Tensor<1>, ba: Tensor<1>, stride: usize, gamma: f32) -> Tensor<1> {
+    let (co, ci, g) = (bw.dims()[0], ba.dims()[0], stride);
+    let shape = [co / g, ci / g, g];
+    let w = bw.clone().detach().reshape([co / g, 1, g]).expand(shape);
+    let a = ba.clone().detach().reshape([1, ci / g, g]).expand(shape);
+    let value = w.max_pair(a).mean().reshape([1]);
     let surrogate = bw.mean().mul_scalar(1.0 - gamma) + ba.mean().mul_scalar(gamma);
     surrogate.clone() + (value - surrogate.detach())
+}
+
+/// Whether the original counts a layer's biases with its weights, at weight bits (the SE
+/// convs and the classifier: `model_info.json`'s `se_1`, `se_2` and `Logits` entries),
+/// rather than at `bias_bits` (`total_bias`).
+pub fn bias_with_weights(layer: &str) -> bool {
+    layer.contains(".se.") || layer == "classifier"
+}
+
+/// The parameters a layer's weight bits are charged for.
+fn weighted_params(l: &QLayer) -> usize {
+    l.weight_count()
+        + if bias_with_weights(&l.name) {
+            l.cout
+        } else {
+            0
+        }
 }
 
 /// Swish input elements of one image.
@@ -93,24 +157,31 @@ pub fn swish_elements(layers: &[QLayer], swish: bool) -> usize {
 /// The metric of a quantized network at its current bits (differentiable in the bit scales).
 pub fn metric(model: &QEfficientNet, cfg: &MetricConfig) -> Metric {
     let device = model.stem.weight.device();
-    let convs = model.convs();
+    let convs = model.convs_with_sources();
     let mut params = Tensor::<1>::zeros([1], &device);
     let mut ops = Tensor::<1>::zeros([1], &device);
     let mut mults = Tensor::<1>::zeros([1], &device);
     let mut biases = 0usize;
-    for c in &convs {
+    for (c, source) in &convs {
         let l = &c.layer;
         let bw = c.weight_q.bits();
-        // Bits entering the layer: its input quantizer's, or the network input's.
-        let ba = match &c.input_q {
-            Some(q) => q.bits(),
-            None => Tensor::full([l.cin], INPUT_BITS, &device),
+        params = params
+            + bw.clone()
+                .mean()
+                .mul_scalar(weighted_params(l) as f32 / 32.0);
+        let m = match source {
+            Some(q) => {
+                let stride = pair_stride(l.cout, l.cin, l.depthwise(), cfg.pairing);
+                smax(bw, q.bits(), stride, cfg.gamma)
+            }
+            // The network input: 8 bits flat (`trainer.py:95-96`).
+            None => Tensor::full([1], INPUT_BITS, &device),
         };
-        params = params + bw.clone().mean().mul_scalar(l.weight_count() as f32 / 32.0);
-        let m = smax(bw, ba, l.depthwise(), cfg.gamma);
         mults = mults + m.clone().mul_scalar(l.macs() as f32 / 32.0);
         ops = ops + m.mul_scalar(2.0 * l.macs() as f32 / 32.0);
-        biases += l.cout;
+        if !bias_with_weights(&l.name) {
+            biases += l.cout;
+        }
     }
     let q = &model.qconfig;
     params = params.add_scalar(biases as f32 * q.bias_bits / 32.0);
@@ -118,7 +189,7 @@ pub fn metric(model: &QEfficientNet, cfg: &MetricConfig) -> Metric {
         return official(model, cfg, params, mults);
     }
     let swish = model.config.activation == crate::model::Activation::Swish;
-    let layers: Vec<QLayer> = convs.iter().map(|c| c.layer.clone()).collect();
+    let layers: Vec<QLayer> = convs.iter().map(|(c, _)| c.layer.clone()).collect();
     ops = ops.add_scalar(3.0 * swish_elements(&layers, swish) as f32 * q.swish_bits / 32.0);
     let metric = params.clone().div_scalar(cfg.params_baseline as f32)
         + ops.clone().div_scalar(cfg.ops_baseline as f32);
@@ -208,18 +279,31 @@ pub fn paper_metric(
         let per_out = if depthwise { 1 } else { op.in_channels } * op.kernel * op.kernel;
         let weights = (op.out_channels * per_out) as f64;
         let macs = weights * (op.output_size * op.output_size) as f64;
-        let mean_max = if depthwise {
-            bw.iter().zip(&ba).map(|(w, a)| w.max(*a)).sum::<f64>() / bw.len() as f64
+        let mean_max = if op.name == "stem" {
+            q.input_bits as f64
         } else {
-            let total: f64 = bw
-                .iter()
-                .map(|w| ba.iter().map(|a| w.max(*a)).sum::<f64>())
-                .sum();
-            total / (bw.len() * ba.len()) as f64
+            let g = pair_stride(bw.len(), ba.len(), depthwise, cfg.pairing);
+            let (mut total, mut pairs) = (0.0, 0usize);
+            for (i, w) in bw.iter().enumerate() {
+                for a in ba.iter().skip(i % g).step_by(g) {
+                    total += w.max(*a);
+                    pairs += 1;
+                }
+            }
+            total / pairs as f64
         };
-        params += weights * bw.iter().sum::<f64>() / bw.len() as f64 / 32.0;
+        let with_bias = bias_with_weights(&op.name);
+        let counted = weights
+            + if with_bias {
+                op.out_channels as f64
+            } else {
+                0.0
+            };
+        params += counted * bw.iter().sum::<f64>() / bw.len() as f64 / 32.0;
         ops += 2.0 * macs * mean_max / 32.0;
-        biases += op.out_channels as f64;
+        if !with_bias {
+            biases += op.out_channels as f64;
+        }
     }
     params += biases * q.bias_bits as f64 / 32.0;
     ops += 3.0 * swish * q.act_fn_bits as f64 / 32.0;

@@ -11,9 +11,9 @@ use crate::manifest::Params;
 use crate::manifest::value::{ParamDefault as D, ParamSpec, ParamType as T};
 use crate::model::dir::{self, ModelInfo};
 use crate::quant::info::QuantInfo;
-use crate::quant::{QConfig, QEfficientNet, RangePreset, Thresholds};
+use crate::quant::{ClipGrad, QConfig, QEfficientNet, RangePreset, Thresholds};
 use crate::report::tensorboard::EventWriter;
-use crate::score::metric::{MetricConfig, MetricRule, metric};
+use crate::score::metric::{MetricConfig, MetricRule, Pairing, metric};
 use crate::train::adjq::{AdjqConfig, AdjqTrainer};
 use crate::train::loss::LossTerms;
 use crate::train::schedule::{LrSchedule, MINI_EPOCHS, PrecisionSchedule, SwaSchedule};
@@ -68,6 +68,12 @@ static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
             T::Choice(RangePreset::NAMES),
             D::Toml("\"default\""),
             "bounds of the range parameters a, s",
+        ),
+        ParamSpec::new(
+            "clip_grad",
+            T::Choice(ClipGrad::NAMES),
+            D::Toml("\"as_executed\""),
+            "gradient of the quantizer clip's upper bound 2^b − 1: `as_executed` (the original's run: the elements above it) or `detached` (none, the original's intent)",
         ),
         ParamSpec::new(
             "alpha",
@@ -174,6 +180,18 @@ static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
             "validation images per mini-epoch (0: all)",
         ),
         ParamSpec::new(
+            "metric_rule",
+            T::Choice(MetricRule::NAMES),
+            D::Toml("\"paper\""),
+            "score the metric term trains against: `paper` (the original's) or `official` (the MicroNet counter's)",
+        ),
+        ParamSpec::new(
+            "metric_pairing",
+            T::Choice(Pairing::NAMES),
+            D::Toml("\"tile\""),
+            "channel pairs the metric's max(weight bits, activation bits) averages: `tile` (the original's tf.tile) or `all`",
+        ),
+        ParamSpec::new(
             "params_baseline",
             T::Float,
             D::Toml("6.9e6"),
@@ -249,7 +267,9 @@ impl StageKind for Adjq {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: the original's quantization points, TF1 Adam, the clip gradient as executed,
+        // the tile pairing and no dropout.
+        2
     }
 
     fn doc(&self) -> &'static str {
@@ -290,6 +310,8 @@ impl StageKind for Adjq {
             bias_bits: f(&p, "bias_bits", 8.0) as f32,
             bits_trainable: p.bool("bits_trainable").unwrap_or(true),
             range: RangePreset::parse(p.str("range").unwrap_or("default")).unwrap_or_default(),
+            clip_grad: ClipGrad::parse(p.str("clip_grad").unwrap_or("as_executed"))
+                .unwrap_or_default(),
         };
         let student = match &init_info.quantized {
             Some(_) => dir::load_quantized(&init_dir, &plain)?.0,
@@ -318,6 +340,7 @@ impl StageKind for Adjq {
                 Some("official") => MetricRule::Official,
                 _ => MetricRule::Paper,
             },
+            pairing: Pairing::parse(p.str("metric_pairing").unwrap_or("tile")).unwrap_or_default(),
         };
         let cfg = AdjqConfig {
             alpha: f(&p, "alpha", 7.0) as f32,

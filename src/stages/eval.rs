@@ -105,7 +105,7 @@ impl StageKind for Eval {
     }
 
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn doc(&self) -> &'static str {

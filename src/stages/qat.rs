@@ -103,7 +103,7 @@ impl StageKind for Qat {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn doc(&self) -> &'static str {

@@ -56,7 +56,7 @@ impl StageKind for Thresholds {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn doc(&self) -> &'static str {

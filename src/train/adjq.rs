@@ -1,10 +1,12 @@
 //! The adjustable-quantization trainer (DESIGN §3): a quantized student distilled from
-//! the float teacher, Adam(lr) on weights, biases and ranges, a second Adam(lr_bits) on
-//! the bit scales, the signed metric term; state that can be saved and resumed exactly.
+//! the float teacher, TF1's Adam(lr) on weights, biases and ranges, a second one
+//! (lr_bits) on the bit scales (`trainer.py:163-176`), the signed metric term; state that
+//! can be saved and resumed exactly.
 
 use super::loss::{LossTerms, adjq_loss};
 use super::params::{is_bit_scale, is_constant, param_ids, stable_ids};
 use super::schedule::LrSchedule;
+use super::tf_adam::TfAdam;
 use crate::ckpt::{self, TensorMap};
 use crate::model::EfficientNet;
 use crate::model::import;
@@ -12,7 +14,7 @@ use crate::quant::QEfficientNet;
 use crate::score::metric::{MetricConfig, metric};
 use anyhow::{Context, Result, anyhow, bail};
 use burn::module::ParamId;
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::Bytes;
 use serde::{Deserialize, Serialize};
@@ -70,8 +72,8 @@ impl AdjqTrainer {
             k_ids: group(true),
             model: Some(model),
             teacher,
-            opt_w: AdamConfig::new().init(),
-            opt_k: AdamConfig::new().init(),
+            opt_w: TfAdam::default().init(),
+            opt_k: TfAdam::default().init(),
             step: 0,
             cfg,
         }
@@ -90,7 +92,10 @@ impl AdjqTrainer {
     ) -> Result<StepStats> {
         let (lr, reset) = self.cfg.lr.at(self.step);
         if reset {
-            self.opt_w = AdamConfig::new().init();
+            // The original re-initialises every optimizer variable, both Adams' slots
+            // and powers (`trainer.py:325-328`).
+            self.opt_w = TfAdam::default().init();
+            self.opt_k = TfAdam::default().init();
         }
         let teacher_logits = Tensor::from_inner(self.teacher.forward(images.clone().inner()));
         let model = self.model.take().expect("model present between steps");
@@ -173,11 +178,11 @@ impl AdjqTrainer {
         self.set_values(&values)?;
         let bytes =
             |f: &str| -> Result<Bytes> { Ok(Bytes::from_bytes_vec(std::fs::read(dir.join(f))?)) };
-        self.opt_w = AdamConfig::new()
+        self.opt_w = TfAdam::default()
             .init()
             .from_bytes(bytes(OPT_W_FILE)?)
             .map_err(|e| anyhow!("{}: {e:?}", OPT_W_FILE))?;
-        self.opt_k = AdamConfig::new()
+        self.opt_k = TfAdam::default()
             .init()
             .from_bytes(bytes(OPT_K_FILE)?)
             .map_err(|e| anyhow!("{}: {e:?}", OPT_K_FILE))?;

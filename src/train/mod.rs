@@ -1,5 +1,6 @@
 //! Training: losses, learning-rate and precision schedules, SWA, parameter bookkeeping
-//! (stable ids, optimizer groups, snapshots) and the adjustable-quantization trainer.
+//! (stable ids, optimizer groups, snapshots), TF1's Adam and the adjustable-quantization
+//! trainer.
 
 pub mod adjq;
 pub mod ema;
@@ -7,3 +8,4 @@ pub mod loss;
 pub mod params;
 pub mod schedule;
 pub mod swa;
+pub mod tf_adam;
