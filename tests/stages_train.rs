@@ -259,7 +259,26 @@ fn thresholds_adjq_eval_run_cache_and_report() {
 
     // The thresholds really are ranges of the model's points.
     let t = adjq::quant::Thresholds::load(&output(&p, "thresholds", "thresholds.json")).unwrap();
-    assert!(t.points.contains_key("blocks.0.depthwise/input"));
+    for key in [
+        "Conv/output",
+        "expanded_conv_0/project/output",
+        "Conv_1/output",
+    ] {
+        assert!(t.points.contains_key(key), "{key}");
+    }
+
+    // The selected checkpoint carries both Adam states and the SWA stage continues them;
+    // the first adjq stage (from a float model) starts fresh.
+    for f in adjq::train::adjq::OPTIMIZER_FILES {
+        assert!(output(&p, "select", "model").join(f).is_file(), "{f}");
+    }
+    let state = |stage: &str| -> serde_json::Value {
+        let rec: serde_json::Value =
+            serde_json::from_str(&p.ok(&["show", "m.toml", stage, "--json"])).unwrap();
+        rec["metrics"]["optimizer_state"].clone()
+    };
+    assert_eq!(state("swa"), "continued");
+    assert_eq!(state("adjq"), "fresh");
 }
 
 fn find_latest(dir: &Path) -> Option<std::path::PathBuf> {
@@ -393,8 +412,8 @@ inputs.data = "${{params.data}}"
     assert_eq!(info.config.name, "efficientnet-tiny");
     assert!(info.quantized.is_none());
 
-    // 8-bit QAT keeps the float model's accuracy within a point (here it gains: one
-    // more epoch of training), and its weights come out as a float model that loads,
+    // 8-bit QAT keeps the float model's accuracy within two of the 99 validation images
+    // (one image is 1.01 points), and its weights come out as a float model that loads,
     // folds back to the same weights and evaluates.
     let qat: serde_json::Value =
         serde_json::from_str(&p.ok(&["show", "m.toml", "qat", "--json"])).unwrap();
@@ -404,13 +423,13 @@ inputs.data = "${{params.data}}"
     );
     assert_eq!(float_top1, top1, "qat measured the pretrained model");
     assert!(
-        q_top1 >= float_top1 - 0.01,
+        q_top1 >= float_top1 - 0.021,
         "8-bit QAT top-1 {q_top1} vs float {float_top1}"
     );
     let ranges: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(output(&p, "qat", "ranges.json")).unwrap())
             .unwrap();
-    assert!(ranges["ranges"]["blocks.0.depthwise/input"].is_array());
+    assert!(ranges["ranges"]["Conv/output"].is_array());
     let eval: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(output(&p, "eval", "eval.json")).unwrap())
             .unwrap();

@@ -369,3 +369,40 @@ fn tf1_adam_matches_tensorflow_bit_for_bit() {
         }
     }
 }
+
+/// A stage started from a checkpoint continues its Adam states, as the original's
+/// `saver.restore` does: a trainer built anew from the checkpoint's values and optimizer
+/// files ends bit-identical to one that never stopped (fixed lr: a new stage counts its
+/// steps from 0, as the original does); started fresh, it does not.
+#[test]
+fn a_checkpoint_carries_both_adam_states() {
+    let data = batches(4, 21);
+    let run = |t: &mut AdjqTrainer, range: std::ops::Range<usize>| {
+        for i in range {
+            t.step(data[i].0.clone(), data[i].1.clone(), i % 2 == 0)
+                .unwrap();
+        }
+    };
+    let cfg = config(1.0, 5.0, 1e-3, 0.01);
+    let mut straight = trainer(cfg.clone());
+    run(&mut straight, 0..4);
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = trainer(cfg.clone());
+    run(&mut first, 0..2);
+    first.save_optimizers(dir.path()).unwrap();
+    let values = first.snapshot();
+    drop(first);
+
+    let mut next = trainer(cfg.clone());
+    next.set_values(&values).unwrap();
+    assert!(next.load_optimizers(dir.path()).unwrap());
+    run(&mut next, 2..4);
+    assert_eq!(straight.snapshot(), next.snapshot());
+
+    let mut fresh = trainer(cfg);
+    fresh.set_values(&values).unwrap();
+    run(&mut fresh, 2..4);
+    assert_ne!(straight.snapshot(), fresh.snapshot());
+    let empty = tempfile::tempdir().unwrap();
+    assert!(!fresh.load_optimizers(empty.path()).unwrap());
+}

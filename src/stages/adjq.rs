@@ -76,6 +76,12 @@ static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
             "gradient of the quantizer clip's upper bound 2^b − 1: `as_executed` (the original's run: the elements above it) or `detached` (none, the original's intent)",
         ),
         ParamSpec::new(
+            "optimizer_state",
+            T::Choice(&["continue", "fresh"]),
+            D::Toml("\"continue\""),
+            "starting from an adjq/select checkpoint: `continue` its Adam states (the original restores them) or start `fresh`",
+        ),
+        ParamSpec::new(
             "alpha",
             T::Float,
             D::Toml("7.0"),
@@ -362,6 +368,15 @@ impl StageKind for Adjq {
             freq: f(&p, "swa_freq", 0.1),
         });
         let mut trainer = AdjqTrainer::new(student, teacher, cfg);
+        // The original restores the Adam slots and powers with the weights when it starts
+        // from a checkpoint (`trainer.py:199-208`).
+        let continued = init_info.quantized.is_some()
+            && p.str("optimizer_state").unwrap_or("continue") == "continue"
+            && trainer.load_optimizers(&init_dir)?;
+        ctx.set_metric(
+            "optimizer_state",
+            if continued { "continued" } else { "fresh" },
+        );
 
         let info = ModelInfo::quantized(trainer.model(), serde_json::json!({"stage": ctx.stage}));
         let data = ctx.input("data")?.to_path_buf();
@@ -453,7 +468,7 @@ impl StageKind for Adjq {
                 loss,
             )?;
             let ckpt_dir = checkpoints.join(&record.checkpoint);
-            save_model(trainer.model(), &info, &ckpt_dir)?;
+            save_checkpoint(&trainer, &info, &ckpt_dir)?;
             if let Some(s) = &swa_sched
                 && s.records_after(epoch, k)
             {
@@ -483,8 +498,8 @@ impl StageKind for Adjq {
             ctx.set_metric("swa_snapshots", progress.swa.count);
             ctx.set_metric("swa_top1", acc.top1);
         }
+        save_checkpoint(&trainer, &info, &ctx.output_path(MODEL))?;
         let model = trainer.model();
-        save_model(model, &info, &ctx.output_path(MODEL))?;
         let qi = QuantInfo::of(model);
         crate::store::atomic::write_json(&ctx.output_path(QUANT_INFO), &qi)?;
         let m = metric(model, &mcfg);
@@ -540,11 +555,13 @@ fn validate(
     })
 }
 
-/// A model directory with the quantized values, model.json and quant_info.json.
-fn save_model(model: &QEfficientNet, info: &ModelInfo, path: &std::path::Path) -> Result<()> {
+/// A model directory with the quantized values, model.json, quant_info.json and both
+/// Adam states (a stage started from it continues them).
+fn save_checkpoint(trainer: &AdjqTrainer, info: &ModelInfo, path: &std::path::Path) -> Result<()> {
+    let model = trainer.model();
     dir::write(path, &crate::model::import::export(model), info)?;
     crate::store::atomic::write_json(&path.join(QUANT_INFO), &QuantInfo::of(model))?;
-    Ok(())
+    trainer.save_optimizers(path)
 }
 
 /// metrics.jsonl and the TensorBoard curves, rewritten from all records.

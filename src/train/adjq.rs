@@ -54,6 +54,8 @@ pub struct AdjqTrainer {
 const MODEL_FILE: &str = "student.safetensors";
 const OPT_W_FILE: &str = "adam_weights.bin";
 const OPT_K_FILE: &str = "adam_bits.bin";
+/// The files of both Adam states, in a trainer state or beside a checkpoint's model.
+pub const OPTIMIZER_FILES: [&str; 2] = [OPT_W_FILE, OPT_K_FILE];
 const STEP_FILE: &str = "trainer.json";
 
 impl AdjqTrainer {
@@ -162,12 +164,45 @@ impl AdjqTrainer {
     pub fn save_state(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)?;
         ckpt::safetensors::write(&dir.join(MODEL_FILE), &self.snapshot(), &Default::default())?;
+        self.save_optimizers(dir)?;
+        crate::store::atomic::write_json(&dir.join(STEP_FILE), &self.step)?;
+        Ok(())
+    }
+
+    /// Writes both Adam states (slots and β powers) into `dir`: how a checkpoint carries
+    /// them, as the original's `tf.train.Saver` saves every variable (`trainer.py:189`).
+    pub fn save_optimizers(&self, dir: &Path) -> Result<()> {
         let w = self.opt_w.into_bytes().map_err(|e| anyhow!("{e:?}"))?;
         let k = self.opt_k.into_bytes().map_err(|e| anyhow!("{e:?}"))?;
         crate::store::atomic::write(&dir.join(OPT_W_FILE), &w)?;
         crate::store::atomic::write(&dir.join(OPT_K_FILE), &k)?;
-        crate::store::atomic::write_json(&dir.join(STEP_FILE), &self.step)?;
         Ok(())
+    }
+
+    /// Continues from the Adam states saved in `dir` by [`save_optimizers`](Self::save_optimizers),
+    /// as the original does when it restores a checkpoint (`trainer.py:199-208`); `false`
+    /// when `dir` holds none (a checkpoint written without them).
+    pub fn load_optimizers(&mut self, dir: &Path) -> Result<bool> {
+        if !OPTIMIZER_FILES.iter().all(|f| dir.join(f).is_file()) {
+            return Ok(false);
+        }
+        let load = |f: &str| -> Result<ModuleOptimizer> {
+            let path = dir.join(f);
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            TfAdam::default()
+                .init()
+                .from_bytes(Bytes::from_bytes_vec(bytes))
+                .map_err(|e| {
+                    anyhow!(
+                        "{}: not an Adam state of this optimizer ({e:?})",
+                        path.display()
+                    )
+                })
+        };
+        self.opt_w = load(OPT_W_FILE)?;
+        self.opt_k = load(OPT_K_FILE)?;
+        Ok(true)
     }
 
     /// Restores a state written by [`save_state`](Self::save_state) into a trainer built
@@ -176,16 +211,9 @@ impl AdjqTrainer {
         let (values, _) = ckpt::safetensors::read(&dir.join(MODEL_FILE))
             .with_context(|| format!("cannot read trainer state in {}", dir.display()))?;
         self.set_values(&values)?;
-        let bytes =
-            |f: &str| -> Result<Bytes> { Ok(Bytes::from_bytes_vec(std::fs::read(dir.join(f))?)) };
-        self.opt_w = TfAdam::default()
-            .init()
-            .from_bytes(bytes(OPT_W_FILE)?)
-            .map_err(|e| anyhow!("{}: {e:?}", OPT_W_FILE))?;
-        self.opt_k = TfAdam::default()
-            .init()
-            .from_bytes(bytes(OPT_K_FILE)?)
-            .map_err(|e| anyhow!("{}: {e:?}", OPT_K_FILE))?;
+        if !self.load_optimizers(dir)? {
+            bail!("trainer state in {} has no optimizer state", dir.display());
+        }
         self.step = serde_json::from_slice(&std::fs::read(dir.join(STEP_FILE))?)?;
         Ok(())
     }
