@@ -17,6 +17,6 @@ pub use dataset::Dataset;
 pub use error::{BadRecord, DataError, OnBadRecord};
 pub use example::{Example, Feature};
 pub use loader::{Batch, Cursor, Loader, LoaderConfig};
-pub use preprocess::{Normalization, Preprocess, Resize};
+pub use preprocess::{EvalCrop, Normalization, Preprocess, Resize};
 pub use schema::ExampleSchema;
 pub use tfrecord::{Compression, RecordReader, RecordWriter};

@@ -2,8 +2,11 @@
 //!
 //! Training: random resized crop (torchvision's algorithm: area 0.08..1, log-uniform
 //! aspect 3/4..4/3, 10 attempts, then a centre crop) and a random horizontal flip.
-//! Evaluation: EfficientNet's centre crop of `s/(s+32)·min(h,w)` and a resize to `s`.
-//! Resizing uses half-pixel centres and no antialiasing, like `tf.image.resize`.
+//! Evaluation: EfficientNet's centre crop of `s/(s+32)·min(h,w)` and a resize to `s`, or
+//! the Adjustable Quantization original's (`data.py:238-266`): TF's
+//! `central_crop(0.875)` of each side and TF1's `resize_bilinear` to s×s.
+//! Resizing uses half-pixel centres and no antialiasing, like `tf.image.resize`, except
+//! TF1's legacy bilinear ([`Resize::BilinearTf1`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -15,9 +18,24 @@ use super::rng::Rng;
 #[serde(rename_all = "snake_case")]
 pub enum Resize {
     Bilinear,
+    /// TF1's `resize_bilinear(align_corners=False)`: source = destination·(in/out), no
+    /// half-pixel centres (what the original's eval transform ran).
+    BilinearTf1,
     /// Keys cubic with a = -0.5, as TensorFlow's bicubic resize.
     #[default]
     Bicubic,
+}
+
+/// The evaluation crop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalCrop {
+    /// EfficientNet's centred square of side `s/(s+p)·min(h,w)` (`crop_padding` p).
+    #[default]
+    Padded,
+    /// TF's `central_crop(fraction)`: each side keeps `fraction` (offset ⌊side·(1 −
+    /// fraction)/2⌋ on each end), the aspect ratio of the image (the original: 0.875).
+    Central(f64),
 }
 
 /// Per-channel normalization presets.
@@ -56,6 +74,8 @@ pub struct Preprocess {
     pub normalization: Normalization,
     /// Eval crop padding p: the centre crop keeps s/(s+p) of the shorter side (32).
     pub crop_padding: f32,
+    /// Which centre crop evaluation (and training without augmentation) takes.
+    pub eval_crop: EvalCrop,
     /// Smallest area fraction of a training crop (0.08).
     pub min_crop_area: f64,
     /// Random horizontal flips in training (true).
@@ -70,6 +90,7 @@ impl Default for Preprocess {
             resize: Resize::Bicubic,
             normalization: Normalization::B0,
             crop_padding: 32.0,
+            eval_crop: EvalCrop::Padded,
             min_crop_area: 0.08,
             flip: true,
         }
@@ -137,6 +158,18 @@ pub fn center_crop(width: usize, height: usize, size: usize, crop_padding: f32) 
     }
 }
 
+/// TF's `tf.image.central_crop` of a `width`×`height` image (`image_ops_impl.py`).
+pub fn central_crop(width: usize, height: usize, fraction: f64) -> Crop {
+    let start = |side: usize| ((side as f64 - side as f64 * fraction) / 2.0) as usize;
+    let (x, y) = (start(width), start(height));
+    Crop {
+        x,
+        y,
+        w: (width - 2 * x).max(1),
+        h: (height - 2 * y).max(1),
+    }
+}
+
 impl Preprocess {
     /// Number of f32 values one image occupies in a batch.
     pub fn image_len(&self) -> usize {
@@ -151,10 +184,13 @@ impl Preprocess {
             // The coin is drawn either way, so the crops do not depend on `flip`.
             (crop, rng.uniform() < 0.5 && self.flip)
         } else {
-            (
-                center_crop(img.width, img.height, self.size, self.crop_padding),
-                false,
-            )
+            let crop = match self.eval_crop {
+                EvalCrop::Padded => {
+                    center_crop(img.width, img.height, self.size, self.crop_padding)
+                }
+                EvalCrop::Central(f) => central_crop(img.width, img.height, f),
+            };
+            (crop, false)
         };
         resample(
             img,
@@ -178,7 +214,7 @@ struct Axis {
 fn kernel(resize: Resize, x: f32) -> f32 {
     let x = x.abs();
     match resize {
-        Resize::Bilinear => (1.0 - x).max(0.0),
+        Resize::Bilinear | Resize::BilinearTf1 => (1.0 - x).max(0.0),
         Resize::Bicubic => {
             const A: f32 = -0.5;
             if x <= 1.0 {
@@ -196,7 +232,7 @@ fn kernel(resize: Resize, x: f32) -> f32 {
 /// sample (clamping), so every window lies inside the source.
 fn axis(src_len: usize, out_len: usize, resize: Resize, flip: bool) -> Axis {
     let taps = match resize {
-        Resize::Bilinear => 2,
+        Resize::Bilinear | Resize::BilinearTf1 => 2,
         Resize::Bicubic => 4,
     };
     let k = taps.min(src_len);
@@ -205,7 +241,10 @@ fn axis(src_len: usize, out_len: usize, resize: Resize, flip: bool) -> Axis {
     let mut weights = vec![0.0f32; out_len * k];
     for o in 0..out_len {
         let src_o = if flip { out_len - 1 - o } else { o };
-        let center = (src_o as f32 + 0.5) * scale - 0.5;
+        let center = match resize {
+            Resize::BilinearTf1 => src_o as f32 * scale,
+            _ => (src_o as f32 + 0.5) * scale - 0.5,
+        };
         let first = center.floor() as isize - (taps as isize / 2 - 1);
         let s = first.clamp(0, (src_len - k) as isize) as usize;
         let w = &mut weights[o * k..(o + 1) * k];
@@ -290,9 +329,69 @@ mod tests {
         }
     }
 
+    /// The original's eval transform run by real TensorFlow
+    /// (`tests/fixtures/tf/eval_preprocess.json`): TF's `central_crop(0.875)` boxes
+    /// exactly, and the TF1-bilinear-resized, normalized images to float32 rounding (TF
+    /// lerps on [0, 1] values, we weight 0..255 samples; both in f32).
+    #[test]
+    fn original_eval_transform_matches_tensorflow() {
+        let text = std::fs::read_to_string("tests/fixtures/tf/eval_preprocess.json").unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let n = |v: &serde_json::Value| v.as_u64().unwrap() as usize;
+        for case in doc["cases"].as_array().unwrap() {
+            let name = case["name"].as_str().unwrap();
+            let (h, w) = (n(&case["input_shape"][0]), n(&case["input_shape"][1]));
+            let img = Image {
+                width: w,
+                height: h,
+                rgb: case["input_uint8"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as u8)
+                    .collect(),
+            };
+            let c = &case["crop"];
+            let expected = Crop {
+                x: n(&c["offset_w"]),
+                y: n(&c["offset_h"]),
+                w: n(&c["crop_w"]),
+                h: n(&c["crop_h"]),
+            };
+            assert_eq!(central_crop(w, h, 0.875), expected, "{name}");
+            let size = n(&case["out_height"]);
+            assert_eq!(size, n(&case["out_width"]));
+            let pre = Preprocess {
+                size,
+                resize: Resize::BilinearTf1,
+                eval_crop: EvalCrop::Central(0.875),
+                ..Preprocess::default()
+            };
+            let mut out = vec![0.0; pre.image_len()];
+            pre.apply(&img, &mut Rng::keyed(0, Purpose::Augment, 0, 0), &mut out);
+            let want: Vec<f32> = case["output"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let plane = size * size;
+            let mut worst = 0f32;
+            for (i, &t) in want.iter().enumerate() {
+                // TF's HWC against our CHW.
+                let (pixel, ch) = (i / 3, i % 3);
+                worst = worst.max((out[ch * plane + pixel] - t).abs());
+            }
+            assert!(
+                worst < 2e-5,
+                "{name}: differs from TensorFlow by up to {worst}"
+            );
+        }
+    }
+
     #[test]
     fn weights_sum_to_one() {
-        for resize in [Resize::Bilinear, Resize::Bicubic] {
+        for resize in [Resize::Bilinear, Resize::BilinearTf1, Resize::Bicubic] {
             for (src, out) in [(1, 5), (2, 7), (500, 224), (37, 224), (224, 224)] {
                 let a = axis(src, out, resize, false);
                 for o in 0..out {

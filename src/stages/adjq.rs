@@ -132,7 +132,7 @@ static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
         ParamSpec::new(
             "reinit",
             T::Int,
-            D::Toml("1000"),
+            D::Toml("800"),
             "steps between Adam restarts when lr_fixed = false",
         ),
         ParamSpec::new(
@@ -174,11 +174,12 @@ static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
             "SWA snapshot every int(10·swa_freq) mini-epochs",
         ),
         ParamSpec::new(
-            "seed",
-            T::Int,
-            D::Toml("0"),
-            "data order, augmentation and dropout",
+            "augment",
+            T::Bool,
+            D::Toml("false"),
+            "training images get random resized crops and flips; false: the eval transform, as the original without --aug",
         ),
+        ParamSpec::new("seed", T::Int, D::Toml("0"), "data order and augmentation"),
         ParamSpec::new(
             "val_samples",
             T::Int,
@@ -281,10 +282,11 @@ impl StageKind for Adjq {
     fn doc(&self) -> &'static str {
         "Adjustable-quantization training: per-channel learned ranges and bit-widths, \
          distillation to the float teacher, cross entropy and the signed paper metric; \
-         two Adams (weights/ranges, bit scales), mini-epochs with validation and a \
-         checkpoint each, iterative precision training, optional SWA. Outputs the final \
-         (or SWA) model, every mini-epoch checkpoint, quant_info.json, metrics.jsonl and \
-         TensorBoard curves."
+         two TF1 Adams (weights/ranges, bit scales) continued from an adjq/select \
+         checkpoint, mini-epochs with validation and a checkpoint each, iterative \
+         precision training, optional SWA; the original's quantization points and \
+         gradients. Outputs the final (or SWA) model, every mini-epoch checkpoint (with \
+         both Adam states), quant_info.json, metrics.jsonl and TensorBoard curves."
     }
 
     fn params(&self) -> &'static [ParamSpec] {
@@ -306,6 +308,8 @@ impl StageKind for Adjq {
         let plain = support::device()?;
         let device = plain.clone().autodiff();
         let seed = p.i64("seed").unwrap_or(0) as u64;
+        // The original trains on its eval transform unless `--aug` (`data.py:274-282`).
+        let augment = p.bool("augment").unwrap_or(false);
         let (teacher, teacher_info) = dir::load_float(ctx.input("teacher")?, &plain)?;
         let init_dir = ctx.input("init")?.to_path_buf();
         let init_info = dir::read_info(&init_dir)?;
@@ -336,7 +340,7 @@ impl StageKind for Adjq {
         let lr = LrSchedule {
             lr: f(&p, "lr", 3e-6),
             decay: (!p.bool("lr_fixed").unwrap_or(true))
-                .then(|| (f(&p, "lr_decay", 1e-4), int(&p, "reinit", 1000))),
+                .then(|| (f(&p, "lr_decay", 1e-4), int(&p, "reinit", 800))),
         };
         let mcfg = MetricConfig {
             params_baseline: f(&p, "params_baseline", 6.9e6),
@@ -385,9 +389,13 @@ impl StageKind for Adjq {
         let train = support::dataset(&data, "train", offset, classes)?;
         let val = support::dataset(&data, "validation", offset, classes)?;
         let batch = int(&p, "batch_size", 25).max(1);
-        let train_cfg =
-            support::loader_config(ctx, batch, support::preprocess(ctx, &info, true), seed);
-        let val_cfg = support::loader_config(ctx, 50, support::preprocess(ctx, &info, false), 0);
+        let train_cfg = support::loader_config(
+            ctx,
+            batch,
+            support::preprocess(ctx, &info, augment),
+            Some(seed),
+        );
+        let val_cfg = support::loader_config(ctx, 50, support::preprocess(ctx, &info, false), None);
         let val_samples = int(&p, "val_samples", 0);
         let batches_per_epoch = (train.len() as usize / batch) as u64;
         if batches_per_epoch == 0 {

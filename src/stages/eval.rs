@@ -201,7 +201,7 @@ impl StageKind for Eval {
             info.config.num_classes,
         )?;
         let batch = p.i64("batch_size").unwrap_or(50).max(1) as usize;
-        let cfg = support::loader_config(ctx, batch, support::preprocess(ctx, &info, false), 0);
+        let cfg = support::loader_config(ctx, batch, support::preprocess(ctx, &info, false), None);
         ctx.progress(0, None, "evaluating");
         let limit = p.i64("val_samples").unwrap_or(0).max(0) as usize;
         let acc = support::evaluate(&*forward, ds, cfg, limit, &device)?;

@@ -5,7 +5,7 @@ use super::InputSpec;
 use crate::backend::Backend;
 use crate::ckpt::TensorMap;
 use crate::data::{Compression, Dataset, ExampleSchema, Loader, LoaderConfig, OnBadRecord};
-use crate::data::{Normalization, Preprocess, Resize};
+use crate::data::{EvalCrop, Normalization, Preprocess, Resize};
 use crate::exec::context::StageContext;
 use crate::manifest::value::{ParamDefault as D, ParamSpec, ParamType as T};
 use crate::model::dir::ModelInfo;
@@ -36,6 +36,12 @@ pub const DATA_PARAMS: &[ParamSpec] = &[
         T::Int,
         D::Toml("1"),
         "subtracted from stored labels (TF-Slim stores 1..N with 0 = background)",
+    ),
+    ParamSpec::new(
+        "eval_transform",
+        T::Choice(&["efficientnet", "original"]),
+        D::Toml("\"efficientnet\""),
+        "eval crop and resize: `efficientnet` (centre square of s/(s+crop_padding) of the shorter side, bicubic) or `original` (the Adjustable Quantization code's central 87.5% of each side and TF1 bilinear)",
     ),
     ParamSpec::new(
         "crop_padding",
@@ -88,10 +94,21 @@ pub fn dataset(dir: &Path, split: &str, label_offset: i64, classes: usize) -> Re
 /// stage's data params.
 pub fn preprocess(ctx: &StageContext, info: &ModelInfo, train: bool) -> Preprocess {
     let p = &ctx.params;
+    // The original's eval transform (`data.py:238-266`).
+    let original = p.str("eval_transform") == Some("original");
     Preprocess {
         size: info.preprocessing.resolution,
         train,
-        resize: Resize::Bicubic,
+        resize: if original {
+            Resize::BilinearTf1
+        } else {
+            Resize::Bicubic
+        },
+        eval_crop: if original {
+            EvalCrop::Central(0.875)
+        } else {
+            EvalCrop::Padded
+        },
         normalization: if info.preprocessing.normalization == "lite" {
             Normalization::Lite
         } else {
@@ -103,11 +120,17 @@ pub fn preprocess(ctx: &StageContext, info: &ModelInfo, train: bool) -> Preproce
     }
 }
 
-pub fn loader_config(ctx: &StageContext, batch: usize, pre: Preprocess, seed: u64) -> LoaderConfig {
-    let mut cfg = if pre.train {
-        LoaderConfig::train(batch, pre.size, seed)
-    } else {
-        LoaderConfig::eval(batch, pre.size)
+/// A loader of `pre`-processed batches: in training order (shuffled by `seed`, repeating,
+/// whole batches) when `seed` is given, else in file order once.
+pub fn loader_config(
+    ctx: &StageContext,
+    batch: usize,
+    pre: Preprocess,
+    seed: Option<u64>,
+) -> LoaderConfig {
+    let mut cfg = match seed {
+        Some(seed) => LoaderConfig::train(batch, pre.size, seed),
+        None => LoaderConfig::eval(batch, pre.size),
     };
     cfg.preprocess = pre;
     cfg.workers = ctx.params.i64("workers").unwrap_or(2).max(1) as usize;

@@ -1,6 +1,7 @@
 //! `thresholds`: the initial per-channel range of every quantization point of a float
 //! model — weights directly, activations and swish inputs over `samples` training images
-//! (center-crop preprocessing, file order) — written to `thresholds.json`.
+//! (eval preprocessing, shuffled as the original's training queue or in file order) —
+//! written to `thresholds.json`, keyed by the original's point names.
 
 use super::support::{self, DATA_PARAMS};
 use super::{InputSpec, InputsSpec, StageKind};
@@ -32,6 +33,13 @@ static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
             D::Toml("50"),
             "images per forward pass",
         ),
+        ParamSpec::new(
+            "shuffle",
+            T::Bool,
+            D::Toml("true"),
+            "draw the images from the shuffled training order (the original's queue, `thresholds.py:33-47`); false: file order",
+        ),
+        ParamSpec::new("seed", T::Int, D::Toml("0"), "order of the shuffled images"),
     ];
     v.extend_from_slice(DATA_PARAMS);
     v
@@ -56,13 +64,15 @@ impl StageKind for Thresholds {
     }
 
     fn version(&self) -> u32 {
+        // 2: the original's point names, shuffled images.
         2
     }
 
     fn doc(&self) -> &'static str {
         "Per-channel min/max of every quantization point of a float model (BN folded): \
-         weights directly, conv inputs and swish inputs over `samples` training images. \
-         Writes thresholds.json (the original's initial_thresholds.json)."
+         weights directly, activations, swish and SE-gate inputs over `samples` shuffled \
+         training images (eval transform). Writes thresholds.json, keyed by the original's \
+         point names (its initial_thresholds.json)."
     }
 
     fn params(&self) -> &'static [ParamSpec] {
@@ -89,7 +99,16 @@ impl StageKind for Thresholds {
             ctx.params.i64("label_offset").unwrap_or(1),
             info.config.num_classes,
         )?;
-        let cfg = support::loader_config(ctx, batch, support::preprocess(ctx, &info, false), 0);
+        let order = ctx
+            .params
+            .bool("shuffle")
+            .unwrap_or(true)
+            .then(|| ctx.params.i64("seed").unwrap_or(0) as u64);
+        let pre = support::preprocess(ctx, &info, false);
+        let mut cfg = support::loader_config(ctx, batch, pre, order);
+        // One pass: fewer images than `samples` observes them all once.
+        cfg.repeat = false;
+        cfg.drop_last = false;
         let probe = QEfficientNet::for_calibration(&float, &QConfig::default())?;
         let mut obs = Observe::default();
         let mut seen = 0usize;
