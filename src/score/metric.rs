@@ -279,9 +279,9 @@ pub fn paper_metric(
         let per_out = if depthwise { 1 } else { op.in_channels } * op.kernel * op.kernel;
         let weights = (op.out_channels * per_out) as f64;
         let macs = weights * (op.output_size * op.output_size) as f64;
-        let mean_max = if op.name == "stem" {
-            q.input_bits as f64
-        } else {
+        // The stem pairs with the image's 8 bits: max(b^w, 8) is the original's flat 8
+        // for the ≤ 8-bit weights adjq learns, and stays right for a float model.
+        let mean_max = {
             let g = pair_stride(bw.len(), ba.len(), depthwise, cfg.pairing);
             let (mut total, mut pairs) = (0.0, 0usize);
             for (i, w) in bw.iter().enumerate() {

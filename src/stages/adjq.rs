@@ -389,13 +389,7 @@ impl StageKind for Adjq {
         let train = support::dataset(&data, "train", offset, classes)?;
         let val = support::dataset(&data, "validation", offset, classes)?;
         let batch = int(&p, "batch_size", 25).max(1);
-        let train_cfg = support::loader_config(
-            ctx,
-            batch,
-            support::preprocess(ctx, &info, augment),
-            Some(seed),
-        );
-        let val_cfg = support::loader_config(ctx, 50, support::preprocess(ctx, &info, false), None);
+        let (train_cfg, val_cfg) = support::train_val_loaders(ctx, &info, batch, seed, augment, 50);
         let val_samples = int(&p, "val_samples", 0);
         let batches_per_epoch = (train.len() as usize / batch) as u64;
         if batches_per_epoch == 0 {

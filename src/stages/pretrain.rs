@@ -177,14 +177,7 @@ impl StageKind for Pretrain {
         let lr0 = p.f64("lr").unwrap_or(2e-3);
         let cosine = p.str("lr_schedule") != Some("fixed");
         let smoothing = p.f64("label_smoothing").unwrap_or(0.1) as f32;
-        let train_cfg = support::loader_config(
-            ctx,
-            batch,
-            support::preprocess(ctx, &info, true),
-            Some(seed),
-        );
-        let val_cfg =
-            support::loader_config(ctx, 100, support::preprocess(ctx, &info, false), None);
+        let (train_cfg, val_cfg) = support::train_val_loaders(ctx, &info, batch, seed, true, 100);
         let val_samples = p.i64("val_samples").unwrap_or(0).max(0) as usize;
 
         let states = StateDirs::new(ctx);

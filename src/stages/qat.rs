@@ -164,14 +164,7 @@ impl StageKind for Qat {
                 train.len()
             );
         }
-        let train_cfg = support::loader_config(
-            ctx,
-            batch,
-            support::preprocess(ctx, &info, true),
-            Some(seed),
-        );
-        let val_cfg =
-            support::loader_config(ctx, 100, support::preprocess(ctx, &info, false), None);
+        let (train_cfg, val_cfg) = support::train_val_loaders(ctx, &info, batch, seed, true, 100);
         let val_samples = p.i64("val_samples").unwrap_or(0).max(0) as usize;
         let epochs = p.i64("epochs").unwrap_or(1).max(0) as usize;
         let lr = p.f64("lr").unwrap_or(1e-4);

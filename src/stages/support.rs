@@ -120,6 +120,23 @@ pub fn preprocess(ctx: &StageContext, info: &ModelInfo, train: bool) -> Preproce
     }
 }
 
+/// A training stage's two loaders: training batches in training order (shuffled by `seed`;
+/// augmented when `augment`, else the eval transform) and validation batches of
+/// `val_batch` in file order.
+pub fn train_val_loaders(
+    ctx: &StageContext,
+    info: &ModelInfo,
+    batch: usize,
+    seed: u64,
+    augment: bool,
+    val_batch: usize,
+) -> (LoaderConfig, LoaderConfig) {
+    (
+        loader_config(ctx, batch, preprocess(ctx, info, augment), Some(seed)),
+        loader_config(ctx, val_batch, preprocess(ctx, info, false), None),
+    )
+}
+
 /// A loader of `pre`-processed batches: in training order (shuffled by `seed`, repeating,
 /// whole batches) when `seed` is given, else in file order once.
 pub fn loader_config(
