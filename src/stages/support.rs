@@ -274,9 +274,7 @@ pub fn save_training_state<M: Module>(
         &import::export(model),
         &Default::default(),
     )?;
-    let bytes = opt
-        .into_bytes()
-        .map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?;
+    let bytes = crate::train::params::state_bytes(opt)?;
     crate::store::atomic::write(&dir.join(STATE_OPTIMIZER), &bytes)?;
     crate::store::atomic::write_json(&dir.join(STATE_PROGRESS), progress)?;
     if let Some(shadow) = ema {

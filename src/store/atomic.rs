@@ -43,3 +43,35 @@ pub fn sync_tree(path: &Path) -> io::Result<()> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// A resumed stage reads back the metrics it wrote before the interruption: every f64
+    /// must survive JSON text exactly, or the resumed outputs differ in the last digit
+    /// (serde_json parses floats exactly only with its `float_roundtrip` feature).
+    #[test]
+    fn f64_values_survive_json_text_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.json");
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut values = vec![1.855_397_299_579_952_1, 0.1, 1.0 / 3.0, 6.02e23, 5e-324];
+        for _ in 0..20_000 {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let v = f64::from_bits(state >> 2);
+            if v.is_finite() {
+                values.push(v);
+            }
+            values.push((state >> 11) as f64 / (1u64 << 53) as f64 * 10.0);
+        }
+        super::write_json(&path, &values).unwrap();
+        let back: Vec<f64> = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let differ = values
+            .iter()
+            .zip(&back)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(differ, 0, "{differ} of {} values changed", values.len());
+    }
+}

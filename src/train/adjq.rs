@@ -4,7 +4,7 @@
 //! can be saved and resumed exactly.
 
 use super::loss::{LossTerms, adjq_loss};
-use super::params::{is_bit_scale, is_constant, param_ids, stable_ids};
+use super::params::{self, is_bit_scale, is_constant, param_ids, stable_ids};
 use super::schedule::LrSchedule;
 use super::tf_adam::TfAdam;
 use crate::ckpt::{self, TensorMap};
@@ -172,8 +172,8 @@ impl AdjqTrainer {
     /// Writes both Adam states (slots and β powers) into `dir`: how a checkpoint carries
     /// them, as the original's `tf.train.Saver` saves every variable (`trainer.py:189`).
     pub fn save_optimizers(&self, dir: &Path) -> Result<()> {
-        let w = self.opt_w.into_bytes().map_err(|e| anyhow!("{e:?}"))?;
-        let k = self.opt_k.into_bytes().map_err(|e| anyhow!("{e:?}"))?;
+        let w = params::state_bytes(&self.opt_w)?;
+        let k = params::state_bytes(&self.opt_k)?;
         crate::store::atomic::write(&dir.join(OPT_W_FILE), &w)?;
         crate::store::atomic::write(&dir.join(OPT_K_FILE), &k)?;
         Ok(())
