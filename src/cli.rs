@@ -2,6 +2,7 @@
 
 use crate::exec::plan::{self, Plan, Resolution, Resolver};
 use crate::exec::{self, JobState, Outcome, RunOptions};
+use crate::manifest::diag::ManifestErrors;
 use crate::manifest::value::ParamDefault;
 use crate::manifest::{self, Manifest, Override};
 use crate::store::{self, RunLog, Store, gc, verify};
@@ -275,6 +276,11 @@ pub fn main() -> i32 {
     }
     match dispatch(cli) {
         Ok(code) => code,
+        // Manifest diagnostics carry their own `error:` labels.
+        Err(e) if e.downcast_ref::<ManifestErrors>().is_some() => {
+            eprint!("{e}");
+            2
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             match e.downcast_ref::<Usage>() {
@@ -289,6 +295,14 @@ pub fn main() -> i32 {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct Usage(String);
+
+/// A sweep's manifest diagnostics as they are; a bad grid as a usage error.
+fn expand_error(e: sweep::ExpandError) -> anyhow::Error {
+    match e {
+        sweep::ExpandError::Manifest(m) => m.into(),
+        sweep::ExpandError::Grid(msg) => usage(msg),
+    }
+}
 
 fn usage(msg: impl Into<String>) -> anyhow::Error {
     Usage(msg.into()).into()
@@ -414,8 +428,7 @@ fn overrides(a: &ManifestArgs) -> Result<Vec<Override>> {
 }
 
 fn load(a: &ManifestArgs) -> Result<Manifest> {
-    manifest::load(&a.manifest, &overrides(a)?)
-        .map_err(|e| usage(e.to_string().trim_end().to_string()))
+    Ok(manifest::load(&a.manifest, &overrides(a)?)?)
 }
 
 fn open_store(m: &Manifest, flag: Option<&Path>) -> Result<Store> {
@@ -591,7 +604,7 @@ fn run_sweep(
         .iter()
         .map(|g| sweep::parse_grid_flag(g).map_err(usage))
         .collect::<Result<Vec<_>>>()?;
-    let variants = sweep::expand(&a.manifest.manifest, &base, &axes).map_err(usage)?;
+    let variants = sweep::expand(&a.manifest.manifest, &base, &axes).map_err(expand_error)?;
     let first = &variants[0].1;
     let store = open_store(first, store_flag)?;
     let opts = run_options(
@@ -1018,7 +1031,7 @@ pub fn finished_record(
     stage: &str,
     store_flag: Option<&Path>,
 ) -> Result<(store::Record, Store)> {
-    let m = manifest::load(manifest_path, &[]).map_err(|e| usage(e.to_string()))?;
+    let m = manifest::load(manifest_path, &[])?;
     let (store, _, job, mut res) = resolve_stage(m, stage, store_flag)?;
     match res.swap_remove(job) {
         Resolution::Cached(r) => Ok((*r, store)),
@@ -1056,12 +1069,12 @@ fn run_gc(a: GcArgs, store_flag: Option<&Path>) -> Result<i32> {
     let mut keep = BTreeSet::new();
     let mut store_root = store_flag.map(Path::to_path_buf);
     for path in &a.manifests {
-        let m = manifest::load(path, &[]).map_err(|e| usage(e.to_string()))?;
+        let m = manifest::load(path, &[])?;
         let root = store_root.get_or_insert_with(|| m.store.clone()).clone();
         let variants = if m.sweep.grid.is_empty() {
             vec![(vec![], m)]
         } else {
-            sweep::expand(path, &[], &[]).map_err(usage)?
+            sweep::expand(path, &[], &[]).map_err(expand_error)?
         };
         let store = Store::open(&root)?;
         let plan = Plan::build(&variants, &[]).map_err(usage)?;

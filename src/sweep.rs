@@ -32,31 +32,44 @@ pub fn parse_grid_flag(flag: &str) -> Result<(String, Value), String> {
     Ok((label.to_string(), Value::List(values)))
 }
 
+/// Why a sweep could not be expanded: the manifest (or a variant of it) is bad, or the grid.
+#[derive(Debug)]
+pub enum ExpandError {
+    Manifest(ManifestErrors),
+    Grid(String),
+}
+
+impl From<ManifestErrors> for ExpandError {
+    fn from(e: ManifestErrors) -> Self {
+        ExpandError::Manifest(e)
+    }
+}
+
 /// Loads one manifest per grid point. Axes from the command line replace same-named axes
 /// of the manifest's `[sweep]` table.
 pub fn expand(
     path: &Path,
     base: &[Override],
     cli_axes: &[(String, Value)],
-) -> Result<Vec<(Settings, Manifest)>, String> {
-    let first = manifest::load(path, base).map_err(|e| e.to_string())?;
+) -> Result<Vec<(Settings, Manifest)>, ExpandError> {
+    let first = manifest::load(path, base)?;
     let mut axes: Vec<GridAxis> = first.sweep.grid.clone();
     for (label, values) in cli_axes {
         let axis = manifest::grid_axis(label, values.clone(), &first.stages, &first.params)
             .map_err(|(msg, hint)| {
-                format!(
+                ExpandError::Grid(format!(
                     "--grid {label}: {msg}{}",
                     hint.map(|h| format!("\n  = hint: {h}")).unwrap_or_default()
-                )
+                ))
             })?;
         axes.retain(|a| a.label() != axis.label());
         axes.push(axis);
     }
     if axes.is_empty() {
-        return Err(format!(
+        return Err(ExpandError::Grid(format!(
             "nothing to sweep: {} has no [sweep] grid and no --grid was given",
             path.display()
-        ));
+        )));
     }
     let mut points: Vec<Settings> = vec![Vec::new()];
     for axis in &axes {
@@ -89,7 +102,7 @@ pub fn expand(
             }
             manifest::load(path, &overrides)
                 .map(|m| (settings, m))
-                .map_err(|e: ManifestErrors| e.to_string())
+                .map_err(ExpandError::Manifest)
         })
         .collect()
 }

@@ -373,7 +373,37 @@ fn the_binary_exits_2_with_the_message() {
         "{err}"
     );
     assert!(err.contains("6 | outs_ = []"), "{err}");
+    // "error:" once: the diagnostic carries it.
+    assert_eq!(err.matches("error:").count(), 1, "{err}");
     let out = p.runner(&["run", "missing.toml"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(common::stderr(&out).contains("missing.toml: error: cannot read manifest"));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("missing.toml: error: cannot read manifest"),
+        "{err}"
+    );
+    assert_eq!(err.matches("error:").count(), 1, "{err}");
+}
+
+#[test]
+fn invalid_utf8_is_located_at_its_first_bad_byte() {
+    let p = common::Project::new();
+    let mut bytes = format!(
+        "{HEAD}[stages.a]
+kind = \"shell\"\ncmd = \"é"
+    )
+    .into_bytes();
+    bytes.extend([0xff, 0xfe]);
+    bytes.extend(b"\"\n");
+    std::fs::write(p.path("m.toml"), &bytes).unwrap();
+    let out = p.runner(&["run", "m.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = common::stderr(&out);
+    // Line 5; "é" is one column, so the bad byte is column 9.
+    assert!(
+        err.contains("m.toml:5:9: error: invalid UTF-8 (byte 0xff)"),
+        "{err}"
+    );
+    assert!(err.contains("5 | cmd = \"é\u{fffd}"), "{err}");
+    assert_eq!(err.matches("error:").count(), 1, "{err}");
 }

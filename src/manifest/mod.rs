@@ -187,11 +187,23 @@ const PIPELINE_KEYS: &[&str] = &[
 
 /// Loads a manifest file and applies `--set` overrides.
 pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest, ManifestErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = std::fs::read(path).map_err(|e| {
         let map = SourceMap::new(path, "");
         ManifestErrors(vec![
             map.error(&Origin::Nowhere, format!("cannot read manifest: {e}")),
         ])
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        // Offsets before the first bad byte are the same in the lossy text, so its
+        // line:col and the line shown (with U+FFFD for the bad bytes) are right.
+        let at = e.utf8_error().valid_up_to();
+        let bad = e.as_bytes()[at];
+        let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
+        let map = SourceMap::new(path, &lossy);
+        ManifestErrors(vec![map.error(
+            &map.origin(&(at..at + 1)),
+            format!("invalid UTF-8 (byte 0x{bad:02x}): a manifest must be UTF-8 text"),
+        )])
     })?;
     parse(path, &text, overrides)
 }
