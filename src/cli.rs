@@ -577,7 +577,7 @@ impl Session<'_> {
             keys: outcomes.iter().filter_map(|o| o.key.clone()).collect(),
         };
         store.write_run_log(&log)?;
-        print_summary(plan, &outcomes, t0.elapsed().as_secs_f64());
+        print_summary(plan, &outcomes, t0.elapsed().as_secs_f64(), store);
         if plan.variants.len() == 1 {
             print_reports(plan, &outcomes, store);
         }
@@ -671,7 +671,9 @@ fn short(key: &Option<String>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn print_summary(plan: &Plan, outcomes: &[Outcome], secs: f64) {
+/// The run table (one narrow row per stage), each failure's whole message and log path
+/// below it, and the counts.
+fn print_summary(plan: &Plan, outcomes: &[Outcome], secs: f64, store: &Store) {
     let multi = plan.variants.len() > 1;
     let mut header = vec!["stage", "status", "cached", "duration", "key"];
     if multi {
@@ -684,7 +686,7 @@ fn print_summary(plan: &Plan, outcomes: &[Outcome], secs: f64) {
             JobState::Ran { resumed: true } => ("ok (resumed)".to_string(), "no"),
             JobState::Ran { resumed: false } => ("ok".to_string(), "no"),
             JobState::Reused => ("ok (computed by another runner)".to_string(), "yes"),
-            JobState::Failed(e) => (format!("FAILED: {}", e.lines().next().unwrap_or("")), "no"),
+            JobState::Failed(_) => ("FAILED (below)".to_string(), "no"),
             JobState::Interrupted => ("interrupted".to_string(), "no"),
             JobState::Skipped(up) => (format!("skipped ({up} failed)"), "no"),
             JobState::NotRun => ("not run".to_string(), "no"),
@@ -713,6 +715,14 @@ fn print_summary(plan: &Plan, outcomes: &[Outcome], secs: f64) {
         t.add_row(row);
     }
     println!("{t}");
+    for (j, o) in plan.jobs.iter().zip(outcomes) {
+        if let JobState::Failed(msg) = &o.state {
+            println!("\n✗ {} failed: {}", j.stage.name, msg.trim_end());
+            if let Some(key) = &o.key {
+                println!("  log: {}", store.root.join(store.log_rel(key)).display());
+            }
+        }
+    }
     let cached = outcomes
         .iter()
         .filter(|o| o.state == JobState::Cached)

@@ -178,8 +178,9 @@ fn failure_stops_dependants_but_keep_going_runs_independent_stages() {
     let out = p.runner(&["run", "m.toml", "-j", "1", "--set", "a.cmd=exit 3"]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
+    assert!(text.contains("│ a       FAILED (below)"), "{text}");
     assert!(
-        text.contains("FAILED: command exited with status 3"),
+        text.contains("✗ a failed: command exited with status 3: exit 3\n  log: "),
         "{text}"
     );
     assert!(text.contains("skipped (a failed)"), "{text}");
@@ -242,4 +243,35 @@ fn a_missing_declared_output_fails_the_stage() {
         "{}",
         stdout(&out)
     );
+}
+
+/// A long failure message stays out of the run table: the table is as narrow as its
+/// columns, and the whole message and the log path follow it.
+#[test]
+fn a_long_failure_message_is_printed_below_a_narrow_table() {
+    let p = common::Project::new();
+    let long = "o".repeat(160);
+    p.write(
+        "m.toml",
+        &format!(
+            "[pipeline]\nname = \"p\"\n[stages.a]\nkind = \"shell\"\ncmd = \"true\"\nouts = [\"{long}\"]\n"
+        ),
+    );
+    let out = p.runner(&["run", "m.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    let widest = text
+        .lines()
+        .filter(|l| l.contains('│'))
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap();
+    assert!(widest < 80, "table {widest} columns wide: {text}");
+    assert!(
+        text.contains(&format!(
+            "✗ a failed: stage did not produce its declared output `{long}`"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("  log: ") && text.contains(".log"), "{text}");
 }
