@@ -75,3 +75,24 @@ fn bundled_pipelines_validate_and_the_shell_example_runs() {
         "{rec}"
     );
 }
+
+/// The Rust version the README's quick start asks for is the one Cargo.toml declares
+/// (`rust-version`, which cargo checks before building), and that is at least burn's.
+#[test]
+fn readme_rust_version_is_the_declared_one() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let manifest = std::fs::read_to_string(format!("{root}/Cargo.toml")).unwrap();
+    let declared = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .expect("Cargo.toml declares rust-version")
+        .trim_matches('"');
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("Rust ≥ {declared}")),
+        "README's quick start does not ask for Rust ≥ {declared}"
+    );
+    // burn 0.22's own minimum (its Cargo.toml: rust-version = "1.95").
+    let minor: u32 = declared.split('.').nth(1).unwrap().parse().unwrap();
+    assert!(minor >= 95, "burn 0.22.1 needs Rust 1.95, Cargo.toml says {declared}");
+}
