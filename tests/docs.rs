@@ -94,5 +94,8 @@ fn readme_rust_version_is_the_declared_one() {
     );
     // burn 0.22's own minimum (its Cargo.toml: rust-version = "1.95").
     let minor: u32 = declared.split('.').nth(1).unwrap().parse().unwrap();
-    assert!(minor >= 95, "burn 0.22.1 needs Rust 1.95, Cargo.toml says {declared}");
+    assert!(
+        minor >= 95,
+        "burn 0.22.1 needs Rust 1.95, Cargo.toml says {declared}"
+    );
 }

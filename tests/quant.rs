@@ -520,6 +520,12 @@ fn b0_points_are_the_originals_and_its_thresholds_file_loads_as_is() {
     let mut obs = Observe::default();
     probe.forward_with(images(1, 15), &mut obs);
     let mut ours: Vec<&str> = obs.thresholds.points.keys().map(String::as_str).collect();
+    // The network's own list of its points is the set the forward pass visits.
+    let mut listed = probe.point_keys();
+    listed.sort_unstable();
+    let mut visited: Vec<String> = ours.iter().map(|k| k.to_string()).collect();
+    visited.sort_unstable();
+    assert_eq!(listed, visited);
     ours.push(INPUT_KEY);
     let (mut a, mut b) = (ours.clone(), original.clone());
     a.sort_unstable();

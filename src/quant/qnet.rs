@@ -335,9 +335,6 @@ struct Builder<'a> {
     ranges: Ranges<'a>,
     act: Activation,
     device: Device,
-    /// Keys of the map's points this network asked for (to report the rest).
-    used: std::cell::RefCell<Vec<String>>,
-    missing: std::cell::RefCell<Vec<String>>,
 }
 
 impl Builder<'_> {
@@ -365,19 +362,13 @@ impl Builder<'_> {
             return Ok(AdjQuant::dynamic(spec, 1, &self.device));
         }
         let key = point_key(&layer.name, point);
+        // A point the map lacks gets a placeholder here; `check_map` then refuses the map.
         let from_map = match &self.ranges {
-            Ranges::Map(t) => match t.points.get(&key) {
-                Some(_) => {
-                    self.used.borrow_mut().push(key.clone());
-                    let r = t.get(&key, channels)?;
-                    Some((r.min.clone(), r.max.clone()))
-                }
-                None => {
-                    self.missing.borrow_mut().push(key);
-                    None
-                }
-            },
-            Ranges::Placeholder => None,
+            Ranges::Map(t) if t.points.contains_key(&key) => {
+                let r = t.get(&key, channels)?;
+                Some((r.min.clone(), r.max.clone()))
+            }
+            _ => None,
         };
         let (min, max) = match (from_map, own) {
             (Some(r), _) => r,
@@ -535,40 +526,39 @@ impl Builder<'_> {
         conv.swish_q = Some(self.point(&conv.layer, Point::Swish, conv.layer.cout, None)?);
         Ok(conv)
     }
+}
 
-    /// After building from a map: the map must have named exactly this network's points.
-    fn check_map(&self) -> Result<()> {
-        let Ranges::Map(t) = &self.ranges else {
-            return Ok(());
-        };
-        let used = self.used.borrow();
-        let missing = self.missing.borrow();
-        let unknown: Vec<&String> = t
-            .points
-            .keys()
-            .filter(|k| k.as_str() != INPUT_KEY && !used.contains(k))
-            .collect();
-        if missing.is_empty() && unknown.is_empty() {
-            return Ok(());
-        }
-        let list = |v: Vec<&String>| {
-            if v.is_empty() {
-                "none".to_string()
-            } else {
-                v.iter()
-                    .map(|s| format!("`{s}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        };
-        anyhow::bail!(
-            "thresholds do not match the model's quantization points: {} missing ({}); {} unknown ({})",
-            missing.len(),
-            list(missing.iter().collect()),
-            unknown.len(),
-            list(unknown)
-        )
+/// A thresholds map must name exactly the points of the network built from it.
+fn check_map(t: &Thresholds, points: &[String]) -> Result<()> {
+    let missing: Vec<&String> = points
+        .iter()
+        .filter(|k| !t.points.contains_key(*k))
+        .collect();
+    let unknown: Vec<&String> = t
+        .points
+        .keys()
+        .filter(|k| k.as_str() != INPUT_KEY && !points.contains(k))
+        .collect();
+    if missing.is_empty() && unknown.is_empty() {
+        return Ok(());
     }
+    let list = |v: Vec<&String>| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    anyhow::bail!(
+        "thresholds do not match the model's quantization points: {} missing ({}); {} unknown ({})",
+        missing.len(),
+        list(missing),
+        unknown.len(),
+        list(unknown)
+    )
 }
 
 impl QEfficientNet {
@@ -590,8 +580,6 @@ impl QEfficientNet {
             ranges,
             act: model.config.activation,
             device: model.classifier.weight.val().device(),
-            used: Default::default(),
-            missing: Default::default(),
         };
         let mut size = model.config.resolution;
         let stem_points = Has {
@@ -613,15 +601,18 @@ impl QEfficientNet {
         };
         let head = b.qconv_bn(&model.head, "head".into(), size, true, head_points)?;
         let classifier = b.qlinear(&model.classifier, "classifier".into())?;
-        b.check_map()?;
-        Ok(QEfficientNet {
+        let net = QEfficientNet {
             stem,
             blocks,
             head,
             classifier,
             config: model.config.clone(),
             qconfig: q.clone(),
-        })
+        };
+        if let Ranges::Map(t) = b.ranges {
+            check_map(t, &net.point_keys())?;
+        }
+        Ok(net)
     }
 
     /// Logits of the quantized network.
@@ -716,6 +707,26 @@ impl QEfficientNet {
         v.push(self.classifier.input_q.as_ref());
         v.push(None);
         v
+    }
+
+    /// The name of every quantization point with a range (biases have none), layer by
+    /// layer: the keys `thresholds.json` holds for this network.
+    pub fn point_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for c in self.convs() {
+            let name = &c.layer.name;
+            keys.push(point_key(name, Point::Weight));
+            for (q, point) in [
+                (&c.input_q, Point::Input),
+                (&c.swish_q, Point::Swish),
+                (&c.output_q, Point::Output),
+            ] {
+                if q.is_some() {
+                    keys.push(point_key(name, point));
+                }
+            }
+        }
+        keys
     }
 
     pub fn layers(&self) -> Vec<QLayer> {
