@@ -1011,3 +1011,24 @@ fn adjustable_quantizer_matches_tensorflow_as_executed() {
         1e-4,
     );
 }
+
+/// A network loaded from a checkpoint takes the loading stage's clip gradient everywhere.
+#[test]
+fn set_clip_grad_reaches_every_quantizer() {
+    let float = tiny_float(17);
+    let mut q = QEfficientNet::for_calibration(&float, &QConfig::default()).unwrap();
+    q.set_clip_grad(ClipGrad::Detached);
+    assert_eq!(q.qconfig.clip_grad, ClipGrad::Detached);
+    let mut seen = 0;
+    for c in q.convs() {
+        let all = [Some(&c.weight_q), Some(&c.bias_q)]
+            .into_iter()
+            .chain([c.input_q.as_ref(), c.swish_q.as_ref(), c.output_q.as_ref()])
+            .flatten();
+        for aq in all {
+            assert_eq!(aq.clip_grad, ClipGrad::Detached, "{}", c.layer.name);
+            seen += 1;
+        }
+    }
+    assert!(seen > 2 * q.convs().len());
+}

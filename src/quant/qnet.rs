@@ -652,6 +652,32 @@ impl QEfficientNet {
             .reshape([n, self.classifier.layer.cout])
     }
 
+    /// Sets the clip gradient of every quantizer (a network loaded from a checkpoint keeps
+    /// the one it was trained with otherwise).
+    pub fn set_clip_grad(&mut self, clip_grad: ClipGrad) {
+        self.qconfig.clip_grad = clip_grad;
+        let mut convs: Vec<&mut QConv> = vec![&mut self.stem, &mut self.head, &mut self.classifier];
+        for b in &mut self.blocks {
+            convs.extend(b.expand.as_mut());
+            convs.push(&mut b.depthwise);
+            if let Some(se) = &mut b.se {
+                convs.push(&mut se.reduce);
+                convs.push(&mut se.expand);
+            }
+            convs.push(&mut b.project);
+        }
+        for c in convs {
+            let optional = [&mut c.input_q, &mut c.swish_q, &mut c.output_q];
+            let quantizers = [Some(&mut c.weight_q), Some(&mut c.bias_q)]
+                .into_iter()
+                .flatten()
+                .chain(optional.into_iter().flat_map(Option::as_mut));
+            for q in quantizers {
+                q.clip_grad = clip_grad;
+            }
+        }
+    }
+
     /// Every conv layer in forward order (stem, blocks.., head, classifier).
     pub fn convs(&self) -> Vec<&QConv> {
         self.convs_with_sources()

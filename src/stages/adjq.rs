@@ -324,7 +324,12 @@ impl StageKind for Adjq {
                 .unwrap_or_default(),
         };
         let student = match &init_info.quantized {
-            Some(_) => dir::load_quantized(&init_dir, &plain)?.0,
+            Some(_) => {
+                let mut q = dir::load_quantized(&init_dir, &plain)?.0;
+                // This stage's gradient rule, not the one the checkpoint was trained with.
+                q.set_clip_grad(qconfig.clip_grad);
+                q
+            }
             None => {
                 let Some(tpath) = ctx.inputs.get("thresholds") else {
                     bail!(
