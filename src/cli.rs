@@ -1193,20 +1193,45 @@ fn inspect_ckpt(a: &InspectCkptArgs) -> Result<i32> {
         CkptFormat::Safetensors => Some(Format::Safetensors),
     };
     let ins = ckpt::inspect(&a.path, format)?;
-    let mut t = new_table(vec!["name", "dtype", "shape", "numel"]);
-    for r in &ins.rows {
-        t.add_row(vec![
-            r.name.clone(),
-            r.dtype.to_string(),
-            format!("{:?}", r.shape),
-            r.numel.to_string(),
-        ]);
+    let mut t = new_table(vec!["name", "dtype", "shape", "numel", "note"]);
+    let mut rows: Vec<(&str, Vec<String>)> = ins
+        .rows
+        .iter()
+        .map(|r| {
+            let cells = vec![
+                r.name.clone(),
+                r.dtype.to_string(),
+                format!("{:?}", r.shape),
+                r.numel.to_string(),
+                String::new(),
+            ];
+            (r.name.as_str(), cells)
+        })
+        .collect();
+    rows.extend(ins.unreadable.iter().map(|u| {
+        let cells = vec![
+            u.name.clone(),
+            u.dtype.clone(),
+            format!("{:?}", u.shape),
+            u.shape.iter().product::<usize>().to_string(),
+            format!("cannot be loaded: {}", u.why),
+        ];
+        (u.name.as_str(), cells)
+    }));
+    // One list in the checkpoint's name order, loadable or not.
+    rows.sort_by(|a, b| a.0.cmp(b.0));
+    for (_, cells) in rows {
+        t.add_row(cells);
     }
     println!("{t}");
+    let unreadable = match ins.unreadable.len() {
+        0 => String::new(),
+        n => format!(" ({n} cannot be loaded)"),
+    };
     println!(
-        "{}: {} tensors, {} parameters (floating-point elements), {} bytes{}",
+        "{}: {} tensors{unreadable}, {} parameters (floating-point elements), {} bytes{}",
         ins.format,
-        ins.rows.len(),
+        ins.rows.len() + ins.unreadable.len(),
         ins.params(),
         ins.bytes(),
         match ins.bytes() {

@@ -388,3 +388,80 @@ fn state_file_with_a_foreign_absolute_path_falls_back_to_its_directory() {
     let e = ckpt::detect_format(tmp.path()).unwrap_err();
     assert!(matches!(e, CkptError::UnknownFormat { .. }), "{e}");
 }
+
+/// A checkpoint TensorFlow wrote with complex64 and complex128 tensors beside float,
+/// string and int64 ones (`tests/fixtures/tf/exotic`): inspection lists all six (name,
+/// dtype, shape) and marks the two it cannot load; the others load with their values; a
+/// strict read names the first unloadable tensor.
+#[test]
+fn unloadable_tensors_are_listed_beside_the_loadable_ones() {
+    let dir = fixture("exotic");
+    let expected = json(&dir.join("expected.json"));
+    let ins = ckpt::inspect(&dir, Some(Format::TfBundle)).unwrap();
+    let mut listed: Vec<(String, String, Vec<usize>)> = ins
+        .rows
+        .iter()
+        .map(|r| (r.name.clone(), r.dtype.to_string(), r.shape.clone()))
+        .chain(
+            ins.unreadable
+                .iter()
+                .map(|u| (u.name.clone(), u.dtype.clone(), u.shape.clone())),
+        )
+        .collect();
+    listed.sort();
+    let want: Vec<(String, String, Vec<usize>)> = expected["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let shape = t["shape"].as_array().unwrap();
+            (
+                t["name"].as_str().unwrap().to_string(),
+                t["dtype"].as_str().unwrap().to_string(),
+                shape.iter().map(|d| d.as_u64().unwrap() as usize).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, want);
+    let unreadable: Vec<&str> = ins.unreadable.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(unreadable, ["spectrum", "wide_spectrum"]);
+    assert!(
+        ins.unreadable[0]
+            .why
+            .contains("unsupported dtype complex64")
+    );
+    assert_eq!((ins.unreadable[0].bytes, ins.unreadable[1].bytes), (16, 32));
+
+    let contents = ckpt::read_contents(&dir, Format::TfBundle).unwrap();
+    for t in expected["tensors"].as_array().unwrap() {
+        if let Some(values) = t["values"].as_array() {
+            let got = contents.tensors[t["name"].as_str().unwrap()]
+                .to_f32_vec()
+                .unwrap();
+            let want: Vec<f32> = values.iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            assert_eq!(got, want);
+        }
+    }
+    let e = ckpt::read(&dir, Format::TfBundle).unwrap_err();
+    assert!(
+        matches!(&e, CkptError::UnsupportedDtype { name, .. } if name == "spectrum"),
+        "{e}"
+    );
+}
+
+/// `runner inspect-ckpt` prints every tensor, the unloadable ones marked, and succeeds.
+#[test]
+fn inspect_ckpt_marks_unloadable_tensors() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["inspect-ckpt"])
+        .arg(fixture("exotic"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("cannot be loaded: unsupported dtype complex128 (DataType 18)"),
+        "{text}"
+    );
+    assert!(text.contains("6 tensors (2 cannot be loaded)"), "{text}");
+}

@@ -224,6 +224,38 @@ fn ema_shadows_are_preferred_and_mismatches_are_listed() {
     );
     assert_eq!(canon.len(), 311);
 
+    // A tensor the checkpoint holds but cannot load: named as unreadable if the model
+    // needs it, ignored if not.
+    let unloadable = |name: &str| ckpt::Unreadable {
+        name: name.into(),
+        dtype: "complex64".into(),
+        shape: vec![2],
+        bytes: 16,
+        why: "unsupported dtype complex64 (DataType 8)".into(),
+    };
+    let mut contents = ckpt::Contents {
+        tensors: tf.clone(),
+        unreadable: vec![unloadable("extra/spectrum")],
+    };
+    assert_eq!(
+        import::canonicalize_contents(&contents, &b0, &tf_naming).unwrap(),
+        canon
+    );
+    let stem = "efficientnet-b0/stem/conv2d/kernel";
+    contents.tensors.shift_remove(stem);
+    contents
+        .tensors
+        .shift_remove(&format!("{stem}/ExponentialMovingAverage"));
+    contents.unreadable.push(unloadable(stem));
+    let err = import::canonicalize_contents(&contents, &b0, &tf_naming).unwrap_err();
+    assert!(err.missing.is_empty(), "{err}");
+    assert!(
+        err.to_string().contains(
+            "unreadable stem.conv.weight (`efficientnet-b0/stem/conv2d/kernel`: unsupported dtype complex64"
+        ),
+        "{err}"
+    );
+
     // The wrong naming: every tensor is listed, missing and unexpected (global_step is
     // ignored; the injected EMA copy counts).
     let err = import::canonicalize(&tf, &b0, &Naming::PyTorch).unwrap_err();

@@ -92,6 +92,39 @@ pub fn read(path: &Path, format: Format) -> Result<TensorMap> {
     }
 }
 
+/// A tensor a checkpoint holds that this reader cannot load.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unreadable {
+    pub name: String,
+    /// The dtype as the checkpoint names it.
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    /// Stored data bytes.
+    pub bytes: usize,
+    pub why: String,
+}
+
+/// What a checkpoint holds: the tensors loaded, and those that cannot be.
+#[derive(Clone, Debug, Default)]
+pub struct Contents {
+    pub tensors: TensorMap,
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// Reads every tensor that can be loaded and lists the others (see [`Unreadable`]); a
+/// damaged file is still an error. TensorFlow bundles and safetensors files list their
+/// unloadable tensors; a PyTorch file's are an error as in [`read`].
+pub fn read_contents(path: &Path, format: Format) -> Result<Contents> {
+    match format {
+        Format::TfBundle => tf_bundle::read_contents(path),
+        Format::Safetensors => safetensors::read_contents(path),
+        Format::PyTorch => Ok(Contents {
+            tensors: pytorch::read(path)?,
+            unreadable: Vec::new(),
+        }),
+    }
+}
+
 /// One tensor in an [`Inspection`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
@@ -107,6 +140,8 @@ pub struct Row {
 pub struct Inspection {
     pub format: Format,
     pub rows: Vec<Row>,
+    /// Tensors listed but not loadable.
+    pub unreadable: Vec<Unreadable>,
 }
 
 impl Inspection {
@@ -119,9 +154,10 @@ impl Inspection {
             .sum()
     }
 
-    /// Data bytes over all tensors.
+    /// Data bytes over all tensors, the unloadable ones included.
     pub fn bytes(&self) -> usize {
-        self.rows.iter().map(|r| r.bytes).sum()
+        self.rows.iter().map(|r| r.bytes).sum::<usize>()
+            + self.unreadable.iter().map(|u| u.bytes).sum::<usize>()
     }
 }
 
@@ -131,7 +167,9 @@ pub fn inspect(path: &Path, format: Option<Format>) -> Result<Inspection> {
         Some(f) => f,
         None => detect_format(path)?,
     };
-    let rows = read(path, format)?
+    let contents = read_contents(path, format)?;
+    let rows = contents
+        .tensors
         .into_iter()
         .map(|(name, t)| Row {
             numel: t.numel(),
@@ -141,5 +179,9 @@ pub fn inspect(path: &Path, format: Option<Format>) -> Result<Inspection> {
             shape: t.shape,
         })
         .collect();
-    Ok(Inspection { format, rows })
+    Ok(Inspection {
+        format,
+        rows,
+        unreadable: contents.unreadable,
+    })
 }

@@ -12,6 +12,7 @@ use serde::ser::{SerializeMap, Serializer};
 
 use super::error::{CkptError, Result};
 use super::tensor::{DType, Data, Tensor, TensorMap};
+use super::{Contents, Unreadable};
 use crate::store::atomic;
 
 /// The free-form string metadata stored under `__metadata__`.
@@ -19,8 +20,18 @@ pub type Metadata = BTreeMap<String, String>;
 
 const METADATA_KEY: &str = "__metadata__";
 
-/// Reads every tensor (sorted by name) and the metadata.
+/// Reads every tensor (sorted by name) and the metadata; a tensor of a dtype we do not
+/// load is an error naming it.
 pub fn read(path: &Path) -> Result<(TensorMap, Metadata)> {
+    read_file(path, false).map(|(c, m)| (c.tensors, m))
+}
+
+/// Reads every tensor it can, and lists those of dtypes we do not load.
+pub fn read_contents(path: &Path) -> Result<Contents> {
+    read_file(path, true).map(|(c, _)| c)
+}
+
+fn read_file(path: &Path, lenient: bool) -> Result<(Contents, Metadata)> {
     let bytes = fs::read(path).map_err(CkptError::io(path))?;
     let bad = |e: safetensors::SafeTensorError| CkptError::format(path, e.to_string());
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(bad)?;
@@ -33,19 +44,32 @@ pub fn read(path: &Path) -> Result<(TensorMap, Metadata)> {
     let st = SafeTensors::deserialize(&bytes).map_err(bad)?;
     let mut views: Vec<_> = st.iter().collect();
     views.sort_by(|a, b| a.0.cmp(b.0));
-    let mut out = TensorMap::with_capacity(views.len());
+    let mut out = Contents::default();
     for (name, view) in views {
-        let dtype = from_st(view.dtype()).ok_or_else(|| CkptError::UnsupportedDtype {
-            path: path.to_path_buf(),
-            name: name.to_string(),
-            dtype: format!("{:?}", view.dtype()),
-        })?;
+        let Some(dtype) = from_st(view.dtype()) else {
+            let dtype = format!("{:?}", view.dtype());
+            if !lenient {
+                return Err(CkptError::UnsupportedDtype {
+                    path: path.to_path_buf(),
+                    name: name.to_string(),
+                    dtype,
+                });
+            }
+            out.unreadable.push(Unreadable {
+                name: name.to_string(),
+                why: format!("unsupported dtype {dtype}"),
+                dtype,
+                shape: view.shape().to_vec(),
+                bytes: view.data().len(),
+            });
+            continue;
+        };
         let tensor = Tensor {
             dtype,
             shape: view.shape().to_vec(),
             data: Data::Bytes(view.data().to_vec()),
         };
-        out.insert(name.to_string(), tensor);
+        out.tensors.insert(name.to_string(), tensor);
     }
     Ok((out, metadata))
 }

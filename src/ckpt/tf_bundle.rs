@@ -11,6 +11,7 @@ use super::error::{CkptError, Result};
 use super::proto::{self, BundleEntry, read_varint};
 use super::sstable::{self, TableError, mask};
 use super::tensor::{DType, Data, Tensor, TensorMap};
+use super::{Contents, Unreadable};
 
 /// The bundle format version this reader implements (`kTensorBundleVersion`).
 const READER_VERSION: i32 = 1;
@@ -64,8 +65,19 @@ fn with_suffix(prefix: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Reads every tensor of the checkpoint `path` names, checking every crc on the way.
+/// Reads every tensor of the checkpoint `path` names, checking every crc on the way; a
+/// tensor this reader cannot load is an error naming it.
 pub fn read(path: &Path) -> Result<TensorMap> {
+    read_bundle(path, false).map(|c| c.tensors)
+}
+
+/// Reads every tensor it can, and lists the rest (unsupported dtypes, partitioned
+/// variables) with their dtype, shape, size and why; damage is still an error.
+pub fn read_contents(path: &Path) -> Result<Contents> {
+    read_bundle(path, true)
+}
+
+fn read_bundle(path: &Path, lenient: bool) -> Result<Contents> {
     let prefix = resolve_prefix(path)?;
     let index_path = with_suffix(&prefix, ".index");
     let index = fs::read(&index_path).map_err(CkptError::io(&index_path))?;
@@ -117,15 +129,45 @@ pub fn read(path: &Path) -> Result<TensorMap> {
         num_shards,
         open: HashMap::new(),
     };
-    let mut out = TensorMap::new();
+    let mut out = Contents::default();
     for (key, value) in entries {
         let name = String::from_utf8_lossy(&key).into_owned();
         let entry = proto::decode_entry(&value)
             .map_err(|e| CkptError::format(&index_path, format!("entry `{name}`: {e}")))?;
+        if lenient && let Some(u) = unreadable(&name, &entry) {
+            out.unreadable.push(u);
+            continue;
+        }
         let tensor = read_entry(&index_path, &mut shards, &name, &entry)?;
-        out.insert(name, tensor);
+        out.tensors.insert(name, tensor);
     }
     Ok(out)
+}
+
+/// Why an entry cannot be loaded, if it cannot (what [`read_entry`] refuses before
+/// reading any data).
+fn unreadable(name: &str, entry: &BundleEntry) -> Option<Unreadable> {
+    let why = if entry.num_slices > 0 {
+        "a partitioned (sliced) variable".to_string()
+    } else if tf_dtype(entry.dtype).is_none() {
+        format!("unsupported dtype {}", tf_dtype_name(entry.dtype))
+    } else {
+        return None;
+    };
+    Some(Unreadable {
+        name: name.to_string(),
+        dtype: tf_dtype(entry.dtype)
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| tf_dtype_label(entry.dtype).to_string()),
+        shape: entry
+            .shape
+            .iter()
+            .flatten()
+            .map(|&d| d.max(0) as usize)
+            .collect(),
+        bytes: entry.size.max(0) as usize,
+        why,
+    })
 }
 
 /// Data shard files, opened on first use.
@@ -333,9 +375,14 @@ fn tf_dtype(v: i32) -> Option<DType> {
     })
 }
 
-/// A readable name for a `DataType` value this reader does not support.
+/// A readable name for a `DataType` value this reader does not support, with the value.
 fn tf_dtype_name(v: i32) -> String {
-    let name = match v {
+    format!("{} (DataType {v})", tf_dtype_label(v))
+}
+
+/// TF's name of a `DataType` value this reader does not support.
+fn tf_dtype_label(v: i32) -> &'static str {
+    match v {
         8 => "complex64",
         11 => "qint8",
         12 => "quint8",
@@ -346,8 +393,7 @@ fn tf_dtype_name(v: i32) -> String {
         20 => "resource",
         21 => "variant",
         _ => "unknown",
-    };
-    format!("{name} (DataType {v})")
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use super::EfficientNet;
 use super::names::{self, Layout, Mapping};
-use crate::ckpt::{Format, Tensor as CkptTensor, TensorMap};
+use crate::ckpt::{Contents, Format, Tensor as CkptTensor, TensorMap};
 use burn::module::{ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use std::collections::BTreeMap;
@@ -42,11 +42,16 @@ pub struct Mismatch {
     pub unexpected: Vec<String>,
     /// (our path, their name, expected shape, found shape) — shapes in our layout.
     pub misshaped: Vec<(String, String, Vec<usize>, Vec<usize>)>,
+    /// (our path, their name, why): in the checkpoint but not loadable.
+    pub unreadable: Vec<(String, String, String)>,
 }
 
 impl Mismatch {
     fn is_empty(&self) -> bool {
-        self.missing.is_empty() && self.unexpected.is_empty() && self.misshaped.is_empty()
+        self.missing.is_empty()
+            && self.unexpected.is_empty()
+            && self.misshaped.is_empty()
+            && self.unreadable.is_empty()
     }
 }
 
@@ -54,11 +59,15 @@ impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "checkpoint does not match the model: {} missing, {} unexpected, {} mis-shaped",
+            "checkpoint does not match the model: {} missing, {} unexpected, {} mis-shaped, {} unreadable",
             self.missing.len(),
             self.unexpected.len(),
-            self.misshaped.len()
+            self.misshaped.len(),
+            self.unreadable.len()
         )?;
+        for (ours, theirs, why) in &self.unreadable {
+            writeln!(f, "  unreadable {ours} (`{theirs}`: {why})")?;
+        }
         for (ours, theirs) in &self.missing {
             writeln!(f, "  missing    {ours} (looked for `{theirs}`)")?;
         }
@@ -143,6 +152,35 @@ pub fn export<M: Module>(model: &M) -> TensorMap {
 
 /// Renames and re-lays-out a checkpoint into our canonical map for `model`'s architecture,
 /// or lists every missing, unexpected and mis-shaped tensor.
+/// [`canonicalize`] for a checkpoint's [`Contents`]: a tensor the model needs that the
+/// checkpoint holds but cannot load is named as unreadable (with why), not missing; the
+/// unloadable tensors it does not need are ignored.
+pub fn canonicalize_contents(
+    contents: &Contents,
+    model: &EfficientNet,
+    naming: &Naming,
+) -> Result<TensorMap, Mismatch> {
+    canonicalize(&contents.tensors, model, naming).map_err(|mut m| {
+        let why = |theirs: &str| {
+            let ema = format!("{theirs}/ExponentialMovingAverage");
+            contents
+                .unreadable
+                .iter()
+                .find(|u| u.name == theirs || u.name == ema)
+                .map(|u| (u.name.clone(), u.why.clone()))
+        };
+        let mut missing = Vec::new();
+        for (ours, theirs) in m.missing {
+            match why(&theirs) {
+                Some((name, why)) => m.unreadable.push((ours, name, why)),
+                None => missing.push((ours, theirs)),
+            }
+        }
+        m.missing = missing;
+        m
+    })
+}
+
 pub fn canonicalize(
     src: &TensorMap,
     model: &EfficientNet,

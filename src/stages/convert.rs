@@ -101,21 +101,27 @@ impl StageKind for Convert {
             _ => import::auto_naming(format, &scope),
         };
         ctx.progress(0, Some(3), format!("reading {format} checkpoint"));
-        let source =
-            ckpt::read(&path, format).with_context(|| format!("cannot read {}", path.display()))?;
+        // Tensors it cannot load are an error only if the model needs them.
+        let source = ckpt::read_contents(&path, format)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         ctx.progress(1, Some(3), "mapping names");
         // A model of the preset's architecture gives every parameter's path and shape.
         let model = EfficientNet::new(&config, &Device::flex());
-        let canon = import::canonicalize(&source, &model, &naming).map_err(|m| anyhow!("{m}"))?;
+        let canon = import::canonicalize_contents(&source, &model, &naming)
+            .map_err(|m| anyhow!("{}: {m}", path.display()))?;
         ctx.progress(2, Some(3), "writing");
-        let info = ModelInfo::float(
-            &config,
-            serde_json::json!({
-                "format": format.to_string(),
-                "naming": format!("{naming:?}"),
-                "tensors": source.len(),
-            }),
-        );
+        let mut origin = serde_json::json!({
+            "format": format.to_string(),
+            "naming": format!("{naming:?}"),
+            "tensors": source.tensors.len(),
+        });
+        // Listed only when there are some, so other checkpoints convert as before.
+        if !source.unreadable.is_empty() {
+            let names: Vec<&String> = source.unreadable.iter().map(|u| &u.name).collect();
+            origin["unreadable"] = serde_json::json!(names);
+            ctx.set_metric("unreadable_tensors", names.len());
+        }
+        let info = ModelInfo::float(&config, origin);
         dir::write(&ctx.output_path(MODEL), &canon, &info)?;
         let params: usize = canon.values().map(|t| t.numel()).sum();
         ctx.set_metric("tensors", canon.len());
