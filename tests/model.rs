@@ -363,3 +363,48 @@ fn pretrained_lite0_smoke_pipeline_and_predict() {
     assert!([967, 968, 504].contains(&top1("coffee.png")), "{out}");
     assert!(out.contains("tiger cat") || out.contains("tabby"), "{out}");
 }
+
+/// A training checkpoint nests the state dict (`{"model": ..., "optimizer": ...}`, or
+/// DataParallel's `module.`): it is found under its prefix; a checkpoint without one names
+/// the top-level entries it does have.
+#[test]
+fn a_nested_state_dict_is_found_under_its_prefix() {
+    let dev = device();
+    let tiny = EfficientNet::new(
+        &EfficientNetConfig::preset("efficientnet-tiny").unwrap(),
+        &dev,
+    );
+    let sd = import::export(&tiny);
+    let nest = |prefix: &str| {
+        let mut tensors: adjq::ckpt::TensorMap = sd
+            .iter()
+            .map(|(k, t)| (format!("{prefix}{k}"), t.clone()))
+            .collect();
+        let extra = CkptTensor::from_f32(vec![2], &[0.5, 0.25]);
+        tensors.insert("optimizer.state.0.exp_avg".into(), extra);
+        ckpt::Contents {
+            tensors,
+            unreadable: Vec::new(),
+        }
+    };
+    for prefix in ["model.", "model.module."] {
+        let canon = import::canonicalize_contents(&nest(prefix), &tiny, &Naming::Ours)
+            .unwrap_or_else(|e| panic!("{prefix}: {e}"));
+        assert_eq!(canon.len(), sd.len());
+        assert_eq!(canon["stem.conv.weight"], sd["stem.conv.weight"]);
+    }
+    let unrelated = ckpt::Contents {
+        tensors: [(
+            "optimizer.state.0.exp_avg".to_string(),
+            sd["stem.conv.weight"].clone(),
+        )]
+        .into_iter()
+        .collect(),
+        unreadable: Vec::new(),
+    };
+    let err = import::canonicalize_contents(&unrelated, &tiny, &Naming::Ours).unwrap_err();
+    assert!(
+        err.to_string().contains("its top-level entries: optimizer"),
+        "{err}"
+    );
+}

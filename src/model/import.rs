@@ -44,6 +44,8 @@ pub struct Mismatch {
     pub misshaped: Vec<(String, String, Vec<usize>, Vec<usize>)>,
     /// (our path, their name, why): in the checkpoint but not loadable.
     pub unreadable: Vec<(String, String, String)>,
+    /// What else to tell the user (e.g. the checkpoint's top-level entries).
+    pub note: Option<String>,
 }
 
 impl Mismatch {
@@ -67,6 +69,9 @@ impl fmt::Display for Mismatch {
         )?;
         for (ours, theirs, why) in &self.unreadable {
             writeln!(f, "  unreadable {ours} (`{theirs}`: {why})")?;
+        }
+        if let Some(note) = &self.note {
+            writeln!(f, "  note: {note}")?;
         }
         for (ours, theirs) in &self.missing {
             writeln!(f, "  missing    {ours} (looked for `{theirs}`)")?;
@@ -152,33 +157,107 @@ pub fn export<M: Module>(model: &M) -> TensorMap {
 
 /// Renames and re-lays-out a checkpoint into our canonical map for `model`'s architecture,
 /// or lists every missing, unexpected and mis-shaped tensor.
-/// [`canonicalize`] for a checkpoint's [`Contents`]: a tensor the model needs that the
-/// checkpoint holds but cannot load is named as unreadable (with why), not missing; the
-/// unloadable tensors it does not need are ignored.
+/// [`canonicalize`] for a checkpoint's [`Contents`]: the state dict may sit under a
+/// prefix (a training checkpoint's `model.`, DataParallel's `module.`); a tensor the model
+/// needs that the checkpoint holds but cannot load is named as unreadable (with why), not
+/// missing; unloadable tensors it does not need are ignored. When none of the needed
+/// names is found, the error lists the checkpoint's top-level entries.
 pub fn canonicalize_contents(
     contents: &Contents,
     model: &EfficientNet,
     naming: &Naming,
 ) -> Result<TensorMap, Mismatch> {
-    canonicalize(&contents.tensors, model, naming).map_err(|mut m| {
+    let all = &contents.tensors;
+    let mappings = mappings(model, naming);
+    // The state dict at the top, else under the prefix most needed names are found at.
+    let (prefix, result) = match canonicalize(all, model, naming) {
+        Ok(canon) => return Ok(canon),
+        Err(m) => match state_dict_prefix(all, &mappings) {
+            Some(prefix) => {
+                let inner: TensorMap = all
+                    .iter()
+                    .filter_map(|(k, t)| Some((k.strip_prefix(&prefix)?.to_string(), t.clone())))
+                    .collect();
+                (prefix, canonicalize(&inner, model, naming))
+            }
+            None => (String::new(), Err(m)),
+        },
+    };
+    result.map_err(|mut m| {
         let why = |theirs: &str| {
-            let ema = format!("{theirs}/ExponentialMovingAverage");
+            let (plain, ema) = (
+                format!("{prefix}{theirs}"),
+                format!("{prefix}{theirs}/ExponentialMovingAverage"),
+            );
             contents
                 .unreadable
                 .iter()
-                .find(|u| u.name == theirs || u.name == ema)
+                .find(|u| u.name == plain || u.name == ema)
                 .map(|u| (u.name.clone(), u.why.clone()))
         };
         let mut missing = Vec::new();
-        for (ours, theirs) in m.missing {
+        for (ours, theirs) in std::mem::take(&mut m.missing) {
             match why(&theirs) {
                 Some((name, why)) => m.unreadable.push((ours, name, why)),
                 None => missing.push((ours, theirs)),
             }
         }
+        if missing.len() == mappings.len() {
+            m.note = Some(format!(
+                "none of the names the model needs is in the checkpoint, at its top or under a prefix; its top-level entries: {}",
+                top_level(all).join(", ")
+            ));
+        }
         m.missing = missing;
         m
     })
+}
+
+/// Which checkpoint name each of our parameters takes its value from.
+fn mappings(model: &EfficientNet, naming: &Naming) -> Vec<Mapping> {
+    match naming {
+        Naming::TensorFlow { scope } => names::tensorflow(&model.config, scope),
+        Naming::PyTorch => names::pytorch(&model.config),
+        Naming::Ours => shapes(model)
+            .into_iter()
+            .map(|(k, _)| Mapping {
+                ours: k.clone(),
+                theirs: k,
+                layout: Layout::Same,
+            })
+            .collect(),
+    }
+}
+
+/// Where the state dict sits in a checkpoint that nests it, as training checkpoints do
+/// (`{"model": state_dict, "optimizer": ..., "epoch": ...}`, or `module.` from
+/// DataParallel): the dotted prefix under which most of the names the model needs are
+/// found, if not at the top.
+fn state_dict_prefix(src: &TensorMap, mappings: &[Mapping]) -> Option<String> {
+    let theirs: std::collections::BTreeSet<&str> =
+        mappings.iter().map(|m| m.theirs.as_str()).collect();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for name in src.keys() {
+        for (i, _) in name.match_indices('.') {
+            if theirs.contains(&name[i + 1..]) {
+                *counts.entry(&name[..=i]).or_default() += 1;
+            }
+        }
+    }
+    let (prefix, found) = counts.into_iter().max_by_key(|(_, n)| *n)?;
+    (2 * found >= theirs.len()).then(|| prefix.to_string())
+}
+
+/// The distinct first components of the checkpoint's names (what a user sees at its top).
+fn top_level(src: &TensorMap) -> Vec<String> {
+    let mut tops: Vec<String> = src
+        .keys()
+        .map(|k| k.split(['.', '/']).next().unwrap_or(k).to_string())
+        .collect();
+    tops.dedup();
+    tops.sort();
+    tops.dedup();
+    tops
 }
 
 pub fn canonicalize(
@@ -187,18 +266,7 @@ pub fn canonicalize(
     naming: &Naming,
 ) -> Result<TensorMap, Mismatch> {
     let want: BTreeMap<String, Vec<usize>> = shapes(model).into_iter().collect();
-    let mappings: Vec<Mapping> = match naming {
-        Naming::TensorFlow { scope } => names::tensorflow(&model.config, scope),
-        Naming::PyTorch => names::pytorch(&model.config),
-        Naming::Ours => want
-            .keys()
-            .map(|k| Mapping {
-                ours: k.clone(),
-                theirs: k.clone(),
-                layout: Layout::Same,
-            })
-            .collect(),
-    };
+    let mappings = mappings(model, naming);
     let mut mismatch = Mismatch::default();
     let mut used = std::collections::BTreeSet::new();
     let mut out = TensorMap::new();
