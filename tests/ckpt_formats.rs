@@ -229,3 +229,52 @@ fn inspect_ckpt_lists_the_b0_stem_kernel() {
     ]);
     assert!(!ok && stderr.contains("state_dict.legacy.pth"), "{stderr}");
 }
+
+/// A training checkpoint torch wrote (`{"model": state_dict, "optimizer": Adam state,
+/// "epoch", "best_top1", "args"}`, `pytorch/make_training.py`): every tensor anywhere in
+/// it is read under its dotted path with its dtype and shape (the plain values are
+/// skipped), so `convert` can find the state dict under `model.`.
+#[test]
+fn a_pytorch_training_checkpoint_reads_every_nested_tensor() {
+    let expected: Value =
+        serde_json::from_slice(&fs::read(fixture("pytorch/expected_training.json")).unwrap())
+            .unwrap();
+    let file = &expected["files"]["training.zip.pth"];
+    let map = ckpt::read(&fixture("pytorch/training.zip.pth"), Format::PyTorch).unwrap();
+    let want: Vec<(String, String, Vec<usize>)> = file["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["path"].as_str().unwrap().to_string(),
+                t["dtype"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("torch.")
+                    .to_string(),
+                serde_json::from_value(t["shape"].clone()).unwrap(),
+            )
+        })
+        .collect();
+    let mut got: Vec<(String, String, Vec<usize>)> = map
+        .iter()
+        .map(|(k, t)| (k.clone(), t.dtype.name().to_string(), t.shape.clone()))
+        .collect();
+    let mut want_sorted = want.clone();
+    got.sort();
+    want_sorted.sort();
+    assert_eq!(got, want_sorted);
+}
+
+/// A state dict with a complex64 tensor: the pickle reader refuses the whole file, and the
+/// error names the file and the storage type (listing the rest is not done for PyTorch).
+#[test]
+fn a_pytorch_file_with_a_complex_tensor_names_the_type() {
+    let path = fixture("pytorch/exotic.zip.pth");
+    let e = ckpt::read(&path, Format::PyTorch).unwrap_err().to_string();
+    assert!(
+        e.contains("exotic.zip.pth") && e.contains("ComplexFloatStorage"),
+        "{e}"
+    );
+}
