@@ -85,3 +85,39 @@ fn lite0_plans_without_data_and_fails_fast() {
         ],
     );
 }
+
+/// The key material each stage contributes to its cache key (kind, version, params with
+/// defaults; inputs left out, they are hashes of data) stays fixed across refactors: a
+/// change here reruns every user's stores. Regenerate `tests/fixtures/cache_keys.json`
+/// with `ADJQ_BLESS=1` only when a kind's version is bumped on purpose.
+#[test]
+fn published_manifests_keep_their_cache_keys() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut keys = std::collections::BTreeMap::new();
+    for file in [
+        "pipelines/demo.toml",
+        "pipelines/micronet.toml",
+        "pipelines/lite0.toml",
+        "pipelines/lite0-smoke.toml",
+        "pipelines/iris-shell.toml",
+    ] {
+        let m = adjq::manifest::load(&root.join(file), &[]).unwrap();
+        for s in &m.stages {
+            let key = adjq::store::cache_key(
+                s.kind.name(),
+                s.kind.version(),
+                &s.params,
+                &Default::default(),
+            );
+            keys.insert(format!("{file}:{}", s.name), key);
+        }
+    }
+    let golden = root.join("tests/fixtures/cache_keys.json");
+    if std::env::var_os("ADJQ_BLESS").is_some() {
+        let text = serde_json::to_string_pretty(&keys).unwrap();
+        std::fs::write(&golden, text + "\n").unwrap();
+    }
+    let want: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(&std::fs::read_to_string(&golden).unwrap()).unwrap();
+    assert_eq!(keys, want);
+}
