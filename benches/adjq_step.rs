@@ -31,7 +31,7 @@ fn main() {
 
 fn bench(backend: Backend) {
     let started = Instant::now();
-    let plain = backend.device().expect("backend device");
+    let plain = backend.device(None).expect("backend device");
     let device = plain.clone().autodiff();
     plain.seed(0);
     let cfg = EfficientNetConfig::preset("efficientnet-b0").expect("preset");

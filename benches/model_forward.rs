@@ -18,7 +18,7 @@ fn main() {
 }
 
 fn bench(backend: Backend) {
-    let device = backend.device().expect("backend device");
+    let device = backend.device(None).expect("backend device");
     device.seed(0);
     let cfg = EfficientNetConfig::preset("efficientnet-b0").expect("preset");
     let model = EfficientNet::new(&cfg, &device).valid();

@@ -39,7 +39,7 @@ fn main() {
 }
 
 fn bench(backend: Backend) {
-    let device = backend.device().expect("backend device").autodiff();
+    let device = backend.device(None).expect("backend device").autodiff();
     device.seed(0);
     let cfg = EfficientNetConfig::preset("efficientnet-b0").expect("preset");
     let float = EfficientNet::new(&cfg, &device).valid().fold_bn();

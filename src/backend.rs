@@ -28,6 +28,11 @@ impl Backend {
         }
     }
 
+    /// Whether tensors live on a GPU (stages then hold `gpu` slots).
+    pub fn is_gpu(self) -> bool {
+        self != Backend::Flex
+    }
+
     /// The backends this binary was built with.
     pub fn available() -> Vec<Backend> {
         let mut v = vec![Backend::Flex];
@@ -52,17 +57,18 @@ impl Backend {
             .map(|name| {
                 let backend = <Backend as clap::ValueEnum>::from_str(name, true)
                     .map_err(|_| anyhow::anyhow!("unknown backend {name:?} (flex or wgpu)"))?;
-                backend.device()?;
+                backend.device(None)?;
                 Ok(backend)
             })
             .collect()
     }
 
-    /// The (non-autodiff) device of this backend, or an error saying how to get it.
-    pub fn device(self) -> Result<Device> {
+    /// The (non-autodiff) device of this backend: GPU `index` (among the discrete GPUs),
+    /// or the default device when `None`; or an error saying how to get it.
+    pub fn device(self, index: Option<usize>) -> Result<Device> {
         match self {
             Backend::Flex => Ok(Device::flex()),
-            Backend::Wgpu => wgpu_device(),
+            Backend::Wgpu => wgpu_device(index),
         }
     }
 }
@@ -74,12 +80,16 @@ impl std::fmt::Display for Backend {
 }
 
 #[cfg(feature = "wgpu")]
-fn wgpu_device() -> Result<Device> {
-    Ok(Device::wgpu(burn::prelude::DeviceKind::DefaultDevice))
+fn wgpu_device(index: Option<usize>) -> Result<Device> {
+    use burn::prelude::DeviceKind;
+    Ok(Device::wgpu(match index {
+        Some(i) => DeviceKind::DiscreteGpu(i),
+        None => DeviceKind::DefaultDevice,
+    }))
 }
 
 #[cfg(not(feature = "wgpu"))]
-fn wgpu_device() -> Result<Device> {
+fn wgpu_device(_: Option<usize>) -> Result<Device> {
     anyhow::bail!(
         "this runner was built without the wgpu backend; rebuild with \
          `cargo build --release --features wgpu` (or use --backend flex)"

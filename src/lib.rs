@@ -8,12 +8,16 @@
 //! `quant` (fake quant, the adjustable quantizer, the quantized network), `score` (the
 //! differentiable metric and the official MicroNet counter), `backend` (CPU/GPU choice).
 
+pub mod artifacts;
+pub mod atomic;
 pub mod backend;
 pub mod ckpt;
 pub mod cli;
 pub mod data;
 pub mod exec;
 pub mod graph;
+#[cfg(test)]
+mod layers;
 pub mod manifest;
 pub mod model;
 pub mod predict;

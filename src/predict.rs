@@ -161,30 +161,14 @@ impl Classifier {
     }
 }
 
-/// Resolves `--model`: a directory with `model.safetensors` and `model.json`, a
-/// `MANIFEST.toml:STAGE` naming a finished convert stage, or a checkpoint file (with `preset`).
-pub fn source(spec: &str, preset: Option<&str>, store_flag: Option<&Path>) -> Result<Source> {
+/// Resolves `--model`: a model directory (with `model.safetensors` and `model.json`) or
+/// a checkpoint file (with `preset`).
+pub fn source(spec: &str, preset: Option<&str>) -> Result<Source> {
     let path = Path::new(spec);
-    if path.is_dir() && path.join("model.json").exists() {
+    if path.is_dir() && path.join(crate::artifacts::model_dir::INFO).exists() {
         return Ok(Source::Converted {
-            weights: path.join("model.safetensors"),
-            model_json: path.join("model.json"),
-        });
-    }
-    if let Some((manifest, stage)) = spec.rsplit_once(':')
-        && manifest.ends_with(".toml")
-    {
-        let (rec, store) = crate::cli::finished_record(Path::new(manifest), stage, store_flag)?;
-        let dir = rec
-            .outputs
-            .get(crate::model::dir::OUTPUT)
-            .map(|o| store.object_path(&o.hash))
-            .ok_or_else(|| {
-                anyhow!("stage `{stage}` has no output `model`: is it a model-producing stage?")
-            })?;
-        return Ok(Source::Converted {
-            weights: dir.join(crate::model::dir::WEIGHTS),
-            model_json: dir.join(crate::model::dir::INFO),
+            weights: path.join(crate::artifacts::model_dir::WEIGHTS),
+            model_json: path.join(crate::artifacts::model_dir::INFO),
         });
     }
     if !path.exists() {

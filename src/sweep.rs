@@ -3,6 +3,7 @@
 use crate::exec::Outcome;
 use crate::exec::plan::{Plan, Settings};
 use crate::manifest::diag::ManifestErrors;
+use crate::manifest::schema::Kinds;
 use crate::manifest::value::Value;
 use crate::manifest::{self, GridAxis, Manifest, Override};
 use crate::report::plots::{Candidate, Pareto};
@@ -51,8 +52,9 @@ pub fn expand(
     path: &Path,
     base: &[Override],
     cli_axes: &[(String, Value)],
+    kinds: &Kinds,
 ) -> Result<Vec<(Settings, Manifest)>, ExpandError> {
-    let first = manifest::load(path, base)?;
+    let first = manifest::load(path, base, kinds)?;
     let mut axes: Vec<GridAxis> = first.sweep.grid.clone();
     for (label, values) in cli_axes {
         let axis = manifest::grid_axis(label, values.clone(), &first.stages, &first.params)
@@ -100,7 +102,7 @@ pub fn expand(
                     value: v.clone(),
                 });
             }
-            manifest::load(path, &overrides)
+            manifest::load(path, &overrides, kinds)
                 .map(|m| (settings, m))
                 .map_err(ExpandError::Manifest)
         })

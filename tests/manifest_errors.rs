@@ -275,7 +275,7 @@ const CASES: &[(&str, &str, usize, &str, &str)] = &[
 fn every_malformed_manifest_gives_a_located_message() {
     assert!(CASES.len() >= 20);
     for (name, text, line, msg, hint) in CASES {
-        let err = match manifest::parse(Path::new("bad.toml"), text, &[]) {
+        let err = match manifest::parse(Path::new("bad.toml"), text, &[], adjq::stages::kinds()) {
             Ok(_) => panic!("case `{name}` loaded without error"),
             Err(e) => e,
         };
@@ -312,7 +312,7 @@ fn every_error_is_reported_not_just_the_first() {
     let text = format!(
         "{HEAD}[stages.a]\nkind = \"shell\"\ncmd = 1\nfoo = 2\n[stages.b]\nkind = \"nope\"\n"
     );
-    let err = manifest::parse(Path::new("m.toml"), &text, &[])
+    let err = manifest::parse(Path::new("m.toml"), &text, &[], adjq::stages::kinds())
         .err()
         .unwrap();
     assert_eq!(err.0.len(), 3, "{err}");
@@ -331,7 +331,7 @@ fn bad_overrides_name_the_flag() {
     ];
     for (flag, msg) in cases {
         let o = Override::parse(flag).unwrap();
-        let err = manifest::parse(Path::new("m.toml"), &text, &[o])
+        let err = manifest::parse(Path::new("m.toml"), &text, &[o], adjq::stages::kinds())
             .err()
             .unwrap()
             .to_string();
@@ -351,11 +351,15 @@ fn typed_overrides_and_defaults_apply() {
         "{HEAD}[params]\nlr = 0.5\n[stages.a]\nkind = \"shell\"\ncmd = \"${{params.lr}}\"\n"
     );
     let o = Override::parse("params.lr=2").unwrap();
-    let m = manifest::parse(Path::new("m.toml"), &text, &[o]).unwrap();
+    let m = manifest::parse(Path::new("m.toml"), &text, &[o], adjq::stages::kinds()).unwrap();
     // An integer given for a float param widens, so the string form is the float's.
     assert_eq!(m.params["lr"], adjq::manifest::value::Value::Float(2.0));
-    assert_eq!(m.stages[0].params.str("cmd"), Some("2.0"));
-    assert_eq!(m.stages[0].params.strings("outs"), Vec::<String>::new());
+    use adjq::manifest::value::Value;
+    assert_eq!(
+        m.stages[0].params.get("cmd"),
+        Some(&Value::Str("2.0".into()))
+    );
+    assert_eq!(m.stages[0].params.get("outs"), Some(&Value::List(vec![])));
 }
 
 #[test]

@@ -26,7 +26,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let text = String::from_utf8_lossy(&bytes);
-        let _ = manifest::parse(Path::new("fuzz.toml"), &text, &[]);
+        let _ = manifest::parse(Path::new("fuzz.toml"), &text, &[], adjq::stages::kinds());
     }
 
     #[test]
@@ -40,18 +40,18 @@ proptest! {
         if text.is_char_boundary(pos) && text.is_char_boundary(end) {
             text.replace_range(pos..end, &insert);
         }
-        let _ = manifest::parse(Path::new("fuzz.toml"), &text, &[]);
+        let _ = manifest::parse(Path::new("fuzz.toml"), &text, &[], adjq::stages::kinds());
     }
 
     #[test]
     fn arbitrary_overrides_never_panic(flag in "[a-z.=\\[\\]{}\" 0-9]{0,24}") {
         if let Ok(o) = Override::parse(&flag) {
-            let _ = manifest::parse(Path::new("fuzz.toml"), VALID, &[o]);
+            let _ = manifest::parse(Path::new("fuzz.toml"), VALID, &[o], adjq::stages::kinds());
         }
     }
 }
 
 #[test]
 fn the_seed_manifest_is_valid() {
-    manifest::parse(Path::new("fuzz.toml"), VALID, &[]).unwrap();
+    manifest::parse(Path::new("fuzz.toml"), VALID, &[], adjq::stages::kinds()).unwrap();
 }

@@ -5,8 +5,8 @@
 
 mod common;
 
+use adjq::artifacts::model_dir::{self as dir, ModelInfo};
 use adjq::ckpt;
-use adjq::model::dir::{self, ModelInfo};
 use adjq::model::{EfficientNet, EfficientNetConfig};
 use burn::prelude::*;
 use common::Project;
@@ -522,4 +522,80 @@ inputs.data = {:?}
     assert!(out.contains("resumed"), "{out}");
     let names = ["model", "ranges.json", "metrics.jsonl"];
     assert_same_outputs(&straight, &p, "qat", &names);
+}
+
+/// `metric_rule` set in a manifest decides the score adjq trains against: the official
+/// rule's metric is the eval stage's official MicroNet score of the same model, the paper
+/// rule's its paper metric.
+#[test]
+fn metric_rule_from_the_manifest_trains_against_that_score() {
+    let p = Project::new();
+    write_float_model(&p.path("float"));
+    let mut m = format!(
+        r#"[pipeline]
+name = "rule"
+
+[params]
+data = {:?}
+
+[stages.thresholds]
+kind = "thresholds"
+samples = 100
+inputs.model = "float"
+inputs.data = "${{params.data}}"
+"#,
+        digits().display().to_string()
+    );
+    for rule in ["official", "paper"] {
+        m += &format!(
+            r#"
+[stages.adjq_{rule}]
+kind = "adjq"
+metric_rule = "{rule}"
+max_epoch = 1
+batch_size = 100
+lr_bits = 2e-2
+beta = 5.0
+target = 0.0
+params_baseline = 2e4
+ops_baseline = 2e6
+val_samples = 20
+inputs.init = "float"
+inputs.teacher = "float"
+inputs.thresholds = {{ stage = "thresholds", output = "thresholds.json" }}
+inputs.data = "${{params.data}}"
+
+[stages.eval_{rule}]
+kind = "eval"
+val_samples = 20
+params_baseline = 2e4
+ops_baseline = 2e6
+inputs.model = {{ stage = "adjq_{rule}", output = "model" }}
+inputs.data = "${{params.data}}"
+"#
+        );
+    }
+    p.write("m.toml", &m);
+    p.ok(&["run", "m.toml"]);
+    let record = |stage: &str| -> serde_json::Value {
+        serde_json::from_str(&p.ok(&["show", "m.toml", stage, "--json"])).unwrap()
+    };
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs().max(1e-3);
+    for (rule, score) in [("official", "official_score"), ("paper", "paper_metric")] {
+        let trained = record(&format!("adjq_{rule}"));
+        let eval = record(&format!("eval_{rule}"));
+        assert_eq!(trained["params"]["metric_rule"], rule);
+        let (metric, want) = (
+            trained["metrics"]["metric"].as_f64().unwrap(),
+            eval["metrics"][score].as_f64().unwrap(),
+        );
+        assert!(close(metric, want), "{rule}: trained against {metric}, eval {score} {want}");
+    }
+    // The two scores differ, so the match above tells the rules apart.
+    let eval = record("eval_official");
+    let (official, paper) = (
+        eval["metrics"]["official_score"].as_f64().unwrap(),
+        eval["metrics"]["paper_metric"].as_f64().unwrap(),
+    );
+    assert!(!close(official, paper), "official {official} ≈ paper {paper}");
 }

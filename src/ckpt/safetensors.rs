@@ -13,7 +13,7 @@ use serde::ser::{SerializeMap, Serializer};
 use super::error::{CkptError, Result};
 use super::tensor::{DType, Data, Tensor, TensorMap};
 use super::{Contents, Unreadable};
-use crate::store::atomic;
+use crate::atomic;
 
 /// The free-form string metadata stored under `__metadata__`.
 pub type Metadata = BTreeMap<String, String>;

@@ -1,9 +1,9 @@
 //! The child side of stage execution (`runner __exec-stage`): lock the key, run the
 //! stage in its work dir, move outputs into the store, write the record last.
 
-use super::context::{Event, Interrupted, StageContext, send};
+use super::context::{ContextParts, Event, Interrupted, Placement, StageContext, send};
+use super::kind::Registry;
 use crate::manifest::Params;
-use crate::stages;
 use crate::store::{InputRecord, Record, RunStatus, Store, hostname, now_rfc3339, remove_tree};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
@@ -26,12 +26,13 @@ pub struct JobSpec {
     pub input_paths: BTreeMap<String, PathBuf>,
     pub key: String,
     pub force: bool,
+    pub placement: Placement,
 }
 
 /// Exit code of a child that stopped on request (like a shell's 128 + SIGINT).
 pub const EXIT_INTERRUPTED: i32 = 130;
 
-pub fn main(store_root: PathBuf) -> i32 {
+pub fn main(store_root: PathBuf, registry: Registry) -> i32 {
     let interrupted = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(sig, interrupted.clone());
@@ -48,7 +49,7 @@ pub fn main(store_root: PathBuf) -> i32 {
             return 2;
         }
     };
-    match run(&store_root, spec, interrupted) {
+    match run(&store_root, spec, registry, interrupted) {
         Ok(()) => 0,
         Err(e) if e.is::<Interrupted>() => {
             eprintln!("stage interrupted; its work dir is kept for resume");
@@ -61,10 +62,16 @@ pub fn main(store_root: PathBuf) -> i32 {
     }
 }
 
-fn run(store_root: &std::path::Path, spec: JobSpec, interrupted: Arc<AtomicBool>) -> Result<()> {
+fn run(
+    store_root: &std::path::Path,
+    spec: JobSpec,
+    registry: Registry,
+    interrupted: Arc<AtomicBool>,
+) -> Result<()> {
     let store = Store::open(store_root)?;
-    let kind =
-        stages::find(&spec.kind).ok_or_else(|| anyhow!("unknown stage kind `{}`", spec.kind))?;
+    let kind = registry
+        .find(&spec.kind)
+        .ok_or_else(|| anyhow!("unknown stage kind `{}`", spec.kind))?;
     if kind.version() != spec.kind_version {
         bail!(
             "stage kind `{}` is version {} here but the plan expected {}",
@@ -102,16 +109,17 @@ fn run(store_root: &std::path::Path, spec: JobSpec, interrupted: Arc<AtomicBool>
     );
     let started = now_rfc3339();
     let t0 = Instant::now();
-    let mut ctx = StageContext::new(
-        spec.stage.clone(),
-        spec.key.clone(),
-        spec.params.clone(),
-        spec.input_paths.clone(),
-        work.clone(),
+    let mut ctx = StageContext::new(ContextParts {
+        stage: spec.stage.clone(),
+        key: spec.key.clone(),
+        params: spec.params.clone(),
+        inputs: spec.input_paths.clone(),
+        work_dir: work.clone(),
         resumed,
-        store.root.join(store.log_rel(&spec.key)),
+        log_path: store.root.join(store.log_rel(&spec.key)),
+        placement: spec.placement,
         interrupted,
-    );
+    });
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kind.run(&mut ctx)))
         .unwrap_or_else(|p| {
             let msg = p

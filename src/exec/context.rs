@@ -1,9 +1,12 @@
-//! What a running stage sees: its params, input paths, where to write outputs, a
-//! checkpoint API for resume, progress reporting and the interrupt flag.
+//! What a running stage sees: its params, input paths, where to write outputs, its
+//! device, resume state, progress reporting and the interrupt flag.
 
+use crate::atomic;
+use crate::backend::Backend;
 use crate::manifest::Params;
-use crate::store::atomic;
+use crate::manifest::schema::StageParams;
 use anyhow::{Context, Result, bail};
+use burn::prelude::Device;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -42,6 +45,20 @@ pub fn send(event: &Event) {
 #[error("interrupted")]
 pub struct Interrupted;
 
+/// Where a stage runs: the backend and, when the pipeline has several `gpu` slots, the
+/// index of the GPU whose slot the scheduler gave it (else the backend's default device).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub backend: Backend,
+    pub device_index: Option<usize>,
+}
+
+impl Placement {
+    pub fn device(&self) -> Result<Device> {
+        self.backend.device(self.device_index)
+    }
+}
+
 pub struct StageContext {
     pub stage: String,
     pub key: String,
@@ -52,33 +69,49 @@ pub struct StageContext {
     pub resumed: bool,
     /// The stage log file (shell commands write their output here).
     pub log_path: PathBuf,
+    pub placement: Placement,
     pub metrics: BTreeMap<String, serde_json::Value>,
     interrupted: Arc<AtomicBool>,
 }
 
+/// Everything a [`StageContext`] is made from, by the child process.
+pub struct ContextParts {
+    pub stage: String,
+    pub key: String,
+    pub params: Params,
+    pub inputs: BTreeMap<String, PathBuf>,
+    pub work_dir: PathBuf,
+    pub resumed: bool,
+    pub log_path: PathBuf,
+    pub placement: Placement,
+    pub interrupted: Arc<AtomicBool>,
+}
+
 impl StageContext {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        stage: String,
-        key: String,
-        params: Params,
-        inputs: BTreeMap<String, PathBuf>,
-        work_dir: PathBuf,
-        resumed: bool,
-        log_path: PathBuf,
-        interrupted: Arc<AtomicBool>,
-    ) -> Self {
+    pub fn new(parts: ContextParts) -> Self {
         StageContext {
-            stage,
-            key,
-            params,
-            inputs,
-            work_dir,
-            resumed,
-            log_path,
+            stage: parts.stage,
+            key: parts.key,
+            params: parts.params,
+            inputs: parts.inputs,
+            work_dir: parts.work_dir,
+            resumed: parts.resumed,
+            log_path: parts.log_path,
+            placement: parts.placement,
             metrics: BTreeMap::new(),
-            interrupted,
+            interrupted: parts.interrupted,
         }
+    }
+
+    /// The stage's params as its kind's typed struct.
+    pub fn params<P: StageParams>(&self) -> Result<P> {
+        P::from_params(&self.params)
+            .map_err(|e| anyhow::anyhow!("stage `{}`: bad params: {e}", self.stage))
+    }
+
+    /// The device the stage computes on.
+    pub fn device(&self) -> Result<Device> {
+        self.placement.device()
     }
 
     /// Path of a declared input.
@@ -94,19 +127,41 @@ impl StageContext {
         self.work_dir.join(name)
     }
 
-    fn checkpoint_path(&self, name: &str) -> PathBuf {
-        self.work_dir.join(".checkpoints").join(name)
+    fn states_dir(&self) -> PathBuf {
+        self.work_dir.join(".checkpoints")
     }
 
-    /// Saves a mid-stage checkpoint atomically; it survives kill -9 and is offered to the
-    /// next attempt at the same key through [`Self::load_checkpoint`].
-    pub fn save_checkpoint(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        atomic::write(&self.checkpoint_path(name), bytes)
-            .with_context(|| format!("cannot save checkpoint `{name}`"))
+    /// The directory of the latest complete resume state an earlier attempt at this key
+    /// saved with [`Self::save_state`], if any.
+    pub fn latest_state(&self) -> Option<PathBuf> {
+        let name = std::fs::read_to_string(self.states_dir().join("latest")).ok()?;
+        let dir = self.states_dir().join(name.trim());
+        dir.is_dir().then_some(dir)
     }
 
-    pub fn load_checkpoint(&self, name: &str) -> Option<Vec<u8>> {
-        std::fs::read(self.checkpoint_path(name)).ok()
+    /// Saves resume state: `write` fills a fresh directory, which an atomically written
+    /// pointer then names, so a kill at any moment leaves the previous complete state in
+    /// force; the previous one is then removed.
+    pub fn save_state(&self, tag: &str, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        let name = format!("state-{tag}");
+        let dir = self.states_dir().join(&name);
+        let saved = (|| -> Result<()> {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)?;
+            }
+            std::fs::create_dir_all(&dir)?;
+            write(&dir)?;
+            atomic::sync_tree(&dir)?;
+            let previous = self.latest_state();
+            atomic::write(&self.states_dir().join("latest"), name.as_bytes())?;
+            if let Some(p) = previous
+                && p != dir
+            {
+                let _ = std::fs::remove_dir_all(p);
+            }
+            Ok(())
+        })();
+        saved.with_context(|| format!("cannot save resume state `{name}`"))
     }
 
     pub fn set_metric(&mut self, name: &str, value: impl Into<serde_json::Value>) {
@@ -140,26 +195,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn checkpoints_round_trip_and_survive_a_new_context() {
+    fn resume_states_survive_a_new_context_and_replace_each_other() {
         let dir = tempfile::tempdir().unwrap();
         let make = || {
-            StageContext::new(
-                "s".into(),
-                "k".into(),
-                Params::default(),
-                BTreeMap::new(),
-                dir.path().to_path_buf(),
-                true,
-                dir.path().join("log"),
-                Arc::new(AtomicBool::new(false)),
-            )
+            StageContext::new(ContextParts {
+                stage: "s".into(),
+                key: "k".into(),
+                params: Params::default(),
+                inputs: BTreeMap::new(),
+                work_dir: dir.path().to_path_buf(),
+                resumed: true,
+                log_path: dir.path().join("log"),
+                placement: Placement::default(),
+                interrupted: Arc::new(AtomicBool::new(false)),
+            })
         };
         let ctx = make();
-        assert_eq!(ctx.load_checkpoint("step"), None);
-        ctx.save_checkpoint("step", b"41").unwrap();
-        ctx.save_checkpoint("step", b"42").unwrap();
-        // A later attempt (new process, same work dir) sees the last saved state.
-        assert_eq!(make().load_checkpoint("step").as_deref(), Some(&b"42"[..]));
+        assert_eq!(ctx.latest_state(), None);
+        ctx.save_state("1", |d| Ok(std::fs::write(d.join("x"), "41")?))
+            .unwrap();
+        ctx.save_state("2", |d| Ok(std::fs::write(d.join("x"), "42")?))
+            .unwrap();
+        // A failed save leaves the last complete state in force.
+        assert!(ctx.save_state("3", |_| bail!("disk full")).is_err());
+        // A later attempt (new process, same work dir) sees the last complete state only.
+        let latest = make().latest_state().unwrap();
+        assert_eq!(std::fs::read_to_string(latest.join("x")).unwrap(), "42");
+        assert!(!dir.path().join(".checkpoints/state-1").exists());
         assert!(ctx.check_interrupted().is_ok());
         ctx.interrupted.store(true, Ordering::Relaxed);
         assert!(ctx.check_interrupted().unwrap_err().is::<Interrupted>());

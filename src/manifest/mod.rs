@@ -6,16 +6,17 @@
 //! explicitly do not change them (and so do not change cache keys).
 
 pub mod diag;
+pub mod schema;
 pub mod value;
 
-use crate::stages::{self, InputsSpec, StageKind};
 use diag::{Diagnostic, ManifestErrors, Origin, SourceMap};
+use schema::{InputsSpec, KindSchema, Kinds, ParamDefault, ParamType};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
-use value::{ParamDefault, ParamType, Value};
+use value::Value;
 
 /// Resolved, typed parameters of one stage (every schema param with a value or default).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -25,30 +26,6 @@ pub struct Params(pub BTreeMap<String, Value>);
 impl Params {
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.0.get(name)
-    }
-    pub fn str(&self, name: &str) -> Option<&str> {
-        self.get(name).and_then(Value::as_str)
-    }
-    pub fn f64(&self, name: &str) -> Option<f64> {
-        self.get(name).and_then(Value::as_f64)
-    }
-    pub fn i64(&self, name: &str) -> Option<i64> {
-        self.get(name).and_then(Value::as_i64)
-    }
-    pub fn bool(&self, name: &str) -> Option<bool> {
-        self.get(name).and_then(Value::as_bool)
-    }
-    /// A list of strings (elements that are not strings are skipped; the schema makes
-    /// that impossible for declared `array of string` params).
-    pub fn strings(&self, name: &str) -> Vec<String> {
-        self.get(name)
-            .and_then(Value::as_list)
-            .map(|l| {
-                l.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 }
 
@@ -64,7 +41,7 @@ pub enum InputRef {
 #[derive(Clone)]
 pub struct Stage {
     pub name: String,
-    pub kind: &'static dyn StageKind,
+    pub kind: &'static dyn KindSchema,
     pub description: Option<String>,
     pub params: Params,
     pub inputs: BTreeMap<String, InputRef>,
@@ -186,7 +163,11 @@ const PIPELINE_KEYS: &[&str] = &[
 ];
 
 /// Loads a manifest file and applies `--set` overrides.
-pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest, ManifestErrors> {
+pub fn load(
+    path: &Path,
+    overrides: &[Override],
+    kinds: &Kinds,
+) -> Result<Manifest, ManifestErrors> {
     let bytes = std::fs::read(path).map_err(|e| {
         let map = SourceMap::new(path, "");
         ManifestErrors(vec![
@@ -205,11 +186,16 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest, ManifestErr
             format!("invalid UTF-8 (byte 0x{bad:02x}): a manifest must be UTF-8 text"),
         )])
     })?;
-    parse(path, &text, overrides)
+    parse(path, &text, overrides, kinds)
 }
 
 /// Parses manifest text (`path` is used for messages and to resolve relative paths).
-pub fn parse(path: &Path, text: &str, overrides: &[Override]) -> Result<Manifest, ManifestErrors> {
+pub fn parse(
+    path: &Path,
+    text: &str,
+    overrides: &[Override],
+    kinds: &Kinds,
+) -> Result<Manifest, ManifestErrors> {
     let map = SourceMap::new(path, text);
     let doc = DeTable::parse(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
@@ -224,6 +210,7 @@ pub fn parse(path: &Path, text: &str, overrides: &[Override]) -> Result<Manifest
     })?;
     let mut loader = Loader {
         map: &map,
+        kinds,
         errors: Vec::new(),
     };
     let manifest = loader.manifest(doc.get_ref(), overrides);
@@ -249,6 +236,7 @@ struct PipelineHead {
 
 struct Loader<'m> {
     map: &'m SourceMap,
+    kinds: &'m Kinds,
     errors: Vec<Diagnostic>,
 }
 
@@ -487,12 +475,14 @@ impl Loader<'_> {
                     if let Some(t) = self.table("pipeline.defaults", v) {
                         for (dk, dv) in t.iter() {
                             let name = dk.get_ref().to_string();
-                            let known = stages::all()
+                            let known = self
+                                .kinds
                                 .iter()
                                 .any(|kind| kind.params().iter().any(|p| p.name == name));
                             if !known {
                                 let o = self.at(&dk.span());
-                                let all: BTreeSet<&str> = stages::all()
+                                let all: BTreeSet<&str> = self
+                                    .kinds
                                     .iter()
                                     .flat_map(|k| k.params().iter().map(|p| p.name))
                                     .collect();
@@ -601,21 +591,21 @@ impl Loader<'_> {
         let t = self.table(&format!("stages.{name}"), v)?;
         let kind = match t.get("kind") {
             None => {
-                let kinds: Vec<&str> = stages::all().iter().map(|k| k.name()).collect();
+                let kinds: Vec<&str> = self.kinds.names().collect();
                 self.err(&origin, format!("stage `{name}` has no `kind`"))
                     .hint = Some(format!("add kind = \"...\", one of: {}", kinds.join(", ")));
                 return None;
             }
             Some(kv) => {
                 let kname = self.string(&format!("stages.{name}.kind"), kv)?;
-                match stages::find(&kname) {
+                match self.kinds.find(&kname) {
                     Some(k) => k,
                     None => {
                         let o = self.at(&kv.span());
                         let d = self
                             .map
                             .error(&o, format!("unknown stage kind `{kname}`"))
-                            .suggest(&kname, stages::all().iter().map(|k| k.name()));
+                            .suggest(&kname, self.kinds.names());
                         self.push(d);
                         return None;
                     }
@@ -719,7 +709,7 @@ impl Loader<'_> {
                 }
                 continue;
             }
-            match spec.default {
+            match &spec.default {
                 ParamDefault::Required => {
                     self.err(
                         &origin,
@@ -732,11 +722,8 @@ impl Loader<'_> {
                     .hint = Some(format!("{}: {} ({})", spec.name, spec.doc, spec.ty));
                 }
                 ParamDefault::Absent => {}
-                ParamDefault::Toml(_) => {
-                    params.insert(
-                        spec.name.to_string(),
-                        spec.default_value().expect("has default"),
-                    );
+                ParamDefault::Value(v) => {
+                    params.insert(spec.name.to_string(), v.clone());
                 }
             }
         }
@@ -855,7 +842,7 @@ impl Loader<'_> {
     fn inputs(
         &mut self,
         stage: &str,
-        kind: &dyn StageKind,
+        kind: &dyn KindSchema,
         v: &Spanned<DeValue<'_>>,
         head: &PipelineHead,
         shared: &BTreeMap<String, Value>,
@@ -1178,7 +1165,7 @@ pub fn grid_axis(
                     Some(format!("params: {}", names.join(", "))),
                 )
             })?;
-        spec.ty
+        spec.ty.clone()
     };
     for v in &values {
         ty.coerce(v.clone())
@@ -1277,23 +1264,15 @@ fn type_of(v: &DeValue<'_>) -> &'static str {
 
 /// The type a shared `[params]` value has, so overrides keep it.
 fn type_of_value(v: &Value) -> ParamType {
-    static ELEMENTS: [ParamType; 4] = [
-        ParamType::Bool,
-        ParamType::Int,
-        ParamType::Float,
-        ParamType::Str,
-    ];
     match v {
         Value::Bool(_) => ParamType::Bool,
         Value::Int(_) => ParamType::Int,
         Value::Float(_) => ParamType::Float,
         Value::Str(_) => ParamType::Str,
-        Value::List(items) => match items.first().map(type_of_value) {
-            Some(ParamType::Bool) => ParamType::List(&ELEMENTS[0]),
-            Some(ParamType::Int) => ParamType::List(&ELEMENTS[1]),
-            Some(ParamType::Float) => ParamType::List(&ELEMENTS[2]),
-            _ => ParamType::List(&ELEMENTS[3]),
-        },
+        Value::List(items) => ParamType::List(Box::new(match items.first().map(type_of_value) {
+            Some(t @ (ParamType::Bool | ParamType::Int | ParamType::Float)) => t,
+            _ => ParamType::Str,
+        })),
         Value::Table(_) => ParamType::Table,
     }
 }

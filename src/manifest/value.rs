@@ -1,4 +1,4 @@
-//! Typed parameter values, their schema types, and the canonical form used in cache keys.
+//! Parameter values and their canonical form (used in cache keys).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -36,31 +36,9 @@ impl Value {
         }
     }
 
-    pub fn as_f64(&self) -> Option<f64> {
-        match self {
-            Value::Float(f) => Some(*f),
-            Value::Int(i) => Some(*i as f64),
-            _ => None,
-        }
-    }
-
     pub fn as_i64(&self) -> Option<i64> {
         match self {
             Value::Int(i) => Some(*i),
-            _ => None,
-        }
-    }
-
-    pub fn as_bool(&self) -> Option<bool> {
-        match self {
-            Value::Bool(b) => Some(*b),
-            _ => None,
-        }
-    }
-
-    pub fn as_list(&self) -> Option<&[Value]> {
-        match self {
-            Value::List(l) => Some(l),
             _ => None,
         }
     }
@@ -159,126 +137,6 @@ pub fn from_toml(v: &toml::de::DeValue<'_>) -> Result<Value, String> {
     })
 }
 
-/// The type a stage kind declares for one of its parameters.
-#[derive(Clone, Copy, Debug)]
-pub enum ParamType {
-    Bool,
-    Int,
-    Float,
-    Str,
-    /// A string restricted to the listed values.
-    Choice(&'static [&'static str]),
-    /// An array whose elements all have the given type.
-    List(&'static ParamType),
-    /// A free-form table (string keys, any values).
-    Table,
-}
-
-impl fmt::Display for ParamType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ParamType::Bool => write!(f, "boolean"),
-            ParamType::Int => write!(f, "integer"),
-            ParamType::Float => write!(f, "float"),
-            ParamType::Str => write!(f, "string"),
-            ParamType::Choice(c) => write!(f, "one of {}", c.join(" | ")),
-            ParamType::List(t) => write!(f, "array of {t}"),
-            ParamType::Table => write!(f, "table"),
-        }
-    }
-}
-
-impl ParamType {
-    /// Checks `v` against this type. Integers widen to floats; nothing else converts.
-    pub fn coerce(&self, v: Value) -> Result<Value, String> {
-        match (self, v) {
-            (ParamType::Bool, v @ Value::Bool(_)) => Ok(v),
-            (ParamType::Int, v @ Value::Int(_)) => Ok(v),
-            (ParamType::Float, Value::Int(i)) => Ok(Value::Float(i as f64)),
-            (ParamType::Float, v @ Value::Float(_)) => Ok(v),
-            (ParamType::Str, v @ Value::Str(_)) => Ok(v),
-            (ParamType::Choice(options), Value::Str(s)) => {
-                if options.contains(&s.as_str()) {
-                    Ok(Value::Str(s))
-                } else {
-                    Err(format!(
-                        "`{s}` is not allowed here; expected one of {}",
-                        options.join(", ")
-                    ))
-                }
-            }
-            (ParamType::List(elem), Value::List(items)) => items
-                .into_iter()
-                .enumerate()
-                .map(|(i, item)| elem.coerce(item).map_err(|e| format!("element {i}: {e}")))
-                .collect::<Result<_, _>>()
-                .map(Value::List),
-            (ParamType::Table, v @ Value::Table(_)) => Ok(v),
-            (ty, v) => Err(format!("expected {ty}, found {} `{v}`", v.type_name())),
-        }
-    }
-
-    /// Whether a string given on the command line should be taken verbatim for this type
-    /// (so `--set s.cmd=true` sets the string "true", not a boolean).
-    pub fn wants_string(&self) -> bool {
-        matches!(self, ParamType::Str | ParamType::Choice(_))
-    }
-}
-
-/// Default for a declared parameter.
-#[derive(Clone, Copy, Debug)]
-pub enum ParamDefault {
-    /// The manifest must set it.
-    Required,
-    /// Unset means absent (and absent from the cache key).
-    Absent,
-    /// A TOML literal, parsed when used.
-    Toml(&'static str),
-}
-
-/// One parameter in a stage kind's schema.
-#[derive(Clone, Copy, Debug)]
-pub struct ParamSpec {
-    pub name: &'static str,
-    pub ty: ParamType,
-    pub default: ParamDefault,
-    pub doc: &'static str,
-}
-
-impl ParamSpec {
-    pub const fn new(
-        name: &'static str,
-        ty: ParamType,
-        default: ParamDefault,
-        doc: &'static str,
-    ) -> Self {
-        ParamSpec {
-            name,
-            ty,
-            default,
-            doc,
-        }
-    }
-
-    /// The default value, if the parameter has one.
-    pub fn default_value(&self) -> Option<Value> {
-        match self.default {
-            ParamDefault::Toml(lit) => {
-                let parsed = toml::de::DeValue::parse(lit)
-                    .unwrap_or_else(|e| panic!("bad built-in default `{lit}`: {e}"));
-                let v = from_toml(parsed.get_ref())
-                    .unwrap_or_else(|e| panic!("bad built-in default `{lit}`: {e}"));
-                Some(
-                    self.ty
-                        .coerce(v)
-                        .unwrap_or_else(|e| panic!("bad built-in default `{lit}`: {e}")),
-                )
-            }
-            _ => None,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,20 +150,6 @@ mod tests {
         assert_eq!(
             Value::parse_cli("[1, 2]"),
             Value::List(vec![Value::Int(1), Value::Int(2)])
-        );
-    }
-
-    #[test]
-    fn integers_widen_to_float_only() {
-        assert_eq!(
-            ParamType::Float.coerce(Value::Int(3)),
-            Ok(Value::Float(3.0))
-        );
-        assert!(ParamType::Int.coerce(Value::Float(3.0)).is_err());
-        assert!(
-            ParamType::Choice(&["a", "b"])
-                .coerce(Value::Str("c".into()))
-                .is_err()
         );
     }
 

@@ -1,7 +1,6 @@
 //! Models: the EfficientNet family (config, layers, network) in burn.
 
 pub mod config;
-pub mod dir;
 pub mod efficientnet;
 pub mod import;
 pub mod layers;

@@ -4,9 +4,9 @@
 //! the original's `quant_info[layer]['act']` holds: the bits of the next quantized
 //! activation after the layer (`effnetb0_model_adjutable.py:363-375`).
 
+use super::INPUT_BITS;
 use super::host_f32;
 use super::qnet::QEfficientNet;
-use crate::score::metric::INPUT_BITS;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

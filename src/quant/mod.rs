@@ -14,6 +14,9 @@ pub use adjustable::{AdjQuant, ClipGrad, QuantSpec, RangeLimits, RangePreset};
 pub use qnet::{QConfig, QEfficientNet, QLayer};
 pub use thresholds::Thresholds;
 
+/// Bits of the network input.
+pub const INPUT_BITS: f32 = 8.0;
+
 use burn::prelude::*;
 
 /// The values of a (small) tensor on the host, as f32.

@@ -72,7 +72,7 @@ pub fn save(chart: &impl Chart, stem: &Path) -> Result<[PathBuf; 2]> {
         chart.draw(&area).map_err(|e| err(e.to_string()))?;
         area.present().map_err(|e| err(e.to_string()))?;
     }
-    crate::store::atomic::write(&svg, text.as_bytes())?;
+    crate::atomic::write(&svg, text.as_bytes())?;
     Ok([png, svg])
 }
 

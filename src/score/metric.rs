@@ -15,13 +15,10 @@
 //! and pooling, SE scale and skip adds are not counted: that is the paper's metric, not
 //! the official score (see `counter`).
 
-use crate::quant::QEfficientNet;
 use crate::quant::qnet::QLayer;
+use crate::quant::{INPUT_BITS, QEfficientNet};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
-
-/// Bits of the network input.
-pub const INPUT_BITS: f32 = 8.0;
 
 /// Which score training pushes down.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,13 +3,13 @@
 //! resumable at every mini-epoch boundary (model, both Adam states, SWA sums, data
 //! position; the RNG is reseeded per mini-epoch from the seed).
 
-use super::support::{self, Accuracy, DATA_PARAMS, StateDirs};
-use super::{InputSpec, InputsSpec, StageKind};
+use super::support::{self, Accuracy, DataParams};
+use crate::artifacts::model_dir::{self as dir, ModelInfo};
 use crate::data::{Cursor, Loader};
 use crate::exec::context::StageContext;
+use crate::exec::kind::StageKind;
 use crate::manifest::Params;
-use crate::manifest::value::{ParamDefault as D, ParamSpec, ParamType as T};
-use crate::model::dir::{self, ModelInfo};
+use crate::manifest::schema::{InputSpec, InputsSpec, KindSchema, ParamSpec, StageParams};
 use crate::quant::info::QuantInfo;
 use crate::quant::{ClipGrad, QConfig, QEfficientNet, RangePreset, Thresholds};
 use crate::report::tensorboard::EventWriter;
@@ -21,7 +21,6 @@ use crate::train::swa::Swa;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use serde::{Deserialize, Serialize};
-use std::sync::LazyLock;
 
 pub struct Adjq;
 
@@ -31,189 +30,85 @@ pub const METRICS: &str = "metrics.jsonl";
 pub const QUANT_INFO: &str = "quant_info.json";
 pub const TENSORBOARD: &str = "tensorboard";
 
-static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
-    let mut v = vec![
-        ParamSpec::new(
-            "weight_bits",
-            T::Float,
-            D::Toml("8.0"),
-            "initial weight bits b0",
-        ),
-        ParamSpec::new(
-            "act_bits",
-            T::Float,
-            D::Toml("8.0"),
-            "initial activation bits b0",
-        ),
-        ParamSpec::new(
-            "swish_bits",
-            T::Float,
-            D::Toml("8.0"),
-            "bits of every swish input (fixed)",
-        ),
-        ParamSpec::new(
-            "bias_bits",
-            T::Float,
-            D::Toml("8.0"),
-            "bits of every bias (fixed)",
-        ),
-        ParamSpec::new(
-            "bits_trainable",
-            T::Bool,
-            D::Toml("true"),
-            "learn per-channel bit-widths",
-        ),
-        ParamSpec::new(
-            "range",
-            T::Choice(RangePreset::NAMES),
-            D::Toml("\"default\""),
-            "bounds of the range parameters a, s",
-        ),
-        ParamSpec::new(
-            "clip_grad",
-            T::Choice(ClipGrad::NAMES),
-            D::Toml("\"as_executed\""),
-            "gradient of the quantizer clip's upper bound 2^b − 1: `as_executed` (the original's run: the elements above it) or `detached` (none, the original's intent)",
-        ),
-        ParamSpec::new(
-            "optimizer_state",
-            T::Choice(&["continue", "fresh"]),
-            D::Toml("\"continue\""),
-            "starting from an adjq/select checkpoint: `continue` its Adam states (the original restores them) or start `fresh`",
-        ),
-        ParamSpec::new(
-            "alpha",
-            T::Float,
-            D::Toml("7.0"),
-            "weight of the cross entropy",
-        ),
-        ParamSpec::new(
-            "beta",
-            T::Float,
-            D::Toml("85.0"),
-            "weight of the metric term",
-        ),
-        ParamSpec::new(
-            "gamma",
-            T::Float,
-            D::Toml("0.7"),
-            "share of the max's gradient given to activation bits",
-        ),
-        ParamSpec::new(
-            "target",
-            T::Float,
-            D::Toml("0.18"),
-            "metric target: pushed down above it, up below it",
-        ),
-        ParamSpec::new(
-            "lr",
-            T::Float,
-            D::Toml("3e-6"),
-            "Adam lr of weights, biases and ranges",
-        ),
-        ParamSpec::new(
-            "lr_bits",
-            T::Float,
-            D::Toml("1e-3"),
-            "Adam lr of the bit scales",
-        ),
-        ParamSpec::new(
-            "lr_fixed",
-            T::Bool,
-            D::Toml("true"),
-            "fixed lr (else decay with restarts)",
-        ),
-        ParamSpec::new(
-            "lr_decay",
-            T::Float,
-            D::Toml("1e-4"),
-            "decay per step when lr_fixed = false",
-        ),
-        ParamSpec::new(
-            "reinit",
-            T::Int,
-            D::Toml("800"),
-            "steps between Adam restarts when lr_fixed = false",
-        ),
-        ParamSpec::new(
-            "max_epoch",
-            T::Int,
-            D::Toml("3"),
-            "epochs (each 10 mini-epochs)",
-        ),
-        ParamSpec::new("batch_size", T::Int, D::Toml("25"), "training batch size"),
-        ParamSpec::new(
-            "iter_train",
-            T::Bool,
-            D::Toml("true"),
-            "train precision only every iter_train_freq-th mini-epoch",
-        ),
-        ParamSpec::new("iter_train_freq", T::Int, D::Toml("2"), "see iter_train"),
-        ParamSpec::new(
-            "warm_up_epoch",
-            T::Float,
-            D::Toml("0.0"),
-            "no precision training before this epoch",
-        ),
-        ParamSpec::new(
-            "finetune",
-            T::Bool,
-            D::Toml("false"),
-            "precision frozen throughout",
-        ),
-        ParamSpec::new(
-            "swa_delay",
-            T::Float,
-            D::Toml("-1.0"),
-            "record SWA snapshots from this epoch on (negative: no SWA)",
-        ),
-        ParamSpec::new(
-            "swa_freq",
-            T::Float,
-            D::Toml("0.1"),
-            "SWA snapshot every int(10·swa_freq) mini-epochs",
-        ),
-        ParamSpec::new(
-            "augment",
-            T::Bool,
-            D::Toml("false"),
-            "training images get random resized crops and flips; false: the eval transform, as the original without --aug",
-        ),
-        ParamSpec::new("seed", T::Int, D::Toml("0"), "data order and augmentation"),
-        ParamSpec::new(
-            "val_samples",
-            T::Int,
-            D::Toml("0"),
-            "validation images per mini-epoch (0: all)",
-        ),
-        ParamSpec::new(
-            "metric_rule",
-            T::Choice(MetricRule::NAMES),
-            D::Toml("\"paper\""),
-            "score the metric term trains against: `paper` (the original's) or `official` (the MicroNet counter's)",
-        ),
-        ParamSpec::new(
-            "metric_pairing",
-            T::Choice(Pairing::NAMES),
-            D::Toml("\"tile\""),
-            "channel pairs the metric's max(weight bits, activation bits) averages: `tile` (the original's tf.tile) or `all`",
-        ),
-        ParamSpec::new(
-            "params_baseline",
-            T::Float,
-            D::Toml("6.9e6"),
-            "P0 of the paper metric",
-        ),
-        ParamSpec::new(
-            "ops_baseline",
-            T::Float,
-            D::Toml("1170e6"),
-            "O0 of the paper metric",
-        ),
-    ];
-    v.extend_from_slice(DATA_PARAMS);
-    v
-});
+crate::param_choice! {
+    /// Adam states of a checkpoint the stage starts from.
+    pub enum OptimizerState {
+        /// Continue them (the original restores them, `trainer.py:199-208`).
+        Continue = "continue",
+        Fresh = "fresh",
+    }
+}
+
+crate::stage_params! {
+    /// Params of `adjq`.
+    pub struct AdjqParams {
+        /// initial weight bits b0
+        pub weight_bits: f64 = 8.0,
+        /// initial activation bits b0
+        pub act_bits: f64 = 8.0,
+        /// bits of every swish input (fixed)
+        pub swish_bits: f64 = 8.0,
+        /// bits of every bias (fixed)
+        pub bias_bits: f64 = 8.0,
+        /// learn per-channel bit-widths
+        pub bits_trainable: bool = true,
+        /// bounds of the range parameters a, s
+        pub range: RangePreset = RangePreset::Default,
+        /// gradient of the quantizer clip's upper bound 2^b − 1: `as_executed` (the original's run: the elements above it) or `detached` (none, the original's intent)
+        pub clip_grad: ClipGrad = ClipGrad::AsExecuted,
+        /// starting from an adjq/select checkpoint: `continue` its Adam states (the original restores them) or start `fresh`
+        pub optimizer_state: OptimizerState = OptimizerState::Continue,
+        /// weight of the cross entropy
+        pub alpha: f64 = 7.0,
+        /// weight of the metric term
+        pub beta: f64 = 85.0,
+        /// share of the max's gradient given to activation bits
+        pub gamma: f64 = 0.7,
+        /// metric target: pushed down above it, up below it
+        pub target: f64 = 0.18,
+        /// Adam lr of weights, biases and ranges
+        pub lr: f64 = 3e-6,
+        /// Adam lr of the bit scales
+        pub lr_bits: f64 = 1e-3,
+        /// fixed lr (else decay with restarts)
+        pub lr_fixed: bool = true,
+        /// decay per step when lr_fixed = false
+        pub lr_decay: f64 = 1e-4,
+        /// steps between Adam restarts when lr_fixed = false
+        pub reinit: usize = 800usize,
+        /// epochs (each 10 mini-epochs)
+        pub max_epoch: usize = 3usize,
+        /// training batch size
+        pub batch_size: usize = 25usize,
+        /// train precision only every iter_train_freq-th mini-epoch
+        pub iter_train: bool = true,
+        /// see iter_train
+        pub iter_train_freq: usize = 2usize,
+        /// no precision training before this epoch
+        pub warm_up_epoch: f64 = 0.0,
+        /// precision frozen throughout
+        pub finetune: bool = false,
+        /// record SWA snapshots from this epoch on (negative: no SWA)
+        pub swa_delay: f64 = -1.0,
+        /// SWA snapshot every int(10·swa_freq) mini-epochs
+        pub swa_freq: f64 = 0.1,
+        /// training images get random resized crops and flips; false: the eval transform, as the original without --aug
+        pub augment: bool = false,
+        /// data order and augmentation
+        pub seed: u64 = 0u64,
+        /// validation images per mini-epoch (0: all)
+        pub val_samples: usize = 0usize,
+        /// score the metric term trains against: `paper` (the original's) or `official` (the MicroNet counter's)
+        pub metric_rule: MetricRule = MetricRule::Paper,
+        /// channel pairs the metric's max(weight bits, activation bits) averages: `tile` (the original's tf.tile) or `all`
+        pub metric_pairing: Pairing = Pairing::Tile,
+        /// P0 of the paper metric
+        pub params_baseline: f64 = 6.9e6,
+        /// O0 of the paper metric
+        pub ops_baseline: f64 = 1170e6,
+    }
+    shared { pub data: DataParams }
+}
 
 static INPUTS: &[InputSpec] = &[
     InputSpec {
@@ -260,15 +155,7 @@ struct Progress {
     swa: Swa,
 }
 
-fn f(p: &Params, name: &str, default: f64) -> f64 {
-    p.f64(name).unwrap_or(default)
-}
-
-fn int(p: &Params, name: &str, default: i64) -> usize {
-    p.i64(name).unwrap_or(default).max(0) as usize
-}
-
-impl StageKind for Adjq {
+impl KindSchema for Adjq {
     fn name(&self) -> &'static str {
         "adjq"
     }
@@ -290,7 +177,7 @@ impl StageKind for Adjq {
     }
 
     fn params(&self) -> &'static [ParamSpec] {
-        &PARAMS
+        AdjqParams::table()
     }
 
     fn inputs(&self) -> InputsSpec {
@@ -303,25 +190,30 @@ impl StageKind for Adjq {
             .to_vec()
     }
 
+    fn uses_device(&self) -> bool {
+        true
+    }
+}
+
+impl StageKind for Adjq {
     fn run(&self, ctx: &mut StageContext) -> Result<()> {
-        let p = ctx.params.clone();
-        let plain = support::device()?;
+        let p: AdjqParams = ctx.params()?;
+        let plain = ctx.device()?;
         let device = plain.clone().autodiff();
-        let seed = p.i64("seed").unwrap_or(0) as u64;
+        let seed = p.seed;
         // The original trains on its eval transform unless `--aug` (`data.py:274-282`).
-        let augment = p.bool("augment").unwrap_or(false);
+        let augment = p.augment;
         let (teacher, teacher_info) = dir::load_float(ctx.input("teacher")?, &plain)?;
         let init_dir = ctx.input("init")?.to_path_buf();
         let init_info = dir::read_info(&init_dir)?;
         let qconfig = QConfig {
-            weight_bits: f(&p, "weight_bits", 8.0) as f32,
-            act_bits: f(&p, "act_bits", 8.0) as f32,
-            swish_bits: f(&p, "swish_bits", 8.0) as f32,
-            bias_bits: f(&p, "bias_bits", 8.0) as f32,
-            bits_trainable: p.bool("bits_trainable").unwrap_or(true),
-            range: RangePreset::parse(p.str("range").unwrap_or("default")).unwrap_or_default(),
-            clip_grad: ClipGrad::parse(p.str("clip_grad").unwrap_or("as_executed"))
-                .unwrap_or_default(),
+            weight_bits: p.weight_bits as f32,
+            act_bits: p.act_bits as f32,
+            swish_bits: p.swish_bits as f32,
+            bias_bits: p.bias_bits as f32,
+            bits_trainable: p.bits_trainable,
+            range: p.range,
+            clip_grad: p.clip_grad,
         };
         let student = match &init_info.quantized {
             Some(_) => {
@@ -343,44 +235,39 @@ impl StageKind for Adjq {
         };
         let student = student.to_device(&device).train();
         let lr = LrSchedule {
-            lr: f(&p, "lr", 3e-6),
-            decay: (!p.bool("lr_fixed").unwrap_or(true))
-                .then(|| (f(&p, "lr_decay", 1e-4), int(&p, "reinit", 800))),
+            lr: p.lr,
+            decay: (!p.lr_fixed).then_some((p.lr_decay, p.reinit)),
         };
         let mcfg = MetricConfig {
-            params_baseline: f(&p, "params_baseline", 6.9e6),
-            ops_baseline: f(&p, "ops_baseline", 1170e6),
-            gamma: f(&p, "gamma", 0.7) as f32,
-            rule: match p.str("metric_rule") {
-                Some("official") => MetricRule::Official,
-                _ => MetricRule::Paper,
-            },
-            pairing: Pairing::parse(p.str("metric_pairing").unwrap_or("tile")).unwrap_or_default(),
+            params_baseline: p.params_baseline,
+            ops_baseline: p.ops_baseline,
+            gamma: p.gamma as f32,
+            rule: p.metric_rule,
+            pairing: p.metric_pairing,
         };
         let cfg = AdjqConfig {
-            alpha: f(&p, "alpha", 7.0) as f32,
-            beta: f(&p, "beta", 85.0) as f32,
-            target: f(&p, "target", 0.18) as f32,
+            alpha: p.alpha as f32,
+            beta: p.beta as f32,
+            target: p.target as f32,
             metric: mcfg,
             lr,
-            lr_bits: f(&p, "lr_bits", 1e-3),
+            lr_bits: p.lr_bits,
         };
         let precision = PrecisionSchedule {
-            finetune: p.bool("finetune").unwrap_or(false),
-            warm_up_epoch: f(&p, "warm_up_epoch", 0.0),
-            iterative: p.bool("iter_train").unwrap_or(true),
-            freq: int(&p, "iter_train_freq", 2),
+            finetune: p.finetune,
+            warm_up_epoch: p.warm_up_epoch,
+            iterative: p.iter_train,
+            freq: p.iter_train_freq,
         };
-        let swa_delay = f(&p, "swa_delay", -1.0);
-        let swa_sched = (swa_delay >= 0.0).then(|| SwaSchedule {
-            delay: swa_delay,
-            freq: f(&p, "swa_freq", 0.1),
+        let swa_sched = (p.swa_delay >= 0.0).then_some(SwaSchedule {
+            delay: p.swa_delay,
+            freq: p.swa_freq,
         });
         let mut trainer = AdjqTrainer::new(student, teacher, cfg);
         // The original restores the Adam slots and powers with the weights when it starts
         // from a checkpoint (`trainer.py:199-208`).
         let continued = init_info.quantized.is_some()
-            && p.str("optimizer_state").unwrap_or("continue") == "continue"
+            && p.optimizer_state == OptimizerState::Continue
             && trainer.load_optimizers(&init_dir)?;
         ctx.set_metric(
             "optimizer_state",
@@ -390,12 +277,13 @@ impl StageKind for Adjq {
         let info = ModelInfo::quantized(trainer.model(), serde_json::json!({"stage": ctx.stage}));
         let data = ctx.input("data")?.to_path_buf();
         let classes = teacher_info.config.num_classes;
-        let offset = p.i64("label_offset").unwrap_or(1);
+        let offset = p.data.label_offset;
         let train = support::dataset(&data, "train", offset, classes)?;
         let val = support::dataset(&data, "validation", offset, classes)?;
-        let batch = int(&p, "batch_size", 25).max(1);
-        let (train_cfg, val_cfg) = support::train_val_loaders(ctx, &info, batch, seed, augment, 50);
-        let val_samples = int(&p, "val_samples", 0);
+        let batch = p.batch_size.max(1);
+        let (train_cfg, val_cfg) =
+            support::train_val_loaders(&p.data, &info, batch, seed, augment, 50);
+        let val_samples = p.val_samples;
         let batches_per_epoch = (train.len() as usize / batch) as u64;
         if batches_per_epoch == 0 {
             bail!(
@@ -403,11 +291,10 @@ impl StageKind for Adjq {
                 train.len()
             );
         }
-        let total = int(&p, "max_epoch", 3) * MINI_EPOCHS;
+        let total = p.max_epoch * MINI_EPOCHS;
 
-        let states = StateDirs::new(ctx);
         let mut progress = Progress::default();
-        if let Some(state) = states.latest() {
+        if let Some(state) = ctx.latest_state() {
             trainer.load_state(&state.join("trainer"))?;
             progress = serde_json::from_slice(&std::fs::read(state.join("progress.json"))?)
                 .context("resume state: progress.json")?;
@@ -484,9 +371,9 @@ impl StageKind for Adjq {
             progress.records.push(record);
             progress.tenths += 1;
             write_logs(ctx, &progress.records)?;
-            states.save(&format!("{}", progress.tenths), |d| {
+            ctx.save_state(&progress.tenths.to_string(), |d| {
                 trainer.save_state(&d.join("trainer"))?;
-                crate::store::atomic::write_json(&d.join("progress.json"), &progress)?;
+                crate::atomic::write_json(&d.join("progress.json"), &progress)?;
                 Ok(())
             })?;
         }
@@ -508,7 +395,7 @@ impl StageKind for Adjq {
         save_checkpoint(&trainer, &info, &ctx.output_path(MODEL))?;
         let model = trainer.model();
         let qi = QuantInfo::of(model);
-        crate::store::atomic::write_json(&ctx.output_path(QUANT_INFO), &qi)?;
+        crate::atomic::write_json(&ctx.output_path(QUANT_INFO), &qi)?;
         let m = metric(model, &mcfg);
         ctx.set_metric("metric", m.metric.into_scalar::<f32>() as f64);
         ctx.set_metric("avg_weight_bits", qi.avg_weight_bits);
@@ -567,7 +454,7 @@ fn validate(
 fn save_checkpoint(trainer: &AdjqTrainer, info: &ModelInfo, path: &std::path::Path) -> Result<()> {
     let model = trainer.model();
     dir::write(path, &crate::model::import::export(model), info)?;
-    crate::store::atomic::write_json(&path.join(QUANT_INFO), &QuantInfo::of(model))?;
+    crate::atomic::write_json(&path.join(QUANT_INFO), &QuantInfo::of(model))?;
     trainer.save_optimizers(path)
 }
 
@@ -592,4 +479,12 @@ fn write_logs(ctx: &StageContext, records: &[MiniEpoch]) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod params_tests {
+    #[test]
+    fn params_table_matches_struct() {
+        super::super::check_params::<super::AdjqParams>();
+    }
 }

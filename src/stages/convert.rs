@@ -1,48 +1,56 @@
 //! `convert`: a published float checkpoint (TensorFlow, PyTorch or safetensors) → our
 //! canonical safetensors checkpoint plus `model.json`. Pipeline step 1 and the KD teacher.
 
-use super::{InputSpec, InputsSpec, StageKind};
+use super::support::ModelPreset;
+use crate::artifacts::model_dir::{self as dir, ModelInfo};
 use crate::ckpt::{self, Format};
 use crate::exec::context::StageContext;
+use crate::exec::kind::StageKind;
 use crate::manifest::Params;
-use crate::manifest::value::{ParamDefault as D, ParamSpec, ParamType as T};
-use crate::model::config::PRESETS;
-use crate::model::dir::{self, ModelInfo};
+use crate::manifest::schema::StageParams;
+use crate::manifest::schema::{InputSpec, InputsSpec, KindSchema, ParamSpec};
+use crate::model::EfficientNet;
 use crate::model::import::{self, Naming};
-use crate::model::{EfficientNet, EfficientNetConfig};
 use anyhow::{Context, Result, anyhow};
 use burn::prelude::Device;
 
 pub struct Convert;
 
-use crate::model::dir::OUTPUT as MODEL;
+use crate::artifacts::model_dir::OUTPUT as MODEL;
 
-static PARAMS: &[ParamSpec] = &[
-    ParamSpec::new(
-        "model",
-        T::Choice(PRESETS),
-        D::Required,
-        "architecture preset the checkpoint holds",
-    ),
-    ParamSpec::new(
-        "format",
-        T::Choice(&["auto", "tf", "pytorch", "safetensors"]),
-        D::Toml("\"auto\""),
-        "checkpoint format (auto detects it)",
-    ),
-    ParamSpec::new(
-        "naming",
-        T::Choice(&["auto", "tensorflow", "pytorch", "ours"]),
-        D::Toml("\"auto\""),
-        "tensor naming: the official TF EfficientNet, the efficientnet_pytorch port, or ours (auto follows the format)",
-    ),
-    ParamSpec::new(
-        "tf_scope",
-        T::Str,
-        D::Toml("\"\""),
-        "variable scope of a TF checkpoint (empty: the model preset's name, e.g. efficientnet-b0)",
-    ),
-];
+crate::param_choice! {
+    /// Checkpoint format.
+    pub enum FormatParam {
+        Auto = "auto",
+        Tf = "tf",
+        Pytorch = "pytorch",
+        Safetensors = "safetensors",
+    }
+}
+
+crate::param_choice! {
+    /// Tensor naming of the checkpoint.
+    pub enum NamingParam {
+        Auto = "auto",
+        Tensorflow = "tensorflow",
+        Pytorch = "pytorch",
+        Ours = "ours",
+    }
+}
+
+crate::stage_params! {
+    /// Params of `convert`.
+    pub struct ConvertParams {
+        /// architecture preset the checkpoint holds
+        pub model: ModelPreset,
+        /// checkpoint format (auto detects it)
+        pub format: FormatParam = FormatParam::Auto,
+        /// tensor naming: the official TF EfficientNet, the efficientnet_pytorch port, or ours (auto follows the format)
+        pub naming: NamingParam = NamingParam::Auto,
+        /// variable scope of a TF checkpoint (empty: the model preset's name, e.g. efficientnet-b0)
+        pub tf_scope: String = "",
+    }
+}
 
 static INPUTS: &[InputSpec] = &[InputSpec {
     name: "checkpoint",
@@ -50,7 +58,7 @@ static INPUTS: &[InputSpec] = &[InputSpec {
     doc: "the checkpoint: a TF checkpoint directory (with its `checkpoint` file), a .pth/.pt, or a .safetensors",
 }];
 
-impl StageKind for Convert {
+impl KindSchema for Convert {
     fn name(&self) -> &'static str {
         "convert"
     }
@@ -68,7 +76,7 @@ impl StageKind for Convert {
     }
 
     fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
+        ConvertParams::table()
     }
 
     fn inputs(&self) -> InputsSpec {
@@ -78,27 +86,28 @@ impl StageKind for Convert {
     fn outputs(&self, _: &Params) -> Vec<String> {
         vec![MODEL.into()]
     }
+}
 
+impl StageKind for Convert {
     fn run(&self, ctx: &mut StageContext) -> Result<()> {
         let path = ctx.input("checkpoint")?.to_path_buf();
-        let preset = ctx.params.str("model").unwrap_or_default().to_string();
-        let config = EfficientNetConfig::preset(&preset)
-            .ok_or_else(|| anyhow!("unknown model preset `{preset}`"))?;
-        let format = match ctx.params.str("format").unwrap_or("auto") {
-            "tf" => Format::TfBundle,
-            "pytorch" => Format::PyTorch,
-            "safetensors" => Format::Safetensors,
-            _ => ckpt::detect_format(&path)?,
+        let p: ConvertParams = ctx.params()?;
+        let config = p.model.config()?;
+        let format = match p.format {
+            FormatParam::Tf => Format::TfBundle,
+            FormatParam::Pytorch => Format::PyTorch,
+            FormatParam::Safetensors => Format::Safetensors,
+            FormatParam::Auto => ckpt::detect_format(&path)?,
         };
-        let scope = match ctx.params.str("tf_scope").unwrap_or_default() {
-            "" => preset.clone(),
+        let scope = match p.tf_scope.as_str() {
+            "" => p.model.0.clone(),
             s => s.to_string(),
         };
-        let naming = match ctx.params.str("naming").unwrap_or("auto") {
-            "tensorflow" => Naming::TensorFlow { scope },
-            "pytorch" => Naming::PyTorch,
-            "ours" => Naming::Ours,
-            _ => import::auto_naming(format, &scope),
+        let naming = match p.naming {
+            NamingParam::Tensorflow => Naming::TensorFlow { scope },
+            NamingParam::Pytorch => Naming::PyTorch,
+            NamingParam::Ours => Naming::Ours,
+            NamingParam::Auto => import::auto_naming(format, &scope),
         };
         ctx.progress(0, Some(3), format!("reading {format} checkpoint"));
         // Tensors it cannot load are an error only if the model needs them.
@@ -128,5 +137,13 @@ impl StageKind for Convert {
         ctx.set_metric("floats", params);
         ctx.progress(3, Some(3), "done");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn params_table_matches_struct() {
+        super::super::check_params::<super::ConvertParams>();
     }
 }

@@ -1,12 +1,12 @@
 //! `eval`: top-1/top-5 on the validation split, the paper metric, the official MicroNet
 //! score with its per-layer table, quant_info.json — for a float or a quantized model.
 
-use super::support::{self, DATA_PARAMS};
-use super::{InputSpec, InputsSpec, StageKind};
+use super::support::{self, DataParams};
+use crate::artifacts::model_dir as dir;
 use crate::exec::context::StageContext;
+use crate::exec::kind::StageKind;
 use crate::manifest::Params;
-use crate::manifest::value::{ParamDefault as D, ParamSpec, ParamType as T};
-use crate::model::dir;
+use crate::manifest::schema::{InputSpec, InputsSpec, KindSchema, ParamSpec, StageParams};
 use crate::quant::info::QuantInfo;
 use crate::quant::thresholds::Thresholds;
 use crate::quant::{QConfig, QEfficientNet};
@@ -15,7 +15,6 @@ use crate::score::metric::{MetricConfig, PaperMetric, paper_metric};
 use anyhow::{Result, bail};
 use burn::module::Module;
 use serde::{Deserialize, Serialize};
-use std::sync::LazyLock;
 
 pub struct Eval;
 
@@ -38,48 +37,24 @@ pub const RESULT: &str = "eval.json";
 pub const SCORE_TABLE: &str = "score.txt";
 pub const QUANT_INFO: &str = "quant_info.json";
 
-static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
-    let mut v = vec![
-        ParamSpec::new(
-            "val_samples",
-            T::Int,
-            D::Toml("0"),
-            "validation images (0: all)",
-        ),
-        ParamSpec::new(
-            "batch_size",
-            T::Int,
-            D::Toml("50"),
-            "images per forward pass",
-        ),
-        ParamSpec::new(
-            "weight_bits",
-            T::Float,
-            D::Toml("8.0"),
-            "with `thresholds`: bits of every weight channel",
-        ),
-        ParamSpec::new(
-            "act_bits",
-            T::Float,
-            D::Toml("8.0"),
-            "with `thresholds`: bits of every activation channel (swish inputs and biases too)",
-        ),
-        ParamSpec::new(
-            "params_baseline",
-            T::Float,
-            D::Toml("6.9e6"),
-            "P0 of both scores",
-        ),
-        ParamSpec::new(
-            "ops_baseline",
-            T::Float,
-            D::Toml("1170e6"),
-            "O0 of both scores",
-        ),
-    ];
-    v.extend_from_slice(DATA_PARAMS);
-    v
-});
+crate::stage_params! {
+    /// Params of `eval`.
+    pub struct EvalParams {
+        /// validation images (0: all)
+        pub val_samples: usize = 0usize,
+        /// images per forward pass
+        pub batch_size: usize = 50usize,
+        /// with `thresholds`: bits of every weight channel
+        pub weight_bits: f64 = 8.0,
+        /// with `thresholds`: bits of every activation channel (swish inputs and biases too)
+        pub act_bits: f64 = 8.0,
+        /// P0 of both scores
+        pub params_baseline: f64 = 6.9e6,
+        /// O0 of both scores
+        pub ops_baseline: f64 = 1170e6,
+    }
+    shared { pub data: DataParams }
+}
 
 static INPUTS: &[InputSpec] = &[
     InputSpec {
@@ -99,7 +74,7 @@ static INPUTS: &[InputSpec] = &[
     },
 ];
 
-impl StageKind for Eval {
+impl KindSchema for Eval {
     fn name(&self) -> &'static str {
         "eval"
     }
@@ -116,7 +91,7 @@ impl StageKind for Eval {
     }
 
     fn params(&self) -> &'static [ParamSpec] {
-        &PARAMS
+        EvalParams::table()
     }
 
     fn inputs(&self) -> InputsSpec {
@@ -127,9 +102,15 @@ impl StageKind for Eval {
         [RESULT, SCORE_TABLE, QUANT_INFO].map(String::from).to_vec()
     }
 
+    fn uses_device(&self) -> bool {
+        true
+    }
+}
+
+impl StageKind for Eval {
     fn run(&self, ctx: &mut StageContext) -> Result<()> {
-        let device = support::device()?;
-        let p = ctx.params.clone();
+        let p: EvalParams = ctx.params()?;
+        let device = ctx.device()?;
         let model_dir = ctx.input("model")?.to_path_buf();
         let info = dir::read_info(&model_dir)?;
         // A float model is scored as fp32: every point at 32 bits.
@@ -162,10 +143,7 @@ impl StageKind for Eval {
             match (&info.quantized, thresholds) {
                 (None, Some(path)) => {
                     let (float, _) = dir::load_float(&model_dir, &device)?;
-                    let (w, a) = (
-                        p.f64("weight_bits").unwrap_or(8.0) as f32,
-                        p.f64("act_bits").unwrap_or(8.0) as f32,
-                    );
+                    let (w, a) = (p.weight_bits as f32, p.act_bits as f32);
                     let q = QConfig {
                         weight_bits: w,
                         act_bits: a,
@@ -197,18 +175,20 @@ impl StageKind for Eval {
         let ds = support::dataset(
             ctx.input("data")?,
             "validation",
-            p.i64("label_offset").unwrap_or(1),
+            p.data.label_offset,
             info.config.num_classes,
         )?;
-        let batch = p.i64("batch_size").unwrap_or(50).max(1) as usize;
-        let cfg = support::loader_config(ctx, batch, support::preprocess(ctx, &info, false), None);
-        ctx.progress(0, None, "evaluating");
-        let limit = p.i64("val_samples").unwrap_or(0).max(0) as usize;
-        let acc = support::evaluate(&*forward, ds, cfg, limit, &device)?;
-        let (p0, o0) = (
-            p.f64("params_baseline").unwrap_or(6.9e6),
-            p.f64("ops_baseline").unwrap_or(1170e6),
+        let batch = p.batch_size.max(1);
+        let cfg = support::loader_config(
+            &p.data,
+            batch,
+            support::preprocess(&p.data, &info, false),
+            None,
         );
+        ctx.progress(0, None, "evaluating");
+        let limit = p.val_samples;
+        let acc = support::evaluate(&*forward, ds, cfg, limit, &device)?;
+        let (p0, o0) = (p.params_baseline, p.ops_baseline);
         let options = counter::Options {
             params_baseline: p0,
             ops_baseline: o0,
@@ -233,14 +213,14 @@ impl StageKind for Eval {
             avg_weight_bits: qinfo.avg_weight_bits,
             avg_act_bits: qinfo.avg_act_bits,
         };
-        crate::store::atomic::write_json(&ctx.output_path(RESULT), &result)?;
-        crate::store::atomic::write_json(&ctx.output_path(QUANT_INFO), &qinfo)?;
+        crate::atomic::write_json(&ctx.output_path(RESULT), &result)?;
+        crate::atomic::write_json(&ctx.output_path(QUANT_INFO), &qinfo)?;
         let table = format!(
             "{}paper metric (the original's training metric): {:.5}\n",
             counter::render_table(&report),
             paper.metric
         );
-        crate::store::atomic::write(&ctx.output_path(SCORE_TABLE), table.as_bytes())?;
+        crate::atomic::write(&ctx.output_path(SCORE_TABLE), table.as_bytes())?;
         ctx.set_metric("top1", acc.top1);
         ctx.set_metric("top5", acc.top5);
         ctx.set_metric("paper_metric", paper.metric);
@@ -248,5 +228,13 @@ impl StageKind for Eval {
         ctx.set_metric("avg_weight_bits", qinfo.avg_weight_bits);
         ctx.set_metric("avg_act_bits", qinfo.avg_act_bits);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn params_table_matches_struct() {
+        super::super::check_params::<super::EvalParams>();
     }
 }

@@ -1,8 +1,6 @@
-//! Stage kinds: one file per kind, all behind the [`StageKind`] trait.
-//!
-//! A kind declares its parameter schema (with defaults), its inputs, the names of the
-//! outputs it will produce, the resources it occupies, and an implementation version
-//! that is part of every cache key (bump it when the kind's results change).
+//! Stage kinds: one file per kind, each a typed params struct (its param table), a
+//! [`KindSchema`] (inputs, outputs, an implementation version that is part of every
+//! cache key: bump it when the kind's results change) and a `run`.
 
 mod adjq;
 mod convert;
@@ -15,45 +13,9 @@ mod shell;
 mod support;
 mod thresholds;
 
-use crate::exec::context::StageContext;
-use crate::manifest::Params;
-use crate::manifest::value::ParamSpec;
-use std::collections::BTreeMap;
-
-/// The inputs a stage kind accepts.
-pub enum InputsSpec {
-    /// Only these names (each required or optional).
-    Named(&'static [InputSpec]),
-    /// Any names (the `shell` kind: its declared deps).
-    Any,
-}
-
-pub struct InputSpec {
-    pub name: &'static str,
-    pub required: bool,
-    pub doc: &'static str,
-}
-
-pub trait StageKind: Send + Sync {
-    fn name(&self) -> &'static str;
-    /// Implementation version; part of the cache key.
-    fn version(&self) -> u32;
-    /// One-paragraph description for `runner kinds`.
-    fn doc(&self) -> &'static str;
-    fn params(&self) -> &'static [ParamSpec];
-    fn inputs(&self) -> InputsSpec;
-    /// Names of the outputs a stage with these params produces (known before it runs, so
-    /// references to them are checked when the manifest loads).
-    fn outputs(&self, params: &Params) -> Vec<String>;
-    /// Resource slots the stage holds while it runs, e.g. `gpu = 1`.
-    fn resources(&self, _params: &Params) -> BTreeMap<String, u32> {
-        BTreeMap::new()
-    }
-    /// Does the work: reads `ctx.input(..)`, writes every declared output to
-    /// `ctx.output_path(..)`. Runs in a child process, in a work dir that survives
-    /// interruption.
-    fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()>;
-}
+use crate::exec::kind::{Registry, StageKind};
+use crate::manifest::schema::Kinds;
+use std::sync::LazyLock;
 
 static KINDS: &[&dyn StageKind] = &[
     &convert::Convert,
@@ -67,10 +29,72 @@ static KINDS: &[&dyn StageKind] = &[
     &shell::Shell,
 ];
 
-pub fn all() -> &'static [&'static dyn StageKind] {
-    KINDS
+/// Every stage kind, for the executor.
+pub fn registry() -> Registry {
+    Registry(KINDS)
 }
 
-pub fn find(name: &str) -> Option<&'static dyn StageKind> {
-    KINDS.iter().copied().find(|k| k.name() == name)
+/// Every stage kind's schema, for the manifest loader.
+pub fn kinds() -> &'static Kinds {
+    static SCHEMAS: LazyLock<Kinds> = LazyLock::new(|| registry().kinds());
+    &SCHEMAS
+}
+
+crate::param_choice!(impl crate::quant::RangePreset, crate::quant::ClipGrad);
+crate::param_choice!(
+    impl crate::score::metric::MetricRule,
+    crate::score::metric::Pairing
+);
+
+/// Checks a kind's param table against its struct: the defaults (and a value for each
+/// required param) read back into the struct, which writes them out unchanged, and every
+/// choice's names are accepted.
+#[cfg(test)]
+fn check_params<P: crate::manifest::schema::StageParams>() {
+    use crate::manifest::Params;
+    use crate::manifest::schema::{ParamDefault, ParamType};
+    use crate::manifest::value::Value;
+    fn sample(ty: &ParamType) -> Value {
+        match ty {
+            ParamType::Bool => Value::Bool(false),
+            ParamType::Int | ParamType::Count => Value::Int(1),
+            ParamType::Float => Value::Float(0.5),
+            ParamType::Str => Value::Str("x".into()),
+            ParamType::Choice(names) => Value::Str(names[0].into()),
+            ParamType::List(t) => Value::List(vec![sample(t)]),
+            ParamType::Table => Value::Table(Default::default()),
+        }
+    }
+    let table = P::table();
+    let mut params = Params::default();
+    for spec in table {
+        match &spec.default {
+            ParamDefault::Value(v) => {
+                assert_eq!(spec.ty.coerce(v.clone()).as_ref(), Ok(v), "{}", spec.name);
+                params.0.insert(spec.name.into(), v.clone());
+            }
+            ParamDefault::Required => {
+                params.0.insert(spec.name.into(), sample(&spec.ty));
+            }
+            ParamDefault::Absent => {}
+        }
+        assert!(!spec.doc.is_empty(), "{} has no doc", spec.name);
+    }
+    let read = P::from_params(&params).unwrap();
+    let mut json = serde_json::to_value(&read).unwrap();
+    json.as_object_mut().unwrap().retain(|_, v| !v.is_null());
+    let written: Params = serde_json::from_value(json).unwrap();
+    assert_eq!(
+        written, params,
+        "the struct does not write its table's values"
+    );
+    for spec in table {
+        if let ParamType::Choice(names) = &spec.ty {
+            for name in *names {
+                let mut p = params.clone();
+                p.0.insert(spec.name.into(), Value::Str((*name).into()));
+                assert!(P::from_params(&p).is_ok(), "{} = {name}", spec.name);
+            }
+        }
+    }
 }

@@ -2,15 +2,14 @@
 //! step 1, where no published checkpoint exists. Adam or SGD with momentum, label
 //! smoothing, cosine or fixed lr; resumable at every epoch boundary.
 
-use super::support::{self, Accuracy, DATA_PARAMS, StateDirs};
-use super::{InputSpec, InputsSpec, StageKind};
+use super::support::{self, Accuracy, DataParams, ModelPreset};
+use crate::artifacts::model_dir::{self as dir, ModelInfo};
 use crate::data::{Cursor, Loader};
 use crate::exec::context::StageContext;
+use crate::exec::kind::StageKind;
 use crate::manifest::Params;
-use crate::manifest::value::{ParamDefault as D, ParamSpec, ParamType as T};
-use crate::model::config::PRESETS;
-use crate::model::dir::{self, ModelInfo};
-use crate::model::{EfficientNet, EfficientNetConfig, import};
+use crate::manifest::schema::{InputSpec, InputsSpec, KindSchema, ParamSpec, StageParams};
+use crate::model::{EfficientNet, import};
 use crate::report::tensorboard::EventWriter;
 use crate::train::ema::Ema;
 use crate::train::loss::cross_entropy;
@@ -20,7 +19,6 @@ use burn::module::Module;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use serde::{Deserialize, Serialize};
-use std::sync::LazyLock;
 
 pub struct Pretrain;
 
@@ -28,58 +26,50 @@ pub const MODEL: &str = dir::OUTPUT;
 pub const METRICS: &str = "metrics.jsonl";
 pub const TENSORBOARD: &str = "tensorboard";
 
-static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
-    let mut v = vec![
-        ParamSpec::new(
-            "model",
-            T::Choice(PRESETS),
-            D::Required,
-            "architecture preset",
-        ),
-        ParamSpec::new("epochs", T::Int, D::Toml("10"), "training epochs"),
-        ParamSpec::new("batch_size", T::Int, D::Toml("64"), "training batch size"),
-        ParamSpec::new(
-            "optimizer",
-            T::Choice(&["adam", "sgd"]),
-            D::Toml("\"adam\""),
-            "optimizer (sgd uses momentum)",
-        ),
-        ParamSpec::new("lr", T::Float, D::Toml("2e-3"), "peak learning rate"),
-        ParamSpec::new("momentum", T::Float, D::Toml("0.9"), "SGD momentum"),
-        ParamSpec::new(
-            "lr_schedule",
-            T::Choice(&["cosine", "fixed"]),
-            D::Toml("\"cosine\""),
-            "cosine decay to 0 over all steps, or fixed",
-        ),
-        ParamSpec::new(
-            "label_smoothing",
-            T::Float,
-            D::Toml("0.1"),
-            "label smoothing ε",
-        ),
-        ParamSpec::new(
-            "ema_decay",
-            T::Float,
-            D::Toml("0.0"),
-            "moving average of the weights (e.g. 0.999; 0 = off); when on, validation and the output use it",
-        ),
-        ParamSpec::new(
-            "seed",
-            T::Int,
-            D::Toml("0"),
-            "initialisation, data order, augmentation, dropout",
-        ),
-        ParamSpec::new(
-            "val_samples",
-            T::Int,
-            D::Toml("0"),
-            "validation images per epoch (0: all)",
-        ),
-    ];
-    v.extend_from_slice(DATA_PARAMS);
-    v
-});
+crate::param_choice! {
+    /// Optimizer of float training.
+    pub enum OptimizerParam {
+        Adam = "adam",
+        Sgd = "sgd",
+    }
+}
+
+crate::param_choice! {
+    /// Learning-rate schedule of float training.
+    pub enum LrScheduleParam {
+        Cosine = "cosine",
+        Fixed = "fixed",
+    }
+}
+
+crate::stage_params! {
+    /// Params of `pretrain`.
+    pub struct PretrainParams {
+        /// architecture preset
+        pub model: ModelPreset,
+        /// training epochs
+        pub epochs: usize = 10usize,
+        /// training batch size
+        pub batch_size: usize = 64usize,
+        /// optimizer (sgd uses momentum)
+        pub optimizer: OptimizerParam = OptimizerParam::Adam,
+        /// peak learning rate
+        pub lr: f64 = 2e-3,
+        /// SGD momentum
+        pub momentum: f64 = 0.9,
+        /// cosine decay to 0 over all steps, or fixed
+        pub lr_schedule: LrScheduleParam = LrScheduleParam::Cosine,
+        /// label smoothing ε
+        pub label_smoothing: f64 = 0.1,
+        /// moving average of the weights (e.g. 0.999; 0 = off); when on, validation and the output use it
+        pub ema_decay: f64 = 0.0,
+        /// initialisation, data order, augmentation, dropout
+        pub seed: u64 = 0u64,
+        /// validation images per epoch (0: all)
+        pub val_samples: usize = 0usize,
+    }
+    shared { pub data: DataParams }
+}
 
 static INPUTS: &[InputSpec] = &[
     support::TRAIN_DATA,
@@ -104,7 +94,7 @@ struct Progress {
     records: Vec<Epoch>,
 }
 
-impl StageKind for Pretrain {
+impl KindSchema for Pretrain {
     fn name(&self) -> &'static str {
         "pretrain"
     }
@@ -121,7 +111,7 @@ impl StageKind for Pretrain {
     }
 
     fn params(&self) -> &'static [ParamSpec] {
-        &PARAMS
+        PretrainParams::table()
     }
 
     fn inputs(&self) -> InputsSpec {
@@ -132,14 +122,18 @@ impl StageKind for Pretrain {
         [MODEL, METRICS, TENSORBOARD].map(String::from).to_vec()
     }
 
+    fn uses_device(&self) -> bool {
+        true
+    }
+}
+
+impl StageKind for Pretrain {
     fn run(&self, ctx: &mut StageContext) -> Result<()> {
-        let p = ctx.params.clone();
-        let plain = support::device()?;
+        let p: PretrainParams = ctx.params()?;
+        let plain = ctx.device()?;
         let device = plain.clone().autodiff();
-        let seed = p.i64("seed").unwrap_or(0) as u64;
-        let preset = p.str("model").unwrap_or_default().to_string();
-        let config = EfficientNetConfig::preset(&preset)
-            .ok_or_else(|| anyhow!("unknown model preset `{preset}`"))?;
+        let seed = p.seed;
+        let config = p.model.config()?;
         device.seed(seed);
         let mut model = match ctx.inputs.get("init") {
             Some(init) => dir::load_float(init, &device)?.0,
@@ -148,23 +142,20 @@ impl StageKind for Pretrain {
         model = stable_ids(model);
         let info = ModelInfo::float(&model.config, serde_json::json!({"stage": ctx.stage}));
         let new_opt = || -> ModuleOptimizer {
-            match p.str("optimizer") {
-                Some("sgd") => SgdConfig::new()
-                    .with_momentum(Some(
-                        MomentumConfig::new().with_momentum(p.f64("momentum").unwrap_or(0.9)),
-                    ))
+            match p.optimizer {
+                OptimizerParam::Sgd => SgdConfig::new()
+                    .with_momentum(Some(MomentumConfig::new().with_momentum(p.momentum)))
                     .init(),
-                _ => AdamConfig::new().init(),
+                OptimizerParam::Adam => AdamConfig::new().init(),
             }
         };
         let mut opt = new_opt();
 
         let data = ctx.input("data")?.to_path_buf();
         let classes = config.num_classes;
-        let offset = p.i64("label_offset").unwrap_or(1);
-        let train = support::dataset(&data, "train", offset, classes)?;
-        let val = support::dataset(&data, "validation", offset, classes)?;
-        let batch = p.i64("batch_size").unwrap_or(64).max(1) as usize;
+        let train = support::dataset(&data, "train", p.data.label_offset, classes)?;
+        let val = support::dataset(&data, "validation", p.data.label_offset, classes)?;
+        let batch = p.batch_size.max(1);
         let batches = (train.len() as usize / batch) as u64;
         if batches == 0 {
             bail!(
@@ -172,19 +163,19 @@ impl StageKind for Pretrain {
                 train.len()
             );
         }
-        let epochs = p.i64("epochs").unwrap_or(10).max(0) as usize;
+        let epochs = p.epochs;
         let total_steps = (epochs as u64 * batches).max(1);
-        let lr0 = p.f64("lr").unwrap_or(2e-3);
-        let cosine = p.str("lr_schedule") != Some("fixed");
-        let smoothing = p.f64("label_smoothing").unwrap_or(0.1) as f32;
-        let (train_cfg, val_cfg) = support::train_val_loaders(ctx, &info, batch, seed, true, 100);
-        let val_samples = p.i64("val_samples").unwrap_or(0).max(0) as usize;
+        let lr0 = p.lr;
+        let cosine = p.lr_schedule == LrScheduleParam::Cosine;
+        let smoothing = p.label_smoothing as f32;
+        let (train_cfg, val_cfg) =
+            support::train_val_loaders(&p.data, &info, batch, seed, true, 100);
+        let val_samples = p.val_samples;
 
-        let states = StateDirs::new(ctx);
         let mut progress = Progress::default();
-        let ema_decay = p.f64("ema_decay").unwrap_or(0.0);
+        let ema_decay = p.ema_decay;
         let mut ema = (ema_decay > 0.0).then(|| Ema::new(ema_decay));
-        if let Some(state) = states.latest() {
+        if let Some(state) = ctx.latest_state() {
             let (m, o, pr, shadow) = support::load_training_state(&state, model, new_opt())?;
             (model, opt, progress) = (m, o, pr);
             if let (Some(e), Some(shadow)) = (&mut ema, shadow) {
@@ -252,7 +243,7 @@ impl StageKind for Pretrain {
             });
             progress.epochs += 1;
             write_logs(ctx, &progress.records)?;
-            states.save(&progress.epochs.to_string(), |d| {
+            ctx.save_state(&progress.epochs.to_string(), |d| {
                 let shadow = ema.as_ref().and_then(Ema::shadow);
                 support::save_training_state(d, &model, &opt, &progress, shadow)
             })?;
@@ -293,4 +284,12 @@ fn write_logs(ctx: &StageContext, records: &[Epoch]) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn params_table_matches_struct() {
+        super::super::check_params::<super::PretrainParams>();
+    }
 }

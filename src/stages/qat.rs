@@ -4,13 +4,13 @@
 //! trained weights as a float model directory (identity batch norms, so the next stages
 //! fold back exactly these weights) and the ranges.
 
-use super::support::{self, Accuracy, DATA_PARAMS, StateDirs};
-use super::{InputSpec, InputsSpec, StageKind};
+use super::support::{self, Accuracy, DataParams};
+use crate::artifacts::model_dir::{self as dir, ModelInfo};
 use crate::data::{Cursor, Loader};
 use crate::exec::context::StageContext;
+use crate::exec::kind::StageKind;
 use crate::manifest::Params;
-use crate::manifest::value::{ParamDefault as D, ParamSpec, ParamType as T};
-use crate::model::dir::{self, ModelInfo};
+use crate::manifest::schema::{InputSpec, InputsSpec, KindSchema, ParamSpec, StageParams};
 use crate::quant::tfqat::TfQat;
 use crate::quant::{QConfig, QEfficientNet};
 use crate::train::loss::cross_entropy;
@@ -19,58 +19,36 @@ use anyhow::{Result, bail};
 use burn::module::{Module, ParamId};
 use burn::optim::{AdamConfig, GradientsParams};
 use serde::{Deserialize, Serialize};
-use std::sync::LazyLock;
 
 pub struct Qat;
 
 pub const RANGES: &str = "ranges.json";
 pub const METRICS: &str = "metrics.jsonl";
 
-static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
-    let mut v = vec![
-        ParamSpec::new(
-            "bits",
-            T::Int,
-            D::Toml("8"),
-            "bits of weights and activations",
-        ),
-        ParamSpec::new("epochs", T::Int, D::Toml("1"), "training epochs"),
-        ParamSpec::new("batch_size", T::Int, D::Toml("32"), "training batch size"),
-        ParamSpec::new("lr", T::Float, D::Toml("1e-4"), "Adam learning rate"),
-        ParamSpec::new(
-            "label_smoothing",
-            T::Float,
-            D::Toml("0.1"),
-            "label smoothing ε",
-        ),
-        ParamSpec::new(
-            "ema_decay",
-            T::Float,
-            D::Toml("0.999"),
-            "decay of the activation range averages",
-        ),
-        ParamSpec::new(
-            "quant_delay",
-            T::Int,
-            D::Toml("0"),
-            "steps before activations are quantized",
-        ),
-        ParamSpec::new(
-            "seed",
-            T::Int,
-            D::Toml("0"),
-            "data order, augmentation, dropout",
-        ),
-        ParamSpec::new(
-            "val_samples",
-            T::Int,
-            D::Toml("0"),
-            "validation images per epoch (0: all)",
-        ),
-    ];
-    v.extend_from_slice(DATA_PARAMS);
-    v
-});
+crate::stage_params! {
+    /// Params of `qat`.
+    pub struct QatParams {
+        /// bits of weights and activations
+        pub bits: u32 = 8u32,
+        /// training epochs
+        pub epochs: usize = 1usize,
+        /// training batch size
+        pub batch_size: usize = 32usize,
+        /// Adam learning rate
+        pub lr: f64 = 1e-4,
+        /// label smoothing ε
+        pub label_smoothing: f64 = 0.1,
+        /// decay of the activation range averages
+        pub ema_decay: f64 = 0.999,
+        /// steps before activations are quantized
+        pub quant_delay: u64 = 0u64,
+        /// data order, augmentation, dropout
+        pub seed: u64 = 0u64,
+        /// validation images per epoch (0: all)
+        pub val_samples: usize = 0usize,
+    }
+    shared { pub data: DataParams }
+}
 
 static INPUTS: &[InputSpec] = &[
     InputSpec {
@@ -97,7 +75,7 @@ struct Progress {
     qat: TfQat,
 }
 
-impl StageKind for Qat {
+impl KindSchema for Qat {
     fn name(&self) -> &'static str {
         "qat"
     }
@@ -114,7 +92,7 @@ impl StageKind for Qat {
     }
 
     fn params(&self) -> &'static [ParamSpec] {
-        &PARAMS
+        QatParams::table()
     }
 
     fn inputs(&self) -> InputsSpec {
@@ -125,13 +103,19 @@ impl StageKind for Qat {
         [dir::OUTPUT, RANGES, METRICS].map(String::from).to_vec()
     }
 
+    fn uses_device(&self) -> bool {
+        true
+    }
+}
+
+impl StageKind for Qat {
     fn run(&self, ctx: &mut StageContext) -> Result<()> {
-        let p = ctx.params.clone();
-        let plain = support::device()?;
+        let p: QatParams = ctx.params()?;
+        let plain = ctx.device()?;
         let device = plain.clone().autodiff();
-        let seed = p.i64("seed").unwrap_or(0) as u64;
+        let seed = p.seed;
         let (float, info) = dir::load_float(ctx.input("model")?, &plain)?;
-        let bits = p.i64("bits").unwrap_or(8).clamp(2, 16) as u32;
+        let bits = p.bits.clamp(2, 16);
         // The network is only a carrier of weights and biases here; its own quantizers
         // are unused (the TF points replace them).
         let carrier = QConfig {
@@ -152,11 +136,11 @@ impl StageKind for Qat {
         let mut opt = AdamConfig::new().init();
 
         let data = ctx.input("data")?.to_path_buf();
-        let offset = p.i64("label_offset").unwrap_or(1);
+        let offset = p.data.label_offset;
         let classes = info.config.num_classes;
         let train = support::dataset(&data, "train", offset, classes)?;
         let val = support::dataset(&data, "validation", offset, classes)?;
-        let batch = p.i64("batch_size").unwrap_or(32).max(1) as usize;
+        let batch = p.batch_size.max(1);
         let batches = (train.len() as usize / batch) as u64;
         if batches == 0 {
             bail!(
@@ -164,22 +148,18 @@ impl StageKind for Qat {
                 train.len()
             );
         }
-        let (train_cfg, val_cfg) = support::train_val_loaders(ctx, &info, batch, seed, true, 100);
-        let val_samples = p.i64("val_samples").unwrap_or(0).max(0) as usize;
-        let epochs = p.i64("epochs").unwrap_or(1).max(0) as usize;
-        let lr = p.f64("lr").unwrap_or(1e-4);
-        let smoothing = p.f64("label_smoothing").unwrap_or(0.1) as f32;
+        let (train_cfg, val_cfg) =
+            support::train_val_loaders(&p.data, &info, batch, seed, true, 100);
+        let val_samples = p.val_samples;
+        let epochs = p.epochs;
+        let lr = p.lr;
+        let smoothing = p.label_smoothing as f32;
 
-        let states = StateDirs::new(ctx);
         let mut progress = Progress {
-            qat: TfQat::new(
-                bits,
-                p.f64("ema_decay").unwrap_or(0.999) as f32,
-                p.i64("quant_delay").unwrap_or(0).max(0) as u64,
-            ),
+            qat: TfQat::new(bits, p.ema_decay as f32, p.quant_delay),
             ..Progress::default()
         };
-        if let Some(state) = states.latest() {
+        if let Some(state) = ctx.latest_state() {
             (net, opt, progress, _) = support::load_training_state(&state, net, opt)?;
         }
         if progress.float_accuracy.is_none() {
@@ -241,7 +221,7 @@ impl StageKind for Qat {
                 accuracy,
             });
             progress.epochs += 1;
-            states.save(&progress.epochs.to_string(), |d| {
+            ctx.save_state(&progress.epochs.to_string(), |d| {
                 support::save_training_state(d, &net, &opt, &progress, None)
             })?;
         }
@@ -255,7 +235,7 @@ impl StageKind for Qat {
             &net.valid().to_float_map(),
             &out_info,
         )?;
-        crate::store::atomic::write_json(&ctx.output_path(RANGES), &progress.qat)?;
+        crate::atomic::write_json(&ctx.output_path(RANGES), &progress.qat)?;
         support::write_jsonl(&ctx.output_path(METRICS), &progress.records)?;
         if let Some(f) = progress.float_accuracy {
             ctx.set_metric("float_top1", f.top1);
@@ -264,5 +244,13 @@ impl StageKind for Qat {
             ctx.set_metric("top1", last.accuracy.top1);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn params_table_matches_struct() {
+        super::super::check_params::<super::QatParams>();
     }
 }

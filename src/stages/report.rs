@@ -6,10 +6,10 @@
 
 use super::adjq::MiniEpoch;
 use super::eval::EvalResult;
-use super::{InputsSpec, StageKind};
 use crate::exec::context::StageContext;
+use crate::exec::kind::StageKind;
 use crate::manifest::Params;
-use crate::manifest::value::{ParamDefault as D, ParamSpec, ParamType as T};
+use crate::manifest::schema::{InputsSpec, KindSchema, ParamSpec, StageParams};
 use crate::quant::info::QuantInfo;
 use crate::report::page::Page;
 use crate::report::plots::{self, Bars, GroupedBars, Line, Panel, Panels};
@@ -23,20 +23,15 @@ pub const OUTPUT: &str = "report";
 pub const SUMMARY: &str = "summary.txt";
 pub const HTML: &str = "report.html";
 
-static PARAMS: &[ParamSpec] = &[
-    ParamSpec::new(
-        "title",
-        T::Str,
-        D::Toml("\"Adjustable Quantization report\""),
-        "the page's title",
-    ),
-    ParamSpec::new(
-        "curves",
-        T::List(&T::Str),
-        D::Toml("[]"),
-        "names of the metrics.jsonl inputs in the order their stages ran (one timeline); others follow by name",
-    ),
-];
+crate::stage_params! {
+    /// Params of `report`.
+    pub struct ReportParams {
+        /// the page's title
+        pub title: String = "Adjustable Quantization report",
+        /// names of the metrics.jsonl inputs in the order their stages ran (one timeline); others follow by name
+        pub curves: Vec<String> = Vec::<String>::new(),
+    }
+}
 
 /// What an input holds, told by its content (inputs are content-addressed objects, so
 /// their file names say nothing).
@@ -108,7 +103,7 @@ fn pct(x: f64) -> String {
     format!("{:.2}%", 100.0 * x)
 }
 
-impl StageKind for Report {
+impl KindSchema for Report {
     fn name(&self) -> &'static str {
         "report"
     }
@@ -129,7 +124,7 @@ impl StageKind for Report {
     }
 
     fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
+        ReportParams::table()
     }
 
     fn inputs(&self) -> InputsSpec {
@@ -139,7 +134,9 @@ impl StageKind for Report {
     fn outputs(&self, _: &Params) -> Vec<String> {
         vec![OUTPUT.into()]
     }
+}
 
+impl StageKind for Report {
     fn run(&self, ctx: &mut StageContext) -> Result<()> {
         let out = ctx.output_path(OUTPUT);
         std::fs::create_dir_all(&out)?;
@@ -156,7 +153,8 @@ impl StageKind for Report {
             bail!("nothing to report: give the report stage eval, quant_info or metrics inputs");
         }
         // Timeline order: the `curves` param first, then the rest by name.
-        let order = ctx.params.strings("curves");
+        let p: ReportParams = ctx.params()?;
+        let order = p.curves;
         for n in &order {
             if !curves.iter().any(|(c, _)| c == n) {
                 bail!(
@@ -169,7 +167,7 @@ impl StageKind for Report {
         // Float evaluations first, so the table reads float → quantized.
         evals.sort_by_key(|(_, e)| e.quantized);
 
-        let title = ctx.params.str("title").unwrap_or("report").to_string();
+        let title = p.title;
         let mut page = Page::new(&title);
         let summary = summary(&evals);
         if !summary.is_empty() {
@@ -187,9 +185,9 @@ impl StageKind for Report {
         if !selections.is_empty() {
             selections_section(&mut page, &selections);
         }
-        crate::store::atomic::write(&out.join("report.md"), page.markdown().as_bytes())?;
-        crate::store::atomic::write(&out.join(HTML), page.html(&title, &out)?.as_bytes())?;
-        crate::store::atomic::write(&out.join(SUMMARY), summary.as_bytes())?;
+        crate::atomic::write(&out.join("report.md"), page.markdown().as_bytes())?;
+        crate::atomic::write(&out.join(HTML), page.html(&title, &out)?.as_bytes())?;
+        crate::atomic::write(&out.join(SUMMARY), summary.as_bytes())?;
         if let Some((_, e)) = final_eval(&evals) {
             ctx.set_metric("top1", e.top1);
             ctx.set_metric("avg_weight_bits", e.avg_weight_bits);
@@ -576,5 +574,13 @@ mod tests {
         assert_eq!(h[6], 2.0 / 8.0);
         assert_eq!(h[7], 2.0 / 8.0);
         assert!((h.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+}
+
+#[cfg(test)]
+mod params_tests {
+    #[test]
+    fn params_table_matches_struct() {
+        super::super::check_params::<super::ReportParams>();
     }
 }

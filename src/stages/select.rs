@@ -2,11 +2,11 @@
 //! metric with top-1 ≥ `min_top1`, or the highest top-1 with metric ≤ `max_metric` — and
 //! records why.
 
-use super::{InputSpec, InputsSpec, StageKind};
+use crate::artifacts::model_dir as dir;
 use crate::exec::context::StageContext;
+use crate::exec::kind::StageKind;
 use crate::manifest::Params;
-use crate::manifest::value::{ParamDefault as D, ParamSpec, ParamType as T};
-use crate::model::dir;
+use crate::manifest::schema::{InputSpec, InputsSpec, KindSchema, ParamSpec, StageParams};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
@@ -14,26 +14,25 @@ pub struct Select;
 
 pub const SELECTION: &str = "selection.json";
 
-static PARAMS: &[ParamSpec] = &[
-    ParamSpec::new(
-        "rule",
-        T::Choice(&["lowest_metric", "highest_top1"]),
-        D::Toml("\"lowest_metric\""),
-        "lowest_metric: lowest metric among checkpoints with top-1 ≥ min_top1; highest_top1: highest top-1 among those with metric ≤ max_metric",
-    ),
-    ParamSpec::new(
-        "min_top1",
-        T::Float,
-        D::Toml("0.0"),
-        "accuracy floor of lowest_metric",
-    ),
-    ParamSpec::new(
-        "max_metric",
-        T::Float,
-        D::Toml("1e9"),
-        "metric ceiling of highest_top1",
-    ),
-];
+crate::param_choice! {
+    /// How `select` picks a checkpoint.
+    pub enum Rule {
+        LowestMetric = "lowest_metric",
+        HighestTop1 = "highest_top1",
+    }
+}
+
+crate::stage_params! {
+    /// Params of `select`.
+    pub struct SelectParams {
+        /// lowest_metric: lowest metric among checkpoints with top-1 ≥ min_top1; highest_top1: highest top-1 among those with metric ≤ max_metric
+        pub rule: Rule = Rule::LowestMetric,
+        /// accuracy floor of lowest_metric
+        pub min_top1: f64 = 0.0,
+        /// metric ceiling of highest_top1
+        pub max_metric: f64 = 1e9,
+    }
+}
 
 static INPUTS: &[InputSpec] = &[
     InputSpec {
@@ -48,7 +47,7 @@ static INPUTS: &[InputSpec] = &[
     },
 ];
 
-impl StageKind for Select {
+impl KindSchema for Select {
     fn name(&self) -> &'static str {
         "select"
     }
@@ -64,7 +63,7 @@ impl StageKind for Select {
     }
 
     fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
+        SelectParams::table()
     }
 
     fn inputs(&self) -> InputsSpec {
@@ -74,7 +73,9 @@ impl StageKind for Select {
     fn outputs(&self, _: &Params) -> Vec<String> {
         vec![dir::OUTPUT.into(), SELECTION.into()]
     }
+}
 
+impl StageKind for Select {
     fn run(&self, ctx: &mut StageContext) -> Result<()> {
         let metrics_path = ctx.input("metrics")?.to_path_buf();
         let text = std::fs::read_to_string(&metrics_path)
@@ -101,16 +102,13 @@ impl StageKind for Select {
             };
             rows.push((name.to_string(), metric, top1));
         }
-        let p = &ctx.params;
-        let rule = p.str("rule").unwrap_or("lowest_metric").to_string();
-        let (min_top1, max_metric) = (
-            p.f64("min_top1").unwrap_or(0.0),
-            p.f64("max_metric").unwrap_or(1e9),
-        );
+        let p: SelectParams = ctx.params()?;
+        let (rule, min_top1, max_metric) = (p.rule, p.min_top1, p.max_metric);
+        let rule_name = Rule::NAMES[rule as usize];
         let eligible: Vec<&(String, f64, f64)> = rows
             .iter()
             .filter(|(_, m, t)| {
-                if rule == "lowest_metric" {
+                if rule == Rule::LowestMetric {
                     *t >= min_top1
                 } else {
                     *m <= max_metric
@@ -118,14 +116,14 @@ impl StageKind for Select {
             })
             .collect();
         // Ties: the later checkpoint (trained longer) wins.
-        let best = if rule == "lowest_metric" {
+        let best = if rule == Rule::LowestMetric {
             eligible.iter().rev().min_by(|a, b| a.1.total_cmp(&b.1))
         } else {
             eligible.iter().rev().max_by(|a, b| a.2.total_cmp(&b.2))
         };
         let Some((name, metric, top1)) = best.map(|r| (*r).clone()) else {
             bail!(
-                "no checkpoint satisfies the rule `{rule}` (min_top1 {min_top1}, max_metric {max_metric}); \
+                "no checkpoint satisfies the rule `{rule_name}` (min_top1 {min_top1}, max_metric {max_metric}); \
                  {} checkpoints, best top-1 {:.4}, lowest metric {:.4}",
                 rows.len(),
                 rows.iter().map(|r| r.2).fold(f64::NAN, f64::max),
@@ -146,7 +144,7 @@ impl StageKind for Select {
             std::fs::copy(e.path(), out.join(e.file_name()))?;
         }
         let why = json!({
-            "rule": rule,
+            "rule": rule_name,
             "min_top1": min_top1,
             "max_metric": max_metric,
             "chosen": name,
@@ -155,10 +153,18 @@ impl StageKind for Select {
             "eligible": eligible.len(),
             "candidates": rows.iter().map(|(n, m, t)| json!({"checkpoint": n, "metric": m, "top1": t})).collect::<Vec<_>>(),
         });
-        crate::store::atomic::write_json(&ctx.output_path(SELECTION), &why)?;
+        crate::atomic::write_json(&ctx.output_path(SELECTION), &why)?;
         ctx.set_metric("metric", metric);
         ctx.set_metric("top1", top1);
         ctx.set_metric("chosen", name);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn params_table_matches_struct() {
+        super::super::check_params::<super::SelectParams>();
     }
 }

@@ -1,9 +1,10 @@
 //! `shell`: run a command in the stage's work dir; declared outs move into the store.
 
-use super::{InputsSpec, StageKind};
 use crate::exec::context::{Interrupted, StageContext};
+use crate::exec::kind::StageKind;
 use crate::manifest::Params;
-use crate::manifest::value::{ParamDefault as D, ParamSpec, ParamType as T};
+use crate::manifest::schema::{InputsSpec, KindSchema, ParamSpec, StageParams};
+use crate::manifest::value::Value;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -12,36 +13,21 @@ use std::time::Duration;
 
 pub struct Shell;
 
-static STRING: T = T::Str;
+crate::stage_params! {
+    /// Params of `shell`.
+    pub struct ShellParams {
+        /// command run by `sh -c` in the work dir; `${inputs.NAME}` expands to an input's path
+        pub cmd: String,
+        /// files or directories (relative to the work dir) the command creates; each becomes an output of that name
+        pub outs: Vec<String> = Vec::<String>::new(),
+        /// a JSON file (relative to the work dir) whose top-level object becomes the stage's metrics
+        pub metrics: Option<String>,
+        /// extra environment variables for the command
+        pub env: BTreeMap<String, Value> = BTreeMap::<String, Value>::new(),
+    }
+}
 
-static PARAMS: &[ParamSpec] = &[
-    ParamSpec::new(
-        "cmd",
-        T::Str,
-        D::Required,
-        "command run by `sh -c` in the work dir; `${inputs.NAME}` expands to an input's path",
-    ),
-    ParamSpec::new(
-        "outs",
-        T::List(&STRING),
-        D::Toml("[]"),
-        "files or directories (relative to the work dir) the command creates; each becomes an output of that name",
-    ),
-    ParamSpec::new(
-        "metrics",
-        T::Str,
-        D::Absent,
-        "a JSON file (relative to the work dir) whose top-level object becomes the stage's metrics",
-    ),
-    ParamSpec::new(
-        "env",
-        T::Table,
-        D::Toml("{}"),
-        "extra environment variables for the command",
-    ),
-];
-
-impl StageKind for Shell {
+impl KindSchema for Shell {
     fn name(&self) -> &'static str {
         "shell"
     }
@@ -58,7 +44,7 @@ impl StageKind for Shell {
     }
 
     fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
+        ShellParams::table()
     }
 
     fn inputs(&self) -> InputsSpec {
@@ -66,11 +52,17 @@ impl StageKind for Shell {
     }
 
     fn outputs(&self, params: &Params) -> Vec<String> {
-        params.strings("outs")
+        // Validated params always read back; an unreadable set declares no outputs.
+        ShellParams::from_params(params)
+            .map(|p| p.outs)
+            .unwrap_or_default()
     }
+}
 
+impl StageKind for Shell {
     fn run(&self, ctx: &mut StageContext) -> Result<()> {
-        let mut cmd_text = ctx.params.str("cmd").unwrap_or_default().to_string();
+        let p: ShellParams = ctx.params()?;
+        let mut cmd_text = p.cmd.clone();
         for (name, path) in &ctx.inputs {
             cmd_text = cmd_text.replace(
                 &format!("${{inputs.{name}}}"),
@@ -106,16 +98,14 @@ impl StageKind for Shell {
         for (name, path) in &ctx.inputs {
             command.env(format!("ADJQ_INPUT_{}", env_name(name)), path);
         }
-        if let Some(crate::manifest::value::Value::Table(env)) = ctx.params.get("env") {
-            for (k, v) in env {
-                let text = v
-                    .as_str()
-                    .map(String::from)
-                    .unwrap_or_else(|| v.to_string());
-                command.env(k, text);
-            }
+        for (k, v) in &p.env {
+            let text = v
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| v.to_string());
+            command.env(k, text);
         }
-        super::super::exec::die_with_parent(&mut command);
+        crate::exec::die_with_parent(&mut command);
         tracing::info!("$ {cmd_text}");
         let mut child = command.spawn().context("cannot start `sh`")?;
         let pgid = child.id() as i32;
@@ -135,7 +125,7 @@ impl StageKind for Shell {
                 None => bail!("command was killed by a signal: {cmd_text}"),
             }
         }
-        if let Some(m) = ctx.params.str("metrics").map(String::from) {
+        if let Some(m) = &p.metrics {
             let path = ctx.work_dir.join(&m);
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("metrics file {} not found", path.display()))?;
@@ -177,4 +167,12 @@ fn env_name(input: &str) -> String {
 
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn params_table_matches_struct() {
+        super::super::check_params::<super::ShellParams>();
+    }
 }

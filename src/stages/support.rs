@@ -1,73 +1,70 @@
 //! What the training stages share: the device of the run's backend, the dataset of a
 //! `data` input, preprocessing for a model, evaluation, resumable state directories.
 
-use super::InputSpec;
-use crate::backend::Backend;
+use crate::artifacts::model_dir::ModelInfo;
 use crate::ckpt::TensorMap;
 use crate::data::{Compression, Dataset, ExampleSchema, Loader, LoaderConfig, OnBadRecord};
 use crate::data::{EvalCrop, Normalization, Preprocess, Resize};
-use crate::exec::context::StageContext;
-use crate::manifest::value::{ParamDefault as D, ParamSpec, ParamType as T};
-use crate::model::dir::ModelInfo;
+use crate::manifest::schema::InputSpec;
+use crate::manifest::schema::{ParamType, ParamValue};
+use crate::model::EfficientNetConfig;
+use crate::model::config::PRESETS;
 use crate::model::import;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use burn::tensor::Bytes;
-use clap::ValueEnum;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-/// The device of the run's backend (`runner --backend`, passed as ADJQ_BACKEND).
-pub fn device() -> Result<Device> {
-    let name = std::env::var("ADJQ_BACKEND").unwrap_or_else(|_| "flex".into());
-    let backend = Backend::from_str(&name, true)
-        .map_err(|_| anyhow::anyhow!("ADJQ_BACKEND={name}: not a backend (flex, wgpu)"))?;
-    backend.device()
+crate::param_choice! {
+    /// Eval crop and resize.
+    pub enum EvalTransform {
+        /// The EfficientNet crop: centre square of s/(s+crop_padding), bicubic.
+        Efficientnet = "efficientnet",
+        /// The original's central 87.5% of each side and TF1 bilinear (`data.py:238-266`).
+        Original = "original",
+    }
 }
 
-/// Params every data-reading stage has.
-pub const DATA_PARAMS: &[ParamSpec] = &[
-    ParamSpec::new(
-        "label_offset",
-        T::Int,
-        D::Toml("1"),
-        "subtracted from stored labels (TF-Slim stores 1..N with 0 = background)",
-    ),
-    ParamSpec::new(
-        "eval_transform",
-        T::Choice(&["efficientnet", "original"]),
-        D::Toml("\"efficientnet\""),
-        "eval crop and resize: `efficientnet` (centre square of s/(s+crop_padding) of the shorter side, bicubic) or `original` (the Adjustable Quantization code's central 87.5% of each side and TF1 bilinear)",
-    ),
-    ParamSpec::new(
-        "crop_padding",
-        T::Float,
-        D::Toml("32.0"),
-        "eval centre crop keeps s/(s+p) of the shorter side (EfficientNet: 32; 0 for small images)",
-    ),
-    ParamSpec::new(
-        "min_crop_area",
-        T::Float,
-        D::Toml("0.08"),
-        "smallest area fraction of a training random-resized crop",
-    ),
-    ParamSpec::new(
-        "flip",
-        T::Bool,
-        D::Toml("true"),
-        "random horizontal flips in training (off for digits and text)",
-    ),
-    ParamSpec::new(
-        "workers",
-        T::Int,
-        D::Toml("2"),
-        "decode/augment threads of the data loader (results do not depend on it)",
-    ),
-];
+/// An architecture preset's name (`efficientnet-b0`, …), checked against the presets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ModelPreset(pub String);
+
+impl ParamValue for ModelPreset {
+    fn param_type() -> ParamType {
+        ParamType::Choice(PRESETS)
+    }
+}
+
+impl ModelPreset {
+    pub fn config(&self) -> Result<EfficientNetConfig> {
+        EfficientNetConfig::preset(&self.0)
+            .ok_or_else(|| anyhow::anyhow!("unknown model preset `{}`", self.0))
+    }
+}
+
+crate::stage_params! {
+    /// Params every data-reading stage has.
+    pub struct DataParams {
+        /// subtracted from stored labels (TF-Slim stores 1..N with 0 = background)
+        pub label_offset: i64 = 1,
+        /// eval crop and resize: `efficientnet` (centre square of s/(s+crop_padding) of the shorter side, bicubic) or `original` (the Adjustable Quantization code's central 87.5% of each side and TF1 bilinear)
+        pub eval_transform: EvalTransform = EvalTransform::Efficientnet,
+        /// eval centre crop keeps s/(s+p) of the shorter side (EfficientNet: 32; 0 for small images)
+        pub crop_padding: f64 = 32.0,
+        /// smallest area fraction of a training random-resized crop
+        pub min_crop_area: f64 = 0.08,
+        /// random horizontal flips in training (off for digits and text)
+        pub flip: bool = true,
+        /// decode/augment threads of the data loader (results do not depend on it)
+        pub workers: usize = 2usize,
+    }
+}
 
 /// The TF-Slim TFRecord shards `<dir>/<split>-*` of a `data` input.
 pub fn dataset(dir: &Path, split: &str, label_offset: i64, classes: usize) -> Result<Arc<Dataset>> {
@@ -92,10 +89,8 @@ pub fn dataset(dir: &Path, split: &str, label_offset: i64, classes: usize) -> Re
 
 /// Preprocessing of a model's inputs (training augmentation or eval crop), with the
 /// stage's data params.
-pub fn preprocess(ctx: &StageContext, info: &ModelInfo, train: bool) -> Preprocess {
-    let p = &ctx.params;
-    // The original's eval transform (`data.py:238-266`).
-    let original = p.str("eval_transform") == Some("original");
+pub fn preprocess(data: &DataParams, info: &ModelInfo, train: bool) -> Preprocess {
+    let original = data.eval_transform == EvalTransform::Original;
     Preprocess {
         size: info.preprocessing.resolution,
         train,
@@ -114,9 +109,9 @@ pub fn preprocess(ctx: &StageContext, info: &ModelInfo, train: bool) -> Preproce
         } else {
             Normalization::B0
         },
-        crop_padding: p.f64("crop_padding").unwrap_or(32.0) as f32,
-        min_crop_area: p.f64("min_crop_area").unwrap_or(0.08).clamp(1e-3, 1.0),
-        flip: p.bool("flip").unwrap_or(true),
+        crop_padding: data.crop_padding as f32,
+        min_crop_area: data.min_crop_area.clamp(1e-3, 1.0),
+        flip: data.flip,
     }
 }
 
@@ -124,7 +119,7 @@ pub fn preprocess(ctx: &StageContext, info: &ModelInfo, train: bool) -> Preproce
 /// augmented when `augment`, else the eval transform) and validation batches of
 /// `val_batch` in file order.
 pub fn train_val_loaders(
-    ctx: &StageContext,
+    data: &DataParams,
     info: &ModelInfo,
     batch: usize,
     seed: u64,
@@ -132,15 +127,15 @@ pub fn train_val_loaders(
     val_batch: usize,
 ) -> (LoaderConfig, LoaderConfig) {
     (
-        loader_config(ctx, batch, preprocess(ctx, info, augment), Some(seed)),
-        loader_config(ctx, val_batch, preprocess(ctx, info, false), None),
+        loader_config(data, batch, preprocess(data, info, augment), Some(seed)),
+        loader_config(data, val_batch, preprocess(data, info, false), None),
     )
 }
 
 /// A loader of `pre`-processed batches: in training order (shuffled by `seed`, repeating,
 /// whole batches) when `seed` is given, else in file order once.
 pub fn loader_config(
-    ctx: &StageContext,
+    data: &DataParams,
     batch: usize,
     pre: Preprocess,
     seed: Option<u64>,
@@ -150,7 +145,7 @@ pub fn loader_config(
         None => LoaderConfig::eval(batch, pre.size),
     };
     cfg.preprocess = pre;
-    cfg.workers = ctx.params.i64("workers").unwrap_or(2).max(1) as usize;
+    cfg.workers = data.workers.max(1);
     cfg
 }
 
@@ -206,48 +201,6 @@ pub fn evaluate(
     })
 }
 
-/// Resumable multi-file state: each save goes to a fresh directory under the stage's
-/// `.checkpoints`, then an atomically written pointer names it, so a kill at any moment
-/// leaves the previous complete state in force.
-pub struct StateDirs {
-    root: PathBuf,
-}
-
-impl StateDirs {
-    pub fn new(ctx: &StageContext) -> StateDirs {
-        StateDirs {
-            root: ctx.work_dir.join(".checkpoints"),
-        }
-    }
-
-    /// The directory of the latest complete state, if any.
-    pub fn latest(&self) -> Option<PathBuf> {
-        let name = std::fs::read_to_string(self.root.join("latest")).ok()?;
-        let dir = self.root.join(name.trim());
-        dir.is_dir().then_some(dir)
-    }
-
-    /// Calls `write` on a fresh directory, then makes it the latest state.
-    pub fn save(&self, tag: &str, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-        let name = format!("state-{tag}");
-        let dir = self.root.join(&name);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        std::fs::create_dir_all(&dir)?;
-        write(&dir)?;
-        crate::store::atomic::sync_tree(&dir)?;
-        let previous = self.latest();
-        crate::store::atomic::write(&self.root.join("latest"), name.as_bytes())?;
-        if let Some(p) = previous
-            && p != dir
-        {
-            let _ = std::fs::remove_dir_all(p);
-        }
-        Ok(())
-    }
-}
-
 /// The `data` input of the training stages.
 pub const TRAIN_DATA: InputSpec = InputSpec {
     name: "data",
@@ -275,8 +228,8 @@ pub fn save_training_state<M: Module>(
         &Default::default(),
     )?;
     let bytes = crate::train::params::state_bytes(opt)?;
-    crate::store::atomic::write(&dir.join(STATE_OPTIMIZER), &bytes)?;
-    crate::store::atomic::write_json(&dir.join(STATE_PROGRESS), progress)?;
+    crate::atomic::write(&dir.join(STATE_OPTIMIZER), &bytes)?;
+    crate::atomic::write_json(&dir.join(STATE_PROGRESS), progress)?;
     if let Some(shadow) = ema {
         crate::ckpt::safetensors::write(&dir.join(STATE_EMA), shadow, &Default::default())?;
     }
@@ -313,6 +266,6 @@ pub fn write_jsonl<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
         lines.push_str(&serde_json::to_string(r)?);
         lines.push('\n');
     }
-    crate::store::atomic::write(path, lines.as_bytes())?;
+    crate::atomic::write(path, lines.as_bytes())?;
     Ok(())
 }

@@ -3,47 +3,35 @@
 //! (eval preprocessing, shuffled as the original's training queue or in file order) —
 //! written to `thresholds.json`, keyed by the original's point names.
 
-use super::support::{self, DATA_PARAMS};
-use super::{InputSpec, InputsSpec, StageKind};
+use super::support::{self, DataParams};
+use crate::artifacts::model_dir as dir;
 use crate::data::Loader;
 use crate::exec::context::StageContext;
+use crate::exec::kind::StageKind;
 use crate::manifest::Params;
-use crate::manifest::value::{ParamDefault as D, ParamSpec, ParamType as T};
-use crate::model::dir;
+use crate::manifest::schema::{InputSpec, InputsSpec, KindSchema, ParamSpec, StageParams};
 use crate::quant::qnet::Observe;
 use crate::quant::{QConfig, QEfficientNet};
 use anyhow::{Result, bail};
-use std::sync::LazyLock;
 
 pub struct Thresholds;
 
 pub const OUTPUT: &str = "thresholds.json";
 
-static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
-    let mut v = vec![
-        ParamSpec::new(
-            "samples",
-            T::Int,
-            D::Toml("10000"),
-            "training images to observe",
-        ),
-        ParamSpec::new(
-            "batch_size",
-            T::Int,
-            D::Toml("50"),
-            "images per forward pass",
-        ),
-        ParamSpec::new(
-            "shuffle",
-            T::Bool,
-            D::Toml("true"),
-            "draw the images from the shuffled training order (the original's queue, `thresholds.py:33-47`); false: file order",
-        ),
-        ParamSpec::new("seed", T::Int, D::Toml("0"), "order of the shuffled images"),
-    ];
-    v.extend_from_slice(DATA_PARAMS);
-    v
-});
+crate::stage_params! {
+    /// Params of `thresholds`.
+    pub struct ThresholdsParams {
+        /// training images to observe
+        pub samples: usize = 10000usize,
+        /// images per forward pass
+        pub batch_size: usize = 50usize,
+        /// draw the images from the shuffled training order (the original's queue, `thresholds.py:33-47`); false: file order
+        pub shuffle: bool = true,
+        /// order of the shuffled images
+        pub seed: u64 = 0u64,
+    }
+    shared { pub data: DataParams }
+}
 
 static INPUTS: &[InputSpec] = &[
     InputSpec {
@@ -58,7 +46,7 @@ static INPUTS: &[InputSpec] = &[
     },
 ];
 
-impl StageKind for Thresholds {
+impl KindSchema for Thresholds {
     fn name(&self) -> &'static str {
         "thresholds"
     }
@@ -76,7 +64,7 @@ impl StageKind for Thresholds {
     }
 
     fn params(&self) -> &'static [ParamSpec] {
-        &PARAMS
+        ThresholdsParams::table()
     }
 
     fn inputs(&self) -> InputsSpec {
@@ -87,25 +75,28 @@ impl StageKind for Thresholds {
         vec![OUTPUT.into()]
     }
 
+    fn uses_device(&self) -> bool {
+        true
+    }
+}
+
+impl StageKind for Thresholds {
     fn run(&self, ctx: &mut StageContext) -> Result<()> {
-        let device = support::device()?;
+        let p: ThresholdsParams = ctx.params()?;
+        let device = ctx.device()?;
         let (float, info) = dir::load_float(ctx.input("model")?, &device)?;
         let float = float.fold_bn();
-        let samples = ctx.params.i64("samples").unwrap_or(10000).max(1) as usize;
-        let batch = ctx.params.i64("batch_size").unwrap_or(50).max(1) as usize;
+        let samples = p.samples.max(1);
+        let batch = p.batch_size.max(1);
         let ds = support::dataset(
             ctx.input("data")?,
             "train",
-            ctx.params.i64("label_offset").unwrap_or(1),
+            p.data.label_offset,
             info.config.num_classes,
         )?;
-        let order = ctx
-            .params
-            .bool("shuffle")
-            .unwrap_or(true)
-            .then(|| ctx.params.i64("seed").unwrap_or(0) as u64);
-        let pre = support::preprocess(ctx, &info, false);
-        let mut cfg = support::loader_config(ctx, batch, pre, order);
+        let order = p.shuffle.then_some(p.seed);
+        let pre = support::preprocess(&p.data, &info, false);
+        let mut cfg = support::loader_config(&p.data, batch, pre, order);
         // One pass: fewer images than `samples` observes them all once.
         cfg.repeat = false;
         cfg.drop_last = false;
@@ -128,9 +119,17 @@ impl StageKind for Thresholds {
         if seen == 0 {
             bail!("no training images to observe");
         }
-        crate::store::atomic::write_json(&ctx.output_path(OUTPUT), &obs.thresholds)?;
+        crate::atomic::write_json(&ctx.output_path(OUTPUT), &obs.thresholds)?;
         ctx.set_metric("images", seen);
         ctx.set_metric("points", obs.thresholds.points.len());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn params_table_matches_struct() {
+        super::super::check_params::<super::ThresholdsParams>();
     }
 }

@@ -88,7 +88,7 @@ impl StatCache {
             return Ok(());
         }
         let entries = self.entries.lock().expect("poisoned");
-        super::atomic::write(
+        crate::atomic::write(
             file,
             &serde_json::to_vec(&*entries).map_err(io::Error::other)?,
         )

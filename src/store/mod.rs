@@ -13,11 +13,11 @@
 //! Objects enter by rename, never by copy; the record is written atomically after them, so
 //! kill -9 at any point leaves at worst unreferenced objects (collected by `gc`).
 
-pub mod atomic;
 pub mod gc;
 pub mod hash;
 pub mod verify;
 
+use crate::atomic;
 use crate::manifest::Params;
 use anyhow::{Context, Result};
 use hash::ObjectKind;
@@ -122,6 +122,7 @@ pub struct RunLog {
     pub keys: Vec<String>,
 }
 
+#[derive(Clone, Debug)]
 pub struct Store {
     pub root: PathBuf,
 }

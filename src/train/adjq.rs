@@ -165,7 +165,7 @@ impl AdjqTrainer {
         std::fs::create_dir_all(dir)?;
         ckpt::safetensors::write(&dir.join(MODEL_FILE), &self.snapshot(), &Default::default())?;
         self.save_optimizers(dir)?;
-        crate::store::atomic::write_json(&dir.join(STEP_FILE), &self.step)?;
+        crate::atomic::write_json(&dir.join(STEP_FILE), &self.step)?;
         Ok(())
     }
 
@@ -174,8 +174,8 @@ impl AdjqTrainer {
     pub fn save_optimizers(&self, dir: &Path) -> Result<()> {
         let w = params::state_bytes(&self.opt_w)?;
         let k = params::state_bytes(&self.opt_k)?;
-        crate::store::atomic::write(&dir.join(OPT_W_FILE), &w)?;
-        crate::store::atomic::write(&dir.join(OPT_K_FILE), &k)?;
+        crate::atomic::write(&dir.join(OPT_W_FILE), &w)?;
+        crate::atomic::write(&dir.join(OPT_K_FILE), &k)?;
         Ok(())
     }
 

@@ -1,9 +1,12 @@
 //! The `runner` command line.
 
+mod progress;
+
+use crate::exec::launcher::LocalLauncher;
 use crate::exec::plan::{self, Plan, Resolution, Resolver};
 use crate::exec::{self, JobState, Outcome, RunOptions};
 use crate::manifest::diag::ManifestErrors;
-use crate::manifest::value::ParamDefault;
+use crate::manifest::schema::{InputsSpec, ParamDefault};
 use crate::manifest::{self, Manifest, Override};
 use crate::store::{self, RunLog, Store, gc, verify};
 use crate::{graph, stages, sweep};
@@ -272,7 +275,7 @@ pub fn main() -> i32 {
             eprintln!("__exec-stage needs --store");
             return 2;
         };
-        return exec::child::main(store);
+        return exec::child::main(store, stages::registry());
     }
     match dispatch(cli) {
         Ok(code) => code,
@@ -388,9 +391,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Kinds { kind, markdown } => kinds(kind.as_deref(), markdown),
         Command::Predict(a) => {
-            let device = backend.device()?;
-            let source =
-                crate::predict::source(&a.model, a.preset.as_deref(), store_flag.as_deref())?;
+            let device = backend.device(None)?;
+            let source = model_source(&a.model, a.preset.as_deref(), store_flag.as_deref())?;
             let classifier = crate::predict::Classifier::load(&source, &device)?;
             let results = classifier.classify(&a.images, a.top, &device)?;
             print!("{}", crate::predict::render(&a.images, &results));
@@ -428,7 +430,11 @@ fn overrides(a: &ManifestArgs) -> Result<Vec<Override>> {
 }
 
 fn load(a: &ManifestArgs) -> Result<Manifest> {
-    Ok(manifest::load(&a.manifest, &overrides(a)?)?)
+    Ok(manifest::load(
+        &a.manifest,
+        &overrides(a)?,
+        stages::kinds(),
+    )?)
 }
 
 fn open_store(m: &Manifest, flag: Option<&Path>) -> Result<Store> {
@@ -568,7 +574,9 @@ impl Session<'_> {
         let started = store::now_rfc3339();
         let t0 = Instant::now();
         let resolver = Resolver::new(store);
-        let outcomes = exec::execute(plan, store, &resolver, self.opts, self.progress);
+        let launcher = LocalLauncher::new(store);
+        let bars = progress::Bars::new(self.progress);
+        let outcomes = exec::execute(plan, store, &resolver, self.opts, &launcher, &bars);
         let log = RunLog {
             manifest: self.manifest.path.display().to_string(),
             pipeline: self.manifest.name.clone(),
@@ -604,7 +612,8 @@ fn run_sweep(
         .iter()
         .map(|g| sweep::parse_grid_flag(g).map_err(usage))
         .collect::<Result<Vec<_>>>()?;
-    let variants = sweep::expand(&a.manifest.manifest, &base, &axes).map_err(expand_error)?;
+    let variants =
+        sweep::expand(&a.manifest.manifest, &base, &axes, stages::kinds()).map_err(expand_error)?;
     let first = &variants[0].1;
     let store = open_store(first, store_flag)?;
     let opts = run_options(
@@ -643,7 +652,7 @@ fn run_sweep(
             .join("sweeps")
             .join(format!("{pipeline}-{stamp}"))
     });
-    store::atomic::write(&dir.join("results.csv"), &table.csv()?)?;
+    crate::atomic::write(&dir.join("results.csv"), &table.csv()?)?;
     let mut md = table.markdown();
     if let Some(chart) = table.pareto() {
         let front = crate::report::plots::pareto_front(&chart.points);
@@ -659,7 +668,7 @@ fn run_sweep(
         ));
         crate::report::plots::save(&chart, &dir.join("pareto"))?;
     }
-    store::atomic::write(&dir.join("results.md"), md.as_bytes())?;
+    crate::atomic::write(&dir.join("results.md"), md.as_bytes())?;
     println!("\n{md}");
     println!("results: {}", dir.join("results.md").display());
     Ok(code)
@@ -1035,13 +1044,35 @@ fn resolve_stage(
     Ok((store, plan, job, res))
 }
 
+/// Resolves `--model`: `MANIFEST.toml:STAGE` names a finished model-producing stage;
+/// anything else is a model directory or a checkpoint file (see [`crate::predict::source`]).
+fn model_source(
+    spec: &str,
+    preset: Option<&str>,
+    store_flag: Option<&Path>,
+) -> Result<crate::predict::Source> {
+    let Some((manifest, stage)) = spec.rsplit_once(':').filter(|(m, _)| m.ends_with(".toml"))
+    else {
+        return crate::predict::source(spec, preset);
+    };
+    let (rec, store) = finished_record(Path::new(manifest), stage, store_flag)?;
+    let dir = rec
+        .outputs
+        .get(crate::artifacts::model_dir::OUTPUT)
+        .map(|o| store.object_path(&o.hash))
+        .with_context(|| {
+            format!("stage `{stage}` has no output `model`: is it a model-producing stage?")
+        })?;
+    crate::predict::source(&dir.to_string_lossy(), preset)
+}
+
 /// The record of `stage`'s current, finished run (and the store holding it).
-pub fn finished_record(
+fn finished_record(
     manifest_path: &Path,
     stage: &str,
     store_flag: Option<&Path>,
 ) -> Result<(store::Record, Store)> {
-    let m = manifest::load(manifest_path, &[])?;
+    let m = manifest::load(manifest_path, &[], stages::kinds())?;
     let (store, _, job, mut res) = resolve_stage(m, stage, store_flag)?;
     match res.swap_remove(job) {
         Resolution::Cached(r) => Ok((*r, store)),
@@ -1079,12 +1110,12 @@ fn run_gc(a: GcArgs, store_flag: Option<&Path>) -> Result<i32> {
     let mut keep = BTreeSet::new();
     let mut store_root = store_flag.map(Path::to_path_buf);
     for path in &a.manifests {
-        let m = manifest::load(path, &[])?;
+        let m = manifest::load(path, &[], stages::kinds())?;
         let root = store_root.get_or_insert_with(|| m.store.clone()).clone();
         let variants = if m.sweep.grid.is_empty() {
             vec![(vec![], m)]
         } else {
-            sweep::expand(path, &[], &[]).map_err(expand_error)?
+            sweep::expand(path, &[], &[], stages::kinds()).map_err(expand_error)?
         };
         let store = Store::open(&root)?;
         let plan = Plan::build(&variants, &[]).map_err(usage)?;
@@ -1117,9 +1148,9 @@ fn run_gc(a: GcArgs, store_flag: Option<&Path>) -> Result<i32> {
 
 fn kinds(name: Option<&str>, markdown: bool) -> Result<i32> {
     let list: Vec<_> = match name {
-        None => stages::all().to_vec(),
-        Some(n) => vec![stages::find(n).ok_or_else(|| {
-            let names: Vec<&str> = stages::all().iter().map(|k| k.name()).collect();
+        None => stages::kinds().iter().collect(),
+        Some(n) => vec![stages::kinds().find(n).ok_or_else(|| {
+            let names: Vec<&str> = stages::kinds().names().collect();
             usage(format!("no stage kind `{n}`; kinds: {}", names.join(", ")))
         })?],
     };
@@ -1139,10 +1170,10 @@ fn kinds(name: Option<&str>, markdown: bool) -> Result<i32> {
             t.load_style(comfy_table::presets::ASCII_MARKDOWN);
         }
         for p in k.params() {
-            let default = match p.default {
+            let default = match &p.default {
                 ParamDefault::Required => "required".to_string(),
                 ParamDefault::Absent => "unset".to_string(),
-                ParamDefault::Toml(lit) => lit.to_string(),
+                ParamDefault::Value(v) => show_default(v),
             };
             // Markdown cells cannot hold a bare `|`.
             let cell = |s: String| if markdown { s.replace('|', "\\|") } else { s };
@@ -1156,8 +1187,8 @@ fn kinds(name: Option<&str>, markdown: bool) -> Result<i32> {
         println!("{t}");
         let bullet = if markdown { "\n- " } else { "\n" };
         match k.inputs() {
-            stages::InputsSpec::Any => print!("{bullet}inputs: any names"),
-            stages::InputsSpec::Named(specs) => {
+            InputsSpec::Any => print!("{bullet}inputs: any names"),
+            InputsSpec::Named(specs) => {
                 for s in specs {
                     print!(
                         "{bullet}input `{}`{}: {}",
@@ -1182,6 +1213,18 @@ fn kinds(name: Option<&str>, markdown: bool) -> Result<i32> {
         println!("\n");
     }
     Ok(0)
+}
+
+/// A default as a manifest would write it; floats in the shorter of decimal and
+/// exponent form (`1e-4`, `6.9e6`, `0.999`).
+fn show_default(v: &manifest::value::Value) -> String {
+    match v {
+        manifest::value::Value::Float(x) => {
+            let (plain, exp) = (format!("{x:?}"), format!("{x:e}"));
+            if exp.len() < plain.len() { exp } else { plain }
+        }
+        other => other.to_string(),
+    }
 }
 
 fn inspect_ckpt(a: &InspectCkptArgs) -> Result<i32> {

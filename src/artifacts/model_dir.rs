@@ -3,10 +3,10 @@
 //! `model.safetensors` (every value by our parameter path) and `model.json` (architecture,
 //! preprocessing, class names, and for quantized models their bit settings).
 
-use super::config::Activation;
-use super::import;
-use super::{EfficientNet, EfficientNetConfig};
 use crate::ckpt::{self, TensorMap};
+use crate::model::config::Activation;
+use crate::model::import;
+use crate::model::{EfficientNet, EfficientNetConfig};
 use crate::quant::{QConfig, QEfficientNet};
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::Device;
@@ -80,7 +80,7 @@ pub fn write(dir: &Path, tensors: &TensorMap, info: &ModelInfo) -> Result<()> {
         .into_iter()
         .collect();
     ckpt::safetensors::write(&dir.join(WEIGHTS), tensors, &meta)?;
-    crate::store::atomic::write_json(&dir.join(INFO), info)?;
+    crate::atomic::write_json(&dir.join(INFO), info)?;
     Ok(())
 }
 
