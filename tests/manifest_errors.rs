@@ -269,6 +269,27 @@ const CASES: &[(&str, &str, usize, &str, &str)] = &[
         "unknown key `gird` in [sweep]",
         "did you mean `grid`?",
     ),
+    (
+        "unknown template",
+        "[pipeline]\nname = \"p\"\n[templates.swa]\nkind = \"shell\"\ncmd = \"x\"\n[stages.a]\nextends = \"swb\"\n",
+        7,
+        "stage `a` extends unknown template `swb`",
+        "did you mean `swa`?",
+    ),
+    (
+        "template that extends",
+        "[pipeline]\nname = \"p\"\n[templates.t]\nextends = \"u\"\n[stages.a]\nkind = \"shell\"\ncmd = \"x\"\n",
+        4,
+        "template `t` cannot extend another template",
+        "one template",
+    ),
+    (
+        "negative count",
+        "[pipeline]\nname = \"p\"\n[stages.e]\nkind = \"eval\"\nval_samples = -1\ninputs.model = \"m\"\ninputs.data = \"d\"\n",
+        5,
+        "expected an integer ≥ 0, found `-1`",
+        "",
+    ),
 ];
 
 #[test]
@@ -410,4 +431,41 @@ kind = \"shell\"\ncmd = \"é"
     );
     assert!(err.contains("5 | cmd = \"é\u{fffd}"), "{err}");
     assert_eq!(err.matches("error:").count(), 1, "{err}");
+}
+
+/// A stage that `extends` a template takes its keys; the stage's own keys win and its
+/// inputs merge with the template's; errors in the template name the stage too.
+#[test]
+fn templates_give_stages_their_keys_and_errors_name_both_places() {
+    use adjq::manifest::value::Value;
+    let text = format!(
+        "{HEAD}[templates.t]\nkind = \"shell\"\ncmd = \"base\"\nenv = {{ A = \"1\" }}\ninputs.x = \"x\"\n\
+         [stages.a]\nextends = \"t\"\ncmd = \"own\"\ninputs.y = \"y\"\n[stages.b]\nextends = \"t\"\n"
+    );
+    let m = manifest::parse(Path::new("m.toml"), &text, &[], adjq::stages::kinds()).unwrap();
+    let (a, b) = (m.stage("a").unwrap(), m.stage("b").unwrap());
+    assert_eq!(a.kind.name(), "shell");
+    assert_eq!(a.params.get("cmd"), Some(&Value::Str("own".into())));
+    assert_eq!(b.params.get("cmd"), Some(&Value::Str("base".into())));
+    assert_eq!(a.params.get("env"), b.params.get("env"));
+    let names = |s: &adjq::manifest::Stage| s.inputs.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(a), ["x", "y"]);
+    assert_eq!(names(b), ["x"]);
+
+    // A bad key in the template: located there, with the stage that extends it.
+    let text = format!(
+        "{HEAD}[templates.t]\nkind = \"shell\"\ncmdd = \"x\"\n[stages.a]\nextends = \"t\"\ncmd = \"y\"\n"
+    );
+    let Err(err) = manifest::parse(Path::new("m.toml"), &text, &[], adjq::stages::kinds()) else {
+        panic!("a bad template key loaded");
+    };
+    let err = err.to_string();
+    assert!(
+        err.starts_with("m.toml:5:1: error: unknown param `cmdd`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("note: in template `t`, which stage `a` (line 6) extends"),
+        "{err}"
+    );
 }

@@ -589,7 +589,10 @@ inputs.data = "${{params.data}}"
             trained["metrics"]["metric"].as_f64().unwrap(),
             eval["metrics"][score].as_f64().unwrap(),
         );
-        assert!(close(metric, want), "{rule}: trained against {metric}, eval {score} {want}");
+        assert!(
+            close(metric, want),
+            "{rule}: trained against {metric}, eval {score} {want}"
+        );
     }
     // The two scores differ, so the match above tells the rules apart.
     let eval = record("eval_official");
@@ -597,5 +600,8 @@ inputs.data = "${{params.data}}"
         eval["metrics"]["official_score"].as_f64().unwrap(),
         eval["metrics"]["paper_metric"].as_f64().unwrap(),
     );
-    assert!(!close(official, paper), "official {official} ≈ paper {paper}");
+    assert!(
+        !close(official, paper),
+        "official {official} ≈ paper {paper}"
+    );
 }

@@ -68,6 +68,7 @@ impl SourceMap {
             origin: origin.clone(),
             message: message.into(),
             hint: None,
+            note: None,
             snippet,
         }
     }
@@ -80,6 +81,8 @@ pub struct Diagnostic {
     pub origin: Origin,
     pub message: String,
     pub hint: Option<String>,
+    /// Where else the error comes from (the stage that extends a template).
+    pub note: Option<String>,
     snippet: Option<String>,
 }
 
@@ -134,6 +137,9 @@ impl fmt::Display for Diagnostic {
                 self.file.display(),
                 self.message
             )?,
+        }
+        if let Some(note) = &self.note {
+            writeln!(f, "  = note: {note}")?;
         }
         if let Some(hint) = &self.hint {
             writeln!(f, "  = hint: {hint}")?;

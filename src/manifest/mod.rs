@@ -151,8 +151,8 @@ impl Manifest {
     }
 }
 
-const RESERVED_STAGE_KEYS: &[&str] = &["kind", "inputs", "resources", "description"];
-const TOP_KEYS: &[&str] = &["pipeline", "params", "stages", "sweep"];
+const RESERVED_STAGE_KEYS: &[&str] = &["kind", "inputs", "resources", "description", "extends"];
+const TOP_KEYS: &[&str] = &["pipeline", "params", "templates", "stages", "sweep"];
 const PIPELINE_KEYS: &[&str] = &[
     "name",
     "description",
@@ -305,10 +305,12 @@ impl Loader<'_> {
         let mut params_tbl = None;
         let mut stages_tbl = None;
         let mut sweep_tbl = None;
+        let mut templates_tbl = None;
         for (k, v) in doc.iter() {
             match k.get_ref().as_ref() {
                 "pipeline" => pipeline = Some((k, v)),
                 "params" => params_tbl = Some(v),
+                "templates" => templates_tbl = Some(v),
                 "stages" => stages_tbl = Some(v),
                 "sweep" => sweep_tbl = Some(v),
                 other => {
@@ -400,13 +402,38 @@ impl Loader<'_> {
             }
         }
 
+        let templates = self.templates(templates_tbl);
         let mut stages = Vec::new();
         for (k, v) in &stage_entries {
             let mine: Vec<&Override> = overrides
                 .iter()
                 .filter(|o| o.target == k.get_ref().as_ref())
                 .collect();
-            if let Some(s) = self.stage(k, v, &params, &head.defaults, &mine, &head) {
+            let Some(t) = self.table(&format!("stages.{}", k.get_ref()), v) else {
+                continue;
+            };
+            let before = self.errors.len();
+            let (table, template) = match self.extend(k.get_ref(), t, &templates) {
+                Some(x) => x,
+                None => continue,
+            };
+            let stage = self.stage(k, &table, &params, &head.defaults, &mine, &head);
+            if let Some((name, lines)) = template {
+                // Errors in the template's lines name the stage that extends it too.
+                let at = match self.at(&k.span()) {
+                    Origin::File { line, .. } => format!(" (line {line})"),
+                    _ => String::new(),
+                };
+                for d in &mut self.errors[before..] {
+                    if matches!(d.origin, Origin::File { line, .. } if lines.contains(&line)) {
+                        d.note = Some(format!(
+                            "in template `{name}`, which stage `{}`{at} extends",
+                            k.get_ref()
+                        ));
+                    }
+                }
+            }
+            if let Some(s) = stage {
                 stages.push(s);
             }
         }
@@ -568,11 +595,100 @@ impl Loader<'_> {
         out
     }
 
+    /// `[templates.NAME]` tables: stage keys that stages take with `extends = "NAME"`.
+    fn templates<'a, 'i>(
+        &mut self,
+        v: Option<&'a Spanned<DeValue<'i>>>,
+    ) -> BTreeMap<String, &'a DeTable<'i>> {
+        let mut out = BTreeMap::new();
+        let Some(t) = v.and_then(|v| self.table("templates", v)) else {
+            return out;
+        };
+        for (k, v) in t.iter() {
+            let name = k.get_ref().to_string();
+            let Some(body) = self.table(&format!("templates.{name}"), v) else {
+                continue;
+            };
+            if let Some((ek, _)) = body.get_key_value("extends") {
+                let o = self.at(&ek.span());
+                self.err(
+                    &o,
+                    format!("template `{name}` cannot extend another template"),
+                )
+                .hint = Some("give each stage one template; put shared keys in it".into());
+                continue;
+            }
+            out.insert(name, body);
+        }
+        out
+    }
+
+    /// A stage's table with the keys of the template it `extends` (the stage's own keys
+    /// win; `inputs` and `resources` merge key by key), and the template's name and lines.
+    #[allow(clippy::type_complexity)]
+    fn extend<'i>(
+        &mut self,
+        stage: &str,
+        t: &DeTable<'i>,
+        templates: &BTreeMap<String, &DeTable<'i>>,
+    ) -> Option<(DeTable<'i>, Option<(String, BTreeSet<usize>)>)> {
+        let Some(ev) = t.get("extends") else {
+            return Some((t.clone(), None));
+        };
+        let name = self.string(&format!("stages.{stage}.extends"), ev)?;
+        let Some(template) = templates.get(&name) else {
+            let o = self.at(&ev.span());
+            let d = self.map.error(
+                &o,
+                format!("stage `{stage}` extends unknown template `{name}`"),
+            );
+            let d = if templates.is_empty() {
+                d.hint(format!("declare it as [templates.{name}]"))
+            } else {
+                d.suggest(&name, templates.keys().map(String::as_str))
+            };
+            self.push(d);
+            return None;
+        };
+        let mut merged = (*template).clone();
+        for (k, v) in t.iter() {
+            let key = k.get_ref().as_ref();
+            if key == "extends" {
+                continue;
+            }
+            if let (Some(DeValue::Table(base)), DeValue::Table(own)) =
+                (merged.get(key).map(|b| b.get_ref()), v.get_ref())
+                && ["inputs", "resources"].contains(&key)
+            {
+                let mut both = base.clone();
+                for (ik, iv) in own.iter() {
+                    both.remove(ik.get_ref().as_ref());
+                    both.insert(ik.clone(), iv.clone());
+                }
+                merged.remove(key);
+                merged.insert(k.clone(), Spanned::new(v.span(), DeValue::Table(both)));
+                continue;
+            }
+            merged.remove(key);
+            merged.insert(k.clone(), v.clone());
+        }
+        let mut lines = BTreeSet::new();
+        for (k, v) in template.iter() {
+            if let (Origin::File { line: a, .. }, Origin::File { line: b, .. }) = (
+                self.at(&k.span()),
+                self.at(&(v.span().end.saturating_sub(1)..v.span().end)),
+            ) {
+                lines.extend(a..=b);
+            }
+        }
+        Some((merged, Some((name, lines))))
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn stage(
         &mut self,
         key: &Spanned<toml::de::DeString<'_>>,
-        v: &Spanned<DeValue<'_>>,
+        t: &DeTable<'_>,
         shared: &BTreeMap<String, Value>,
         defaults: &BTreeMap<String, (Value, Origin)>,
         overrides: &[&Override],
@@ -588,7 +704,6 @@ impl Loader<'_> {
             );
             return None;
         }
-        let t = self.table(&format!("stages.{name}"), v)?;
         let kind = match t.get("kind") {
             None => {
                 let kinds: Vec<&str> = self.kinds.names().collect();

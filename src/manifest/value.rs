@@ -71,6 +71,7 @@ impl fmt::Display for Value {
                 }
                 write!(f, "]")
             }
+            Value::Table(t) if t.is_empty() => write!(f, "{{}}"),
             Value::Table(t) => {
                 write!(f, "{{")?;
                 for (i, (k, v)) in t.iter().enumerate() {
