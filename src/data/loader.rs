@@ -12,9 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::dataset::Dataset;
@@ -97,8 +95,6 @@ pub struct LoaderConfig {
     pub world_size: usize,
     pub preprocess: Preprocess,
     pub on_bad_record: OnBadRecord,
-    /// Show a progress bar with images/s on stderr.
-    pub progress: bool,
 }
 
 impl Default for LoaderConfig {
@@ -116,7 +112,6 @@ impl Default for LoaderConfig {
             world_size: 1,
             preprocess: Preprocess::default(),
             on_bad_record: OnBadRecord::Error,
-            progress: false,
         }
     }
 }
@@ -225,7 +220,6 @@ pub struct Loader {
     batches_per_epoch: u64,
     dataset: Arc<Dataset>,
     skipped: SkipLog,
-    progress: Option<(ProgressBar, Instant, u64)>,
 }
 
 impl Loader {
@@ -301,16 +295,6 @@ impl Loader {
                 work_loop(&ds, &cfg, &jobs, &done, &log)
             }));
         }
-        let progress = cfg.progress.then(|| {
-            let bar = ProgressBar::new(batches_per_epoch);
-            bar.set_style(
-                ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} batches {msg}")
-                    .expect("valid template"),
-            );
-            bar.set_prefix(start.epoch.to_string());
-            bar.set_position(start.batch);
-            (bar, Instant::now(), 0)
-        });
         Ok(Loader {
             results: Some(done_rx),
             tickets: Some(ticket_tx),
@@ -321,7 +305,6 @@ impl Loader {
             batches_per_epoch,
             dataset,
             skipped,
-            progress,
         })
     }
 
@@ -361,19 +344,10 @@ impl Loader {
         }
     }
 
-    fn on_yield(&mut self, next: Cursor, images: usize) {
+    fn on_yield(&mut self, next: Cursor) {
         let finished = next.epoch != self.cursor.epoch || next.batch == self.batches_per_epoch;
         let epoch = self.cursor.epoch;
         self.cursor = next;
-        if let Some((bar, since, count)) = &mut self.progress {
-            *count += images as u64;
-            let rate = *count as f64 / since.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!("{rate:.0} images/s"));
-            if next.epoch != epoch {
-                bar.set_prefix(next.epoch.to_string());
-            }
-            bar.set_position(next.batch);
-        }
         if finished {
             self.report_epoch_end(epoch);
         }
@@ -390,8 +364,7 @@ impl Iterator for Loader {
                 if let Some(t) = &self.tickets {
                     let _ = t.send(());
                 }
-                let images = done.result.as_ref().map_or(0, |b| b.labels.len());
-                self.on_yield(done.next, images);
+                self.on_yield(done.next);
                 return Some(done.result);
             }
             match self.results.as_ref()?.recv() {

@@ -1,7 +1,7 @@
 //! The child side of stage execution (`runner __exec-stage`): lock the key, run the
 //! stage in its work dir, move outputs into the store, write the record last.
 
-use super::context::{ContextParts, Event, Interrupted, Placement, StageContext, send};
+use super::context::{Event, Interrupted, Placement, StageContext, send};
 use super::kind::Registry;
 use crate::manifest::Params;
 use crate::store::{InputRecord, Record, RunStatus, Store, hostname, now_rfc3339, remove_tree};
@@ -109,7 +109,7 @@ fn run(
     );
     let started = now_rfc3339();
     let t0 = Instant::now();
-    let mut ctx = StageContext::new(ContextParts {
+    let mut ctx = StageContext {
         stage: spec.stage.clone(),
         key: spec.key.clone(),
         params: spec.params.clone(),
@@ -118,8 +118,9 @@ fn run(
         resumed,
         log_path: store.root.join(store.log_rel(&spec.key)),
         placement: spec.placement,
+        metrics: BTreeMap::new(),
         interrupted,
-    });
+    };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kind.run(&mut ctx)))
         .unwrap_or_else(|p| {
             let msg = p

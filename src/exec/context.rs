@@ -70,39 +70,13 @@ pub struct StageContext {
     /// The stage log file (shell commands write their output here).
     pub log_path: PathBuf,
     pub placement: Placement,
+    /// Metrics the stage reports (into its record); empty at the start.
     pub metrics: BTreeMap<String, serde_json::Value>,
-    interrupted: Arc<AtomicBool>,
-}
-
-/// Everything a [`StageContext`] is made from, by the child process.
-pub struct ContextParts {
-    pub stage: String,
-    pub key: String,
-    pub params: Params,
-    pub inputs: BTreeMap<String, PathBuf>,
-    pub work_dir: PathBuf,
-    pub resumed: bool,
-    pub log_path: PathBuf,
-    pub placement: Placement,
+    /// Set by SIGINT/SIGTERM; read through [`StageContext::interrupted`].
     pub interrupted: Arc<AtomicBool>,
 }
 
 impl StageContext {
-    pub fn new(parts: ContextParts) -> Self {
-        StageContext {
-            stage: parts.stage,
-            key: parts.key,
-            params: parts.params,
-            inputs: parts.inputs,
-            work_dir: parts.work_dir,
-            resumed: parts.resumed,
-            log_path: parts.log_path,
-            placement: parts.placement,
-            metrics: BTreeMap::new(),
-            interrupted: parts.interrupted,
-        }
-    }
-
     /// The stage's params as its kind's typed struct.
     pub fn params<P: StageParams>(&self) -> Result<P> {
         P::from_params(&self.params)
@@ -197,18 +171,17 @@ mod tests {
     #[test]
     fn resume_states_survive_a_new_context_and_replace_each_other() {
         let dir = tempfile::tempdir().unwrap();
-        let make = || {
-            StageContext::new(ContextParts {
-                stage: "s".into(),
-                key: "k".into(),
-                params: Params::default(),
-                inputs: BTreeMap::new(),
-                work_dir: dir.path().to_path_buf(),
-                resumed: true,
-                log_path: dir.path().join("log"),
-                placement: Placement::default(),
-                interrupted: Arc::new(AtomicBool::new(false)),
-            })
+        let make = || StageContext {
+            stage: "s".into(),
+            key: "k".into(),
+            params: Params::default(),
+            inputs: BTreeMap::new(),
+            work_dir: dir.path().to_path_buf(),
+            resumed: true,
+            log_path: dir.path().join("log"),
+            placement: Placement::default(),
+            metrics: BTreeMap::new(),
+            interrupted: Arc::new(AtomicBool::new(false)),
         };
         let ctx = make();
         assert_eq!(ctx.latest_state(), None);

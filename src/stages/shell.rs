@@ -126,7 +126,7 @@ impl StageKind for Shell {
             }
         }
         if let Some(m) = &p.metrics {
-            let path = ctx.work_dir.join(&m);
+            let path = ctx.work_dir.join(m);
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("metrics file {} not found", path.display()))?;
             let parsed: BTreeMap<String, serde_json::Value> = serde_json::from_str(&text)
