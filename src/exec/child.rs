@@ -114,6 +114,11 @@ fn run(
         key: spec.key.clone(),
         params: spec.params.clone(),
         inputs: spec.input_paths.clone(),
+        sources: spec
+            .inputs
+            .iter()
+            .map(|(name, rec)| (name.clone(), rec.source.clone()))
+            .collect(),
         work_dir: work.clone(),
         resumed,
         log_path: store.root.join(store.log_rel(&spec.key)),

@@ -64,6 +64,8 @@ pub struct StageContext {
     pub key: String,
     pub params: Params,
     pub inputs: BTreeMap<String, PathBuf>,
+    /// Where each input came from: its path, or `STAGE:OUTPUT`.
+    pub sources: BTreeMap<String, String>,
     pub work_dir: PathBuf,
     /// True when the work dir was left by an interrupted earlier attempt.
     pub resumed: bool,
@@ -94,6 +96,14 @@ impl StageContext {
             .get(name)
             .map(PathBuf::as_path)
             .with_context(|| format!("stage `{}` has no input `{name}`", self.stage))
+    }
+
+    /// The file name input `name` was produced under (an upstream output's name, or the
+    /// given path's file name): what the artifact is, since stored objects are nameless.
+    pub fn input_file_name(&self, name: &str) -> Option<&str> {
+        let source = self.sources.get(name)?;
+        let tail = source.rsplit(':').next().unwrap_or(source);
+        Path::new(tail).file_name()?.to_str()
     }
 
     /// Where the stage must leave its output `name` (a file or a directory).
@@ -176,6 +186,7 @@ mod tests {
             key: "k".into(),
             params: Params::default(),
             inputs: BTreeMap::new(),
+            sources: BTreeMap::new(),
             work_dir: dir.path().to_path_buf(),
             resumed: true,
             log_path: dir.path().join("log"),
@@ -183,7 +194,14 @@ mod tests {
             metrics: BTreeMap::new(),
             interrupted: Arc::new(AtomicBool::new(false)),
         };
-        let ctx = make();
+        let mut ctx = make();
+        ctx.sources
+            .insert("e".into(), "eval_float:eval.json".into());
+        ctx.sources
+            .insert("p".into(), "/data/x:y/quant_info.json".into());
+        assert_eq!(ctx.input_file_name("e"), Some("eval.json"));
+        assert_eq!(ctx.input_file_name("p"), Some("quant_info.json"));
+        assert_eq!(ctx.input_file_name("missing"), None);
         assert_eq!(ctx.latest_state(), None);
         ctx.save_state("1", |d| Ok(std::fs::write(d.join("x"), "41")?))
             .unwrap();

@@ -3,8 +3,9 @@
 //! resumable at every mini-epoch boundary (model, both Adam states, SWA sums, data
 //! position; the RNG is reseeded per mini-epoch from the seed).
 
-use super::support::{self, Accuracy, DataParams};
+use super::support::{self, DataParams};
 use crate::artifacts::model_dir::{self as dir, ModelInfo};
+use crate::artifacts::{self, MiniEpoch};
 use crate::data::{Cursor, Loader};
 use crate::exec::context::StageContext;
 use crate::exec::kind::StageKind;
@@ -26,8 +27,7 @@ pub struct Adjq;
 
 pub const MODEL: &str = dir::OUTPUT;
 pub const CHECKPOINTS: &str = "checkpoints";
-pub const METRICS: &str = "metrics.jsonl";
-pub const QUANT_INFO: &str = "quant_info.json";
+pub use crate::artifacts::{METRICS, QUANT_INFO};
 pub const TENSORBOARD: &str = "tensorboard";
 
 crate::param_choice! {
@@ -128,23 +128,6 @@ static INPUTS: &[InputSpec] = &[
     },
     support::TRAIN_DATA,
 ];
-
-/// One mini-epoch's results (a line of metrics.jsonl).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct MiniEpoch {
-    pub epoch: usize,
-    pub mini_epoch: usize,
-    pub steps: usize,
-    pub trained_bits: bool,
-    pub loss: LossTerms,
-    pub accuracy: Accuracy,
-    pub metric: f64,
-    pub params: f64,
-    pub ops: f64,
-    pub avg_weight_bits: f64,
-    pub avg_act_bits: f64,
-    pub checkpoint: String,
-}
 
 /// What a resumed attempt needs besides the trainer's own state.
 #[derive(Default, Serialize, Deserialize)]
@@ -395,7 +378,7 @@ impl StageKind for Adjq {
         save_checkpoint(&trainer, &info, &ctx.output_path(MODEL))?;
         let model = trainer.model();
         let qi = QuantInfo::of(model);
-        crate::atomic::write_json(&ctx.output_path(QUANT_INFO), &qi)?;
+        artifacts::write_json(&ctx.output_path(QUANT_INFO), &qi)?;
         let m = metric(model, &mcfg);
         ctx.set_metric("metric", m.metric.into_scalar::<f32>() as f64);
         ctx.set_metric("avg_weight_bits", qi.avg_weight_bits);
@@ -454,13 +437,13 @@ fn validate(
 fn save_checkpoint(trainer: &AdjqTrainer, info: &ModelInfo, path: &std::path::Path) -> Result<()> {
     let model = trainer.model();
     dir::write(path, &crate::model::import::export(model), info)?;
-    crate::atomic::write_json(&path.join(QUANT_INFO), &QuantInfo::of(model))?;
+    artifacts::write_json(&path.join(QUANT_INFO), &QuantInfo::of(model))?;
     trainer.save_optimizers(path)
 }
 
 /// metrics.jsonl and the TensorBoard curves, rewritten from all records.
 fn write_logs(ctx: &StageContext, records: &[MiniEpoch]) -> Result<()> {
-    support::write_jsonl(&ctx.output_path(METRICS), records)?;
+    artifacts::write_jsonl(&ctx.output_path(METRICS), records)?;
     let mut tb = EventWriter::create(&ctx.output_path(TENSORBOARD))?;
     for (i, r) in records.iter().enumerate() {
         tb.scalars(

@@ -11,31 +11,14 @@ use crate::quant::info::QuantInfo;
 use crate::quant::thresholds::Thresholds;
 use crate::quant::{QConfig, QEfficientNet};
 use crate::score::counter::{self, Quantization};
-use crate::score::metric::{MetricConfig, PaperMetric, paper_metric};
+use crate::score::metric::{MetricConfig, paper_metric};
 use anyhow::{Result, bail};
 use burn::module::Module;
-use serde::{Deserialize, Serialize};
 
 pub struct Eval;
 
-/// `eval.json`: what the stage measured (the report stage reads it back).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EvalResult {
-    pub model: String,
-    pub quantized: bool,
-    pub top1: f64,
-    pub top5: f64,
-    pub images: usize,
-    pub paper_metric: PaperMetric,
-    /// The official MicroNet totals and score.
-    pub official: counter::Totals,
-    pub avg_weight_bits: f64,
-    pub avg_act_bits: f64,
-}
-
-pub const RESULT: &str = "eval.json";
+use crate::artifacts::{self, EVAL as RESULT, EvalResult, QUANT_INFO};
 pub const SCORE_TABLE: &str = "score.txt";
-pub const QUANT_INFO: &str = "quant_info.json";
 
 crate::stage_params! {
     /// Params of `eval`.
@@ -213,8 +196,8 @@ impl StageKind for Eval {
             avg_weight_bits: qinfo.avg_weight_bits,
             avg_act_bits: qinfo.avg_act_bits,
         };
-        crate::atomic::write_json(&ctx.output_path(RESULT), &result)?;
-        crate::atomic::write_json(&ctx.output_path(QUANT_INFO), &qinfo)?;
+        artifacts::write_json(&ctx.output_path(RESULT), &result)?;
+        artifacts::write_json(&ctx.output_path(QUANT_INFO), &qinfo)?;
         let table = format!(
             "{}paper metric (the original's training metric): {:.5}\n",
             counter::render_table(&report),

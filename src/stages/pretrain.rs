@@ -2,8 +2,9 @@
 //! step 1, where no published checkpoint exists. Adam or SGD with momentum, label
 //! smoothing, cosine or fixed lr; resumable at every epoch boundary.
 
-use super::support::{self, Accuracy, DataParams, ModelPreset};
+use super::support::{self, DataParams, ModelPreset};
 use crate::artifacts::model_dir::{self as dir, ModelInfo};
+use crate::artifacts::{self, Accuracy};
 use crate::data::{Cursor, Loader};
 use crate::exec::context::StageContext;
 use crate::exec::kind::StageKind;
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 pub struct Pretrain;
 
 pub const MODEL: &str = dir::OUTPUT;
-pub const METRICS: &str = "metrics.jsonl";
+pub use crate::artifacts::METRICS;
 pub const TENSORBOARD: &str = "tensorboard";
 
 crate::param_choice! {
@@ -270,7 +271,7 @@ fn evaluated(model: &EfficientNet, ema: &Option<Ema>) -> Result<EfficientNet> {
 }
 
 fn write_logs(ctx: &StageContext, records: &[Epoch]) -> Result<()> {
-    support::write_jsonl(&ctx.output_path(METRICS), records)?;
+    artifacts::write_jsonl(&ctx.output_path(METRICS), records)?;
     let mut tb = EventWriter::create(&ctx.output_path(TENSORBOARD))?;
     for r in records {
         tb.scalars(

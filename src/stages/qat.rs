@@ -4,8 +4,9 @@
 //! trained weights as a float model directory (identity batch norms, so the next stages
 //! fold back exactly these weights) and the ranges.
 
-use super::support::{self, Accuracy, DataParams};
+use super::support::{self, DataParams};
 use crate::artifacts::model_dir::{self as dir, ModelInfo};
+use crate::artifacts::{self, Accuracy};
 use crate::data::{Cursor, Loader};
 use crate::exec::context::StageContext;
 use crate::exec::kind::StageKind;
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 pub struct Qat;
 
 pub const RANGES: &str = "ranges.json";
-pub const METRICS: &str = "metrics.jsonl";
+pub use crate::artifacts::METRICS;
 
 crate::stage_params! {
     /// Params of `qat`.
@@ -236,7 +237,7 @@ impl StageKind for Qat {
             &out_info,
         )?;
         crate::atomic::write_json(&ctx.output_path(RANGES), &progress.qat)?;
-        support::write_jsonl(&ctx.output_path(METRICS), &progress.records)?;
+        artifacts::write_jsonl(&ctx.output_path(METRICS), &progress.records)?;
         if let Some(f) = progress.float_accuracy {
             ctx.set_metric("float_top1", f.top1);
         }

@@ -4,8 +4,7 @@
 //! the checkpoint selections. Writes report.md, a self-contained report.html, the charts
 //! as PNG and SVG, and summary.txt (what `runner run` prints at the end).
 
-use super::adjq::MiniEpoch;
-use super::eval::EvalResult;
+use crate::artifacts::{Artifact, ArtifactKind, EvalResult, MiniEpoch, Selection};
 use crate::exec::context::StageContext;
 use crate::exec::kind::StageKind;
 use crate::manifest::Params;
@@ -14,7 +13,6 @@ use crate::quant::info::QuantInfo;
 use crate::report::page::Page;
 use crate::report::plots::{self, Bars, GroupedBars, Line, Panel, Panels};
 use anyhow::{Context, Result, bail};
-use serde::de::DeserializeOwned;
 use std::path::Path;
 
 pub struct Report;
@@ -33,70 +31,17 @@ crate::stage_params! {
     }
 }
 
-/// What an input holds, told by its content (inputs are content-addressed objects, so
-/// their file names say nothing).
-enum Input {
-    Eval(EvalResult),
-    Bits(QuantInfo),
-    Curve(Vec<MiniEpoch>),
-    Selection(serde_json::Value),
-}
-
-fn parse<T: DeserializeOwned>(
-    name: &str,
-    path: &Path,
-    v: serde_json::Value,
-    what: &str,
-) -> Result<T> {
-    serde_json::from_value(v).with_context(|| {
-        format!(
-            "input `{name}` ({}) looks like {what} but is not one",
-            path.display()
-        )
-    })
-}
-
-fn classify(name: &str, path: &Path) -> Result<Input> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("input `{name}`: cannot read {} as text", path.display()))?;
-    let has = |v: &serde_json::Value, keys: &[&str]| keys.iter().all(|k| v.get(k).is_some());
-    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-        if has(&v, &["chosen", "candidates"]) {
-            return Ok(Input::Selection(v));
-        }
-        if has(&v, &["layers", "avg_weight_bits"]) {
-            return Ok(Input::Bits(parse(name, path, v, "quant_info.json")?));
-        }
-        if has(&v, &["official", "top1"]) {
-            return Ok(Input::Eval(parse(name, path, v, "an eval.json")?));
-        }
-    }
-    let lines: Vec<(usize, &str)> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .collect();
-    let first: Option<serde_json::Value> = lines
-        .first()
-        .and_then(|(_, l)| serde_json::from_str(l).ok());
-    if first.is_some_and(|v| has(&v, &["mini_epoch", "checkpoint"])) {
-        let mut rows = Vec::new();
-        for (i, line) in lines {
-            rows.push(serde_json::from_str(line).with_context(|| {
-                format!(
-                    "input `{name}`: {}:{}: not an adjq metrics record",
-                    path.display(),
-                    i + 1
-                )
-            })?);
-        }
-        return Ok(Input::Curve(rows));
-    }
-    bail!(
-        "input `{name}` ({}) is not something a report shows; give eval.json or \
-         quant_info.json (eval), metrics.jsonl (adjq) or selection.json (select) outputs",
-        path.display()
-    )
+/// An input as its artifact, told by the name it was produced under.
+fn read_input(ctx: &StageContext, name: &str, path: &Path) -> Result<Artifact> {
+    let produced = ctx.input_file_name(name).unwrap_or_default();
+    let Some(kind) = ArtifactKind::of(produced) else {
+        bail!(
+            "input `{name}` ({}) is not something a report shows; give eval.json or \
+             quant_info.json (eval), metrics.jsonl (adjq) or selection.json (select) outputs",
+            ctx.sources.get(name).map_or("?", String::as_str)
+        );
+    };
+    Artifact::read(kind, path).with_context(|| format!("input `{name}`"))
 }
 
 fn pct(x: f64) -> String {
@@ -142,11 +87,11 @@ impl StageKind for Report {
         std::fs::create_dir_all(&out)?;
         let (mut evals, mut bits, mut curves, mut selections) = (vec![], vec![], vec![], vec![]);
         for (name, path) in &ctx.inputs {
-            match classify(name, path)? {
-                Input::Eval(e) => evals.push((name.clone(), e)),
-                Input::Bits(b) => bits.push((name.clone(), b)),
-                Input::Curve(c) => curves.push((name.clone(), c)),
-                Input::Selection(s) => selections.push((name.clone(), s)),
+            match read_input(ctx, name, path)? {
+                Artifact::Eval(e) => evals.push((name.clone(), e)),
+                Artifact::QuantInfo(b) => bits.push((name.clone(), b)),
+                Artifact::Curve(c) => curves.push((name.clone(), c)),
+                Artifact::Selection(s) => selections.push((name.clone(), s)),
             }
         }
         if evals.is_empty() && bits.is_empty() && curves.is_empty() {
@@ -512,26 +457,22 @@ fn curves_section(page: &mut Page, out: &Path, curves: &[(String, Vec<MiniEpoch>
     Ok(())
 }
 
-fn selections_section(page: &mut Page, selections: &[(String, serde_json::Value)]) {
+fn selections_section(page: &mut Page, selections: &[(String, Selection)]) {
     page.heading("Checkpoint selections");
     let rows: Vec<Vec<String>> = selections
         .iter()
         .map(|(name, s)| {
-            let num = |k: &str| s[k].as_f64().map(|x| format!("{x:.4}")).unwrap_or_default();
-            let rule = match s["rule"].as_str() {
-                Some("highest_top1") => {
-                    format!("highest top-1 with metric ≤ {}", num("max_metric"))
-                }
-                _ => format!("lowest metric with top-1 ≥ {}", num("min_top1")),
+            let rule = match s.rule.as_str() {
+                "highest_top1" => format!("highest top-1 with metric ≤ {:.4}", s.max_metric),
+                _ => format!("lowest metric with top-1 ≥ {:.4}", s.min_top1),
             };
-            let candidates = s["candidates"].as_array().map_or(0, Vec::len);
             vec![
                 name.clone(),
                 rule,
-                s["chosen"].as_str().unwrap_or("-").to_string(),
-                num("metric"),
-                s["top1"].as_f64().map(pct).unwrap_or_default(),
-                format!("{} of {candidates}", s["eligible"]),
+                s.chosen.clone(),
+                format!("{:.4}", s.metric),
+                pct(s.top1),
+                format!("{} of {}", s.eligible, s.candidates.len()),
             ]
         })
         .collect();
@@ -544,25 +485,6 @@ fn selections_section(page: &mut Page, selections: &[(String, serde_json::Value)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn inputs_are_told_apart_by_content_and_others_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let sel = dir.path().join("a");
-        std::fs::write(
-            &sel,
-            r#"{"chosen": "e0m1", "candidates": [], "rule": "lowest_metric"}"#,
-        )
-        .unwrap();
-        assert!(matches!(classify("s", &sel).unwrap(), Input::Selection(_)));
-        let other = dir.path().join("b");
-        std::fs::write(&other, "{\"epoch\": 1, \"loss\": 0.5}\n").unwrap();
-        let e = classify("pre", &other).err().unwrap().to_string();
-        assert!(
-            e.contains("input `pre`") && e.contains("metrics.jsonl (adjq)"),
-            "{e}"
-        );
-    }
 
     #[test]
     fn histogram_bins_round_and_share() {

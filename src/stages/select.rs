@@ -3,16 +3,16 @@
 //! records why.
 
 use crate::artifacts::model_dir as dir;
+use crate::artifacts::{self, Candidate, MiniEpoch, Selection};
 use crate::exec::context::StageContext;
 use crate::exec::kind::StageKind;
 use crate::manifest::Params;
 use crate::manifest::schema::{InputSpec, InputsSpec, KindSchema, ParamSpec, StageParams};
-use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use anyhow::{Result, bail};
 
 pub struct Select;
 
-pub const SELECTION: &str = "selection.json";
+pub use crate::artifacts::SELECTION;
 
 crate::param_choice! {
     /// How `select` picks a checkpoint.
@@ -78,30 +78,12 @@ impl KindSchema for Select {
 impl StageKind for Select {
     fn run(&self, ctx: &mut StageContext) -> Result<()> {
         let metrics_path = ctx.input("metrics")?.to_path_buf();
-        let text = std::fs::read_to_string(&metrics_path)
-            .with_context(|| format!("cannot read {}", metrics_path.display()))?;
-        let mut rows = Vec::new();
-        for (i, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let v: Value = serde_json::from_str(line)
-                .with_context(|| format!("{}:{}: not JSON", metrics_path.display(), i + 1))?;
-            let field = |k: &str| v.pointer(k).and_then(Value::as_f64);
-            let (Some(metric), Some(top1), Some(name)) = (
-                field("/metric"),
-                field("/accuracy/top1"),
-                v["checkpoint"].as_str(),
-            ) else {
-                bail!(
-                    "{}:{}: expected metric, accuracy.top1 and checkpoint (an adjq metrics.jsonl)",
-                    metrics_path.display(),
-                    i + 1
-                );
-            };
-            rows.push((name.to_string(), metric, top1));
-        }
+        let records: Vec<MiniEpoch> =
+            artifacts::read_jsonl(&metrics_path, "metrics.jsonl of an adjq stage")?;
+        let rows: Vec<(String, f64, f64)> = records
+            .into_iter()
+            .map(|r| (r.checkpoint, r.metric, r.accuracy.top1))
+            .collect();
         let p: SelectParams = ctx.params()?;
         let (rule, min_top1, max_metric) = (p.rule, p.min_top1, p.max_metric);
         let rule_name = Rule::NAMES[rule as usize];
@@ -143,17 +125,24 @@ impl StageKind for Select {
             let e = e?;
             std::fs::copy(e.path(), out.join(e.file_name()))?;
         }
-        let why = json!({
-            "rule": rule_name,
-            "min_top1": min_top1,
-            "max_metric": max_metric,
-            "chosen": name,
-            "metric": metric,
-            "top1": top1,
-            "eligible": eligible.len(),
-            "candidates": rows.iter().map(|(n, m, t)| json!({"checkpoint": n, "metric": m, "top1": t})).collect::<Vec<_>>(),
-        });
-        crate::atomic::write_json(&ctx.output_path(SELECTION), &why)?;
+        let why = Selection {
+            candidates: rows
+                .iter()
+                .map(|(checkpoint, metric, top1)| Candidate {
+                    checkpoint: checkpoint.clone(),
+                    metric: *metric,
+                    top1: *top1,
+                })
+                .collect(),
+            chosen: name.clone(),
+            eligible: eligible.len(),
+            max_metric,
+            metric,
+            min_top1,
+            rule: rule_name.to_string(),
+            top1,
+        };
+        artifacts::write_json(&ctx.output_path(SELECTION), &why)?;
         ctx.set_metric("metric", metric);
         ctx.set_metric("top1", top1);
         ctx.set_metric("chosen", name);

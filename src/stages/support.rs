@@ -1,6 +1,7 @@
 //! What the training stages share: the device of the run's backend, the dataset of a
 //! `data` input, preprocessing for a model, evaluation, resumable state directories.
 
+use crate::artifacts::Accuracy;
 use crate::artifacts::model_dir::ModelInfo;
 use crate::ckpt::TensorMap;
 use crate::data::{Compression, Dataset, ExampleSchema, Loader, LoaderConfig, OnBadRecord};
@@ -149,14 +150,6 @@ pub fn loader_config(
     cfg
 }
 
-/// Top-1/top-5 accuracy over the first `limit` validation images (0 = all).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Accuracy {
-    pub top1: f64,
-    pub top5: f64,
-    pub images: usize,
-}
-
 pub fn evaluate(
     forward: &dyn Fn(Tensor<4>) -> Tensor<2>,
     ds: Arc<Dataset>,
@@ -257,15 +250,4 @@ pub fn load_training_state<M: Module, P: DeserializeOwned>(
         false => None,
     };
     Ok((model, opt, progress, ema))
-}
-
-/// `metrics.jsonl`: one JSON line per record.
-pub fn write_jsonl<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
-    let mut lines = String::new();
-    for r in records {
-        lines.push_str(&serde_json::to_string(r)?);
-        lines.push('\n');
-    }
-    crate::atomic::write(path, lines.as_bytes())?;
-    Ok(())
 }
