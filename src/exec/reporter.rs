@@ -19,16 +19,3 @@ pub trait Reporter: Sync {
     /// A line about the run as a whole (stopping on a signal…).
     fn note(&self, line: &str);
 }
-
-/// Reports nothing (scripts, `--json`, tests).
-pub struct Silent;
-
-impl Reporter for Silent {
-    fn started(&self, _: &str, _: &str) {}
-    fn running(&self, _: &str) {}
-    fn waiting(&self, _: &str) {}
-    fn progress(&self, _: &str, _: u64, _: Option<u64>, _: &str) {}
-    fn succeeded(&self, _: &str, _: Duration) {}
-    fn failed(&self, _: &str, _: &str, _: Option<&Path>) {}
-    fn note(&self, _: &str) {}
-}

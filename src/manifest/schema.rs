@@ -104,16 +104,6 @@ pub struct ParamSpec {
     pub doc: &'static str,
 }
 
-impl ParamSpec {
-    /// The default value, if the parameter has one.
-    pub fn default_value(&self) -> Option<Value> {
-        match &self.default {
-            ParamDefault::Value(v) => Some(v.clone()),
-            _ => None,
-        }
-    }
-}
-
 /// A Rust type a param field may have, and the manifest type that checks it.
 pub trait ParamValue {
     fn param_type() -> ParamType;
@@ -420,8 +410,8 @@ mod tests {
 
         let mut p = Params::default();
         for s in table {
-            if let Some(v) = s.default_value() {
-                p.0.insert(s.name.into(), v);
+            if let ParamDefault::Value(v) = &s.default {
+                p.0.insert(s.name.into(), v.clone());
             }
         }
         assert!(Demo::from_params(&p).unwrap_err().contains("cmd"));

@@ -39,15 +39,6 @@ pub enum RangePreset {
 impl RangePreset {
     pub const NAMES: &[&str] = &["narrow", "default", "unbounded"];
 
-    pub fn parse(name: &str) -> Option<RangePreset> {
-        Some(match name {
-            "narrow" => RangePreset::Narrow,
-            "default" => RangePreset::Default,
-            "unbounded" => RangePreset::Unbounded,
-            _ => return None,
-        })
-    }
-
     pub fn limits(self) -> RangeLimits {
         match self {
             RangePreset::Narrow => RangeLimits {
@@ -85,14 +76,6 @@ pub enum ClipGrad {
 
 impl ClipGrad {
     pub const NAMES: &[&str] = &["as_executed", "detached"];
-
-    pub fn parse(name: &str) -> Option<ClipGrad> {
-        Some(match name {
-            "as_executed" => ClipGrad::AsExecuted,
-            "detached" => ClipGrad::Detached,
-            _ => return None,
-        })
-    }
 }
 
 /// Smallest and largest learned bit-width.

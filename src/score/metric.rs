@@ -51,14 +51,6 @@ pub enum Pairing {
 
 impl Pairing {
     pub const NAMES: &[&str] = &["tile", "all"];
-
-    pub fn parse(name: &str) -> Option<Pairing> {
-        Some(match name {
-            "tile" => Pairing::Tile,
-            "all" => Pairing::All,
-            _ => return None,
-        })
-    }
 }
 
 /// Baselines, the straight-through split of the max, and the rule.
