@@ -72,7 +72,11 @@ pub(super) enum Command {
     InspectCkpt(InspectCkptArgs),
     /// Internal: run one stage (the child side of `run`).
     #[command(name = "__exec-stage", hide = true)]
-    ExecStage,
+    ExecStage {
+        /// The job spec (JSON); default stdin.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -86,21 +90,33 @@ pub(super) struct ManifestArgs {
 
 #[derive(Args)]
 pub(super) struct ExecArgs {
-    /// Stages that may run at the same time.
-    #[arg(short, long, default_value_t = 2)]
-    pub(super) jobs: usize,
+    /// Where stages run: child processes here, or Slurm batch jobs ([executor.slurm]).
+    #[arg(long, value_enum, default_value_t, env = "ADJQ_EXECUTOR")]
+    pub(super) executor: Executor,
+    /// Stages that may run (or, on Slurm, be queued) at the same time [default: 2 here, no limit on Slurm].
+    #[arg(short, long)]
+    pub(super) jobs: Option<usize>,
     /// Rerun STAGE even if cached (repeatable). Dependants rerun only if its outputs change.
     #[arg(long, value_name = "STAGE")]
     pub(super) force: Vec<String>,
     /// After a failure, keep running stages that do not depend on it.
     #[arg(short, long)]
     pub(super) keep_going: bool,
-    /// Resource slot limit, e.g. gpu=2 (default gpu=1 and the pipeline's [pipeline] resources).
+    /// Resource slot limit, e.g. gpu=2 (default gpu=1 and the pipeline's [pipeline] resources; on Slurm the cluster places GPUs).
     #[arg(long, value_name = "NAME=N")]
     pub(super) resource: Vec<String>,
     /// Print what would run and why, then stop.
     #[arg(short = 'n', long)]
     pub(super) dry_run: bool,
+}
+
+#[derive(Clone, Copy, Default, PartialEq, ValueEnum)]
+pub(super) enum Executor {
+    /// Each stage a child process of this runner.
+    #[default]
+    Local,
+    /// Each stage an `sbatch` job against the same store (on a shared filesystem).
+    Slurm,
 }
 
 #[derive(Args)]

@@ -13,8 +13,9 @@ use models::*;
 use run::*;
 use store_cmds::*;
 
-use crate::exec::launcher::LocalLauncher;
+use crate::exec::launcher::{Launcher, LocalLauncher};
 use crate::exec::plan::{self, Plan, Resolution, Resolver};
+use crate::exec::slurm::SlurmLauncher;
 use crate::exec::{self, JobState, Outcome, RunOptions};
 use crate::manifest::diag::ManifestErrors;
 use crate::manifest::schema::{InputsSpec, ParamDefault};
@@ -32,14 +33,14 @@ use std::time::Instant;
 /// Exit codes: 0 success, 1 a stage failed, 2 bad usage or manifest, 130 interrupted.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let child = matches!(cli.command, Command::ExecStage);
+    let child = matches!(cli.command, Command::ExecStage { .. });
     init_logging(cli.verbose, child);
-    if child {
+    if let Command::ExecStage { spec } = cli.command {
         let Some(store) = cli.store else {
             eprintln!("__exec-stage needs --store");
             return 2;
         };
-        return exec::child::main(store, stages::registry());
+        return exec::child::main(store, spec, stages::registry());
     }
     match dispatch(cli) {
         Ok(code) => code,
@@ -182,7 +183,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::InspectCkpt(a) => inspect_ckpt(&a),
-        Command::ExecStage => unreachable!("handled before dispatch"),
+        Command::ExecStage { .. } => unreachable!("handled before dispatch"),
     }
 }
 

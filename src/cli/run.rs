@@ -31,12 +31,15 @@ pub(super) fn run_options(
             )));
         }
     }
+    let cluster = e.executor == Executor::Slurm;
     Ok(RunOptions {
-        jobs: e.jobs,
+        // Local stages share this machine; queued Slurm jobs cost nothing while they wait.
+        jobs: e.jobs.unwrap_or(if cluster { usize::MAX } else { 2 }),
         force: e.force.iter().cloned().collect(),
         keep_going: e.keep_going,
         resources,
         backend,
+        cluster,
     })
 }
 
@@ -112,6 +115,7 @@ pub(super) fn run(
         manifest: &variants[0].1,
         store: &store,
         opts: &opts,
+        executor: a.exec.executor,
         progress,
     };
     session.execute(&plan, a.exec.dry_run).map(|(code, _)| code)
@@ -123,7 +127,29 @@ pub(super) struct Session<'a> {
     manifest: &'a Manifest,
     store: &'a Store,
     opts: &'a RunOptions,
+    executor: Executor,
     progress: bool,
+}
+
+/// The cluster requests of the jobs that will run (not those already cached), for
+/// Slurm to vet before anything is submitted.
+fn slurm_requests<'a>(
+    plan: &'a Plan,
+    resolver: &Resolver,
+    opts: &RunOptions,
+) -> Vec<exec::slurm::Request<'a>> {
+    let res = plan::resolve_all(plan, resolver, &|j| opts.force.contains(&j.stage.name));
+    plan.jobs
+        .iter()
+        .enumerate()
+        .zip(&res)
+        .filter(|(_, r)| !matches!(r, Resolution::Cached(_)))
+        .map(|((i, j), _)| exec::slurm::Request {
+            stage: &j.stage.name,
+            gpus: exec::gpus_of(plan, i, opts),
+            cluster: &j.stage.cluster,
+        })
+        .collect()
 }
 
 impl Session<'_> {
@@ -139,9 +165,16 @@ impl Session<'_> {
         let started = store::now_rfc3339();
         let t0 = Instant::now();
         let resolver = Resolver::new(store);
-        let launcher = LocalLauncher::new(store);
+        let launcher: Box<dyn Launcher> = match self.executor {
+            Executor::Local => Box::new(LocalLauncher::new(store)),
+            Executor::Slurm => {
+                let slurm = SlurmLauncher::new(store, self.manifest.slurm.clone())?;
+                slurm.check(&slurm_requests(plan, &resolver, self.opts))?;
+                Box::new(slurm)
+            }
+        };
         let bars = progress::Bars::new(self.progress);
-        let outcomes = exec::execute(plan, store, &resolver, self.opts, &launcher, &bars);
+        let outcomes = exec::execute(plan, store, &resolver, self.opts, &*launcher, &bars);
         let log = RunLog {
             manifest: self.manifest.path.display().to_string(),
             pipeline: self.manifest.name.clone(),
@@ -203,6 +236,7 @@ pub(super) fn run_sweep(
         manifest: first,
         store: &store,
         opts: &opts,
+        executor: a.exec.executor,
         progress,
     };
     let (code, outcomes) = session.execute(&plan, a.exec.dry_run)?;

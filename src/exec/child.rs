@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-/// What the parent tells the child to do (sent as JSON on stdin).
+/// What the parent tells the child to do (JSON, on stdin or in a file).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct JobSpec {
     pub pipeline: String,
@@ -32,26 +32,37 @@ pub struct JobSpec {
 /// Exit code of a child that stopped on request (like a shell's 128 + SIGINT).
 pub const EXIT_INTERRUPTED: i32 = 130;
 
-pub fn main(store_root: PathBuf, registry: Registry) -> i32 {
+/// Runs the stage `spec_path` (else stdin) describes. SIGINT and SIGTERM stop it at a
+/// safe point; so does SIGUSR1, which a Slurm job gets shortly before its time limit
+/// (`--signal=B:USR1@…`): the job then requeues itself and resumes where it stopped.
+pub fn main(store_root: PathBuf, spec_path: Option<PathBuf>, registry: Registry) -> i32 {
     let interrupted = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    let out_of_time = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGUSR1,
+    ] {
         let _ = signal_hook::flag::register(sig, interrupted.clone());
     }
-    let mut input = String::new();
-    let spec: JobSpec = match std::io::stdin()
-        .read_to_string(&mut input)
-        .map_err(anyhow::Error::from)
-        .and_then(|_| serde_json::from_str(&input).map_err(anyhow::Error::from))
-    {
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGUSR1, out_of_time.clone());
+    let from = spec_path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "stdin".into());
+    let spec: JobSpec = match read_spec(spec_path.as_deref()) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: bad job spec on stdin: {e}");
+            eprintln!("error: bad job spec in {from}: {e:#}");
             return 2;
         }
     };
     match run(&store_root, spec, registry, interrupted) {
         Ok(()) => 0,
         Err(e) if e.is::<Interrupted>() => {
+            if out_of_time.load(std::sync::atomic::Ordering::Relaxed) {
+                requeue_self();
+            }
             eprintln!("stage interrupted; its work dir is kept for resume");
             EXIT_INTERRUPTED
         }
@@ -59,6 +70,34 @@ pub fn main(store_root: PathBuf, registry: Registry) -> i32 {
             eprintln!("error: {e:#}");
             1
         }
+    }
+}
+
+fn read_spec(path: Option<&std::path::Path>) -> Result<JobSpec> {
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p)?,
+        None => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            s
+        }
+    };
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// Puts this Slurm job back in the queue (its time is nearly up; the stage resumes from
+/// its work dir when the job runs again).
+fn requeue_self() {
+    let Ok(id) = std::env::var("SLURM_JOB_ID") else {
+        return;
+    };
+    match std::process::Command::new("scontrol")
+        .args(["requeue", &id])
+        .status()
+    {
+        Ok(s) if s.success() => eprintln!("time limit near: Slurm job {id} requeued itself"),
+        Ok(s) => eprintln!("time limit near: `scontrol requeue {id}` failed ({s})"),
+        Err(e) => eprintln!("time limit near: cannot run scontrol: {e}"),
     }
 }
 

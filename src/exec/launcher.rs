@@ -1,9 +1,10 @@
 //! How a job's stage process is started, watched and stopped. [`Launcher`] is the seam
 //! between the scheduler and where stages run; [`LocalLauncher`] runs each as a child
-//! process of this binary (a cluster launcher submits them instead).
+//! process of this binary; [`super::slurm::SlurmLauncher`] submits each as a Slurm job.
 
 use super::child::JobSpec;
 use super::context::Event;
+use crate::manifest::ClusterRequest;
 use crate::store::{Store, now_rfc3339};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -19,16 +20,41 @@ use std::sync::{Arc, Mutex};
 pub enum Report {
     Started,
     Event(Event),
-    /// The stage process ended with this exit code (`None`: killed by a signal).
-    Exited(Option<i32>),
+    /// The stage process ended.
+    Exited(Exit),
     /// The stage process could not be started, and why.
     NotStarted(String),
 }
 
+/// How a launched job ended.
+#[derive(Debug, Default)]
+pub struct Exit {
+    /// The stage process's exit code (`None`: killed by a signal, or not known).
+    pub code: Option<i32>,
+    /// Why the job ended abnormally, as the cluster tells it (job id, state, reason).
+    /// The stage then failed, whatever its record says.
+    pub cause: Option<String>,
+}
+
+impl Exit {
+    pub fn code(code: Option<i32>) -> Exit {
+        Exit { code, cause: None }
+    }
+}
+
+/// What to launch: the stage's spec and what its job asks of the machine.
+pub struct Launch {
+    pub spec: JobSpec,
+    /// GPUs the stage uses (a cluster job requests them; the local scheduler counts them
+    /// as slots and places the stage on one in `spec.placement`).
+    pub gpus: u32,
+    pub cluster: ClusterRequest,
+}
+
 pub trait Launcher {
-    /// Starts job `job` (the executor's index) running `spec`; its reports arrive on
-    /// `reports` tagged with `job`. Must not block on the stage.
-    fn launch(&self, job: usize, spec: JobSpec, reports: Sender<(usize, Report)>);
+    /// Starts job `job` (the executor's index); its reports arrive on `reports` tagged
+    /// with `job`. Must not block on the stage.
+    fn launch(&self, job: usize, launch: Launch, reports: Sender<(usize, Report)>);
     /// Asks job `job` to stop at a safe point (it keeps its work dir for resume). A job
     /// launched but not yet started is stopped as soon as it starts.
     fn cancel(&self, job: usize);
@@ -73,7 +99,8 @@ fn terminate(pid: u32) {
 }
 
 impl Launcher for LocalLauncher {
-    fn launch(&self, job: usize, spec: JobSpec, reports: Sender<(usize, Report)>) {
+    fn launch(&self, job: usize, launch: Launch, reports: Sender<(usize, Report)>) {
+        let spec = launch.spec;
         let log_path = self.store.root.join(self.store.log_rel(&spec.key));
         let root = self.store.root.clone();
         let exe = self.exe.clone();
@@ -131,7 +158,7 @@ impl Launcher for LocalLauncher {
             }
             let code = child.wait().ok().and_then(|s| s.code());
             pids.lock().expect("pid table").remove(&job);
-            report(Report::Exited(code));
+            report(Report::Exited(Exit::code(code)));
         });
     }
 
@@ -146,7 +173,8 @@ impl Launcher for LocalLauncher {
     }
 }
 
-fn open_log(path: &std::path::Path, spec: &JobSpec) -> std::io::Result<std::fs::File> {
+/// Opens the stage log for appending and writes the header of this attempt.
+pub(super) fn open_log(path: &std::path::Path, spec: &JobSpec) -> std::io::Result<std::fs::File> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -9,10 +9,11 @@ pub mod launcher;
 pub mod plan;
 pub mod reporter;
 pub mod scheduler;
+pub mod slurm;
 
 use crate::store::{Record, RunStatus, Store};
 use context::{Event, Placement};
-use launcher::{Launcher, Report};
+use launcher::{Exit, Launch, Launcher, Report};
 use plan::{Plan, Resolution, Resolver};
 use reporter::Reporter;
 use scheduler::{JobNeeds, Scheduler, Step};
@@ -33,6 +34,9 @@ pub struct RunOptions {
     pub resources: BTreeMap<String, u32>,
     /// Tensor backend the stages use (passed to each stage process).
     pub backend: crate::backend::Backend,
+    /// Stages run as cluster jobs: the cluster places their GPUs, so `gpu` is not a local
+    /// slot and no device index is chosen here.
+    pub cluster: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -84,13 +88,23 @@ impl Outcome {
     }
 }
 
-/// The slots job `i` needs: its stage's, plus one `gpu` slot for a kind that computes on
-/// the backend when the backend is a GPU (unless the stage sets its own `gpu` count).
-fn needs(plan: &Plan, i: usize, opts: &RunOptions) -> JobNeeds {
+/// The GPUs job `i` uses: its stage's `gpu` count, else one for a kind that computes on
+/// the backend when the backend is a GPU.
+pub fn gpus_of(plan: &Plan, i: usize, opts: &RunOptions) -> u32 {
     let stage = &plan.jobs[i].stage;
-    let mut resources = stage.resources.clone();
-    if opts.backend.is_gpu() && stage.kind.uses_device() {
-        resources.entry("gpu".into()).or_insert(1);
+    match stage.resources.get("gpu") {
+        Some(n) => *n,
+        None => u32::from(opts.backend.is_gpu() && stage.kind.uses_device()),
+    }
+}
+
+/// The slots job `i` needs: its stage's, with its GPUs as `gpu` slots when they are local.
+fn needs(plan: &Plan, i: usize, opts: &RunOptions) -> JobNeeds {
+    let mut resources = plan.jobs[i].stage.resources.clone();
+    resources.remove("gpu");
+    let gpus = gpus_of(plan, i, opts);
+    if gpus > 0 && !opts.cluster {
+        resources.insert("gpu".into(), gpus);
     }
     JobNeeds {
         upstream: plan.jobs[i].upstream().collect(),
@@ -180,7 +194,7 @@ pub fn execute(
                         };
                         reporter.started(&job.stage.name, &reason);
                         let device_index = match grant.slots.get("gpu") {
-                            Some(slots) if gpus > 1 => slots.first().copied(),
+                            Some(slots) if gpus > 1 && !opts.cluster => slots.first().copied(),
                             _ => None,
                         };
                         let spec = child::JobSpec {
@@ -207,7 +221,12 @@ pub fn execute(
                                 device_index,
                             },
                         };
-                        launcher.launch(i, spec, tx.clone());
+                        let launch = Launch {
+                            spec,
+                            gpus: gpus_of(plan, i, opts),
+                            cluster: job.stage.cluster.clone(),
+                        };
+                        launcher.launch(i, launch, tx.clone());
                         running.insert(
                             i,
                             Running {
@@ -247,7 +266,7 @@ pub fn execute(
                 reporter.progress(stage, pos, len, &msg);
                 continue;
             }
-            Report::Exited(code) => Ok(code),
+            Report::Exited(exit) => Ok(exit),
             Report::NotStarted(msg) => Err(msg),
         };
         let r = running.remove(&i).expect("reporting job is running");
@@ -273,13 +292,15 @@ pub fn execute(
         .collect()
 }
 
-/// The outcome of a job whose process ended (`Err`: it never started), from its record.
+/// The outcome of a job whose process ended (`Err`: it never started), from its record;
+/// a cluster's cause (cancelled by someone else, timed out, out of memory) makes it a
+/// failure that names the cause.
 fn finished(
     store: &Store,
     plan: &Plan,
     i: usize,
     r: Running,
-    code: Result<Option<i32>, String>,
+    exit: Result<Exit, String>,
     reporter: &dyn Reporter,
 ) -> Outcome {
     let job = &plan.jobs[i];
@@ -302,12 +323,26 @@ fn finished(
         };
     }
     let failed = store.failed(&r.key);
-    let state = match (&failed, code) {
+    let stage_error = failed
+        .as_ref()
+        .filter(|f| f.status == RunStatus::Failed)
+        .and_then(|f| f.error.clone());
+    let state = match (&failed, exit) {
         (_, Err(msg)) => JobState::Failed(msg),
+        (_, Ok(Exit { cause: Some(c), .. })) => JobState::Failed(match stage_error {
+            Some(e) => format!("{c}: {e}"),
+            None => c,
+        }),
         (Some(f), _) if f.status == RunStatus::Interrupted => JobState::Interrupted,
-        (_, Ok(Some(child::EXIT_INTERRUPTED))) => JobState::Interrupted,
+        (
+            _,
+            Ok(Exit {
+                code: Some(child::EXIT_INTERRUPTED),
+                ..
+            }),
+        ) => JobState::Interrupted,
         (Some(f), _) => JobState::Failed(f.error.clone().unwrap_or_default()),
-        (None, Ok(code)) => JobState::Failed(format!(
+        (None, Ok(Exit { code, .. })) => JobState::Failed(format!(
             "stage process {}",
             code.map(|c| format!("exited with status {c}"))
                 .unwrap_or_else(|| "was killed".into())

@@ -75,7 +75,7 @@ impl Loader<'_> {
                 }
                 "resources" => {
                     head.resources
-                        .extend(self.resources("pipeline.resources", v));
+                        .extend(self.resources("pipeline.resources", v, None));
                 }
                 other => {
                     let o = self.at(&k.span());
@@ -104,16 +104,37 @@ impl Loader<'_> {
         head
     }
 
+    /// A `resources` table's slot counts. A stage's (`cluster` given) may also hold its
+    /// cluster request (`cpus`, `mem`, `time`); the pipeline's limits may not.
     pub(super) fn resources(
         &mut self,
         what: &str,
         v: &Spanned<DeValue<'_>>,
+        mut cluster: Option<&mut ClusterRequest>,
     ) -> BTreeMap<String, u32> {
         let mut out = BTreeMap::new();
         let Some(t) = self.table(what, v) else {
             return out;
         };
         for (k, v) in t.iter() {
+            let key = k.get_ref().as_ref();
+            if CLUSTER_KEYS.contains(&key) {
+                let item = format!("{what}.{key}");
+                match cluster.as_deref_mut() {
+                    Some(request) => self.cluster_entry(request, &item, key, v),
+                    None => {
+                        let o = self.at(&k.span());
+                        self.err(
+                            &o,
+                            format!("`{item}` is a cluster request, not a slot limit"),
+                        )
+                        .hint = Some(format!(
+                            "set it per stage (resources = {{ {key} = ... }}); cluster defaults go in [executor.slurm]"
+                        ));
+                    }
+                }
+                continue;
+            }
             match v.get_ref() {
                 DeValue::Integer(_) => match self.value(v).and_then(|v| v.as_i64()) {
                     Some(n) if (0..=1024).contains(&n) => {

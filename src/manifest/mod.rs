@@ -6,6 +6,7 @@
 //! explicitly do not change them (and so do not change cache keys).
 
 pub mod diag;
+pub mod executor;
 mod head;
 mod interpolate;
 mod overrides;
@@ -20,6 +21,8 @@ pub use overrides::Override;
 pub use sweep::grid_axis;
 
 use diag::{Diagnostic, ManifestErrors, Origin, SourceMap};
+use executor::CLUSTER_KEYS;
+pub use executor::{ClusterRequest, SlurmConfig};
 use interpolate::interpolate;
 use schema::{InputsSpec, KindSchema, Kinds, ParamDefault, ParamType};
 use std::collections::{BTreeMap, BTreeSet};
@@ -57,7 +60,10 @@ pub struct Stage {
     pub description: Option<String>,
     pub params: Params,
     pub inputs: BTreeMap<String, InputRef>,
+    /// Slot counts the local scheduler and `[pipeline] resources` limits count.
     pub resources: BTreeMap<String, u32>,
+    /// What the stage's cluster job asks for (`cpus`, `mem`, `time`).
+    pub cluster: ClusterRequest,
     pub origin: Origin,
     /// Where each input was declared (for errors about it).
     pub input_origins: BTreeMap<String, Origin>,
@@ -108,6 +114,8 @@ pub struct Manifest {
     /// In file order.
     pub stages: Vec<Stage>,
     pub sweep: SweepDecl,
+    /// `[executor.slurm]`: defaults for cluster jobs.
+    pub slurm: SlurmConfig,
     pub source: SourceMap,
 }
 
@@ -122,7 +130,14 @@ impl Manifest {
 }
 
 const RESERVED_STAGE_KEYS: &[&str] = &["kind", "inputs", "resources", "description", "extends"];
-const TOP_KEYS: &[&str] = &["pipeline", "params", "templates", "stages", "sweep"];
+const TOP_KEYS: &[&str] = &[
+    "pipeline",
+    "params",
+    "templates",
+    "stages",
+    "sweep",
+    "executor",
+];
 const PIPELINE_KEYS: &[&str] = &[
     "name",
     "description",
@@ -275,6 +290,7 @@ impl Loader<'_> {
         let mut params_tbl = None;
         let mut stages_tbl = None;
         let mut sweep_tbl = None;
+        let mut slurm = SlurmConfig::default();
         let mut templates_tbl = None;
         for (k, v) in doc.iter() {
             match k.get_ref().as_ref() {
@@ -283,6 +299,7 @@ impl Loader<'_> {
                 "templates" => templates_tbl = Some(v),
                 "stages" => stages_tbl = Some(v),
                 "sweep" => sweep_tbl = Some(v),
+                "executor" => slurm = self.executor(v),
                 other => {
                     let o = self.at(&k.span());
                     let d = self
@@ -425,6 +442,7 @@ impl Loader<'_> {
             params,
             stages,
             sweep,
+            slurm,
             source: self.map.clone(),
         })
     }

@@ -60,6 +60,7 @@ impl Loader<'_> {
         let mut params = BTreeMap::new();
         let mut inputs = BTreeMap::new();
         let mut resources = BTreeMap::new();
+        let mut cluster = ClusterRequest::default();
         let mut description = None;
         // Params that were set, valid or not (an invalid one is not also reported missing).
         let mut set: BTreeSet<String> = overrides.iter().map(|o| o.key.clone()).collect();
@@ -73,7 +74,8 @@ impl Loader<'_> {
                 }
                 "inputs" => inputs = self.inputs(&name, kind, v, head, shared),
                 "resources" => {
-                    resources = self.resources(&format!("stages.{name}.resources"), v);
+                    resources =
+                        self.resources(&format!("stages.{name}.resources"), v, Some(&mut cluster));
                 }
                 _ => {
                     let Some(spec) = specs.iter().find(|s| s.name == key) else {
@@ -227,6 +229,7 @@ impl Loader<'_> {
                 .collect(),
             inputs: inputs.into_iter().map(|(k, (v, _))| (k, v)).collect(),
             resources: all_resources,
+            cluster,
             origin,
         })
     }
