@@ -290,6 +290,41 @@ const CASES: &[(&str, &str, usize, &str, &str)] = &[
         "expected an integer ≥ 0, found `-1`",
         "",
     ),
+    (
+        "unknown executor",
+        "[pipeline]\nname = \"p\"\n[executor.slurmm]\npartition = \"gpu\"\n",
+        3,
+        "unknown executor `slurmm`",
+        "did you mean `slurm`?",
+    ),
+    (
+        "unknown slurm key",
+        "[pipeline]\nname = \"p\"\n[executor.slurm]\npartion = \"gpu\"\n",
+        4,
+        "unknown key `partion` in [executor.slurm]",
+        "did you mean `partition`?",
+    ),
+    (
+        "bad slurm time",
+        "[pipeline]\nname = \"p\"\n[executor.slurm]\ntime = \"12h\"\n",
+        4,
+        "`executor.slurm.time` = \"12h\" is not a Slurm time limit",
+        "HH:MM:SS",
+    ),
+    (
+        "bad stage memory",
+        "[pipeline]\nname = \"p\"\n[stages.a]\nkind = \"shell\"\ncmd = \"x\"\nresources = { mem = \"32GB\" }\n",
+        6,
+        "`stages.a.resources.mem` = \"32GB\" is not a memory size",
+        "\"32G\"",
+    ),
+    (
+        "cluster request as a pipeline limit",
+        "[pipeline]\nname = \"p\"\nresources = { cpus = 8 }\n",
+        3,
+        "`pipeline.resources.cpus` is a cluster request, not a slot limit",
+        "[executor.slurm]",
+    ),
 ];
 
 #[test]
@@ -468,4 +503,29 @@ fn templates_give_stages_their_keys_and_errors_name_both_places() {
         err.contains("note: in template `t`, which stage `a` (line 6) extends"),
         "{err}"
     );
+}
+
+#[test]
+fn executor_settings_and_cluster_requests_are_read_and_keep_cache_keys() {
+    let slurm = "[executor.slurm]\npartition = \"gpu\"\naccount = \"lab\"\ntime = \"1-00:00:00\"\nextra_args = [\"--constraint=a100\"]\npoll_seconds = 2\n";
+    let stage = "[stages.a]\nkind = \"shell\"\ncmd = \"x\"\n";
+    let with = format!(
+        "{HEAD}{slurm}{stage}resources = {{ gpu = 1, cpus = 8, mem = \"32G\", time = \"12:00:00\" }}\n"
+    );
+    let m = manifest::parse(Path::new("m.toml"), &with, &[], adjq::stages::kinds()).unwrap();
+    assert_eq!(m.slurm.partition.as_deref(), Some("gpu"));
+    assert_eq!(m.slurm.account.as_deref(), Some("lab"));
+    assert_eq!(m.slurm.time.as_deref(), Some("1-00:00:00"));
+    assert_eq!(m.slurm.extra_args, ["--constraint=a100"]);
+    assert_eq!(m.slurm.poll_seconds, 2.0);
+    let a = m.stage("a").unwrap();
+    assert_eq!(a.cluster.cpus, Some(8));
+    assert_eq!(a.cluster.mem.as_deref(), Some("32G"));
+    assert_eq!(a.cluster.time.as_deref(), Some("12:00:00"));
+    assert_eq!(a.resources.get("gpu"), Some(&1));
+    assert!(!a.resources.contains_key("cpus"), "a request, not a slot");
+    // Where a stage runs is not what it computes: the params (and so the key) are the same.
+    let without = format!("{HEAD}{stage}");
+    let plain = manifest::parse(Path::new("m.toml"), &without, &[], adjq::stages::kinds()).unwrap();
+    assert_eq!(plain.stage("a").unwrap().params, a.params);
 }

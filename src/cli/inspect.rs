@@ -15,18 +15,20 @@ pub(super) fn print_plan(plan: &Plan, store: &Store, force: &BTreeSet<String>, s
             ),
             Resolution::Run { key, reason, .. } => {
                 let failed = store.failed(key).map(|f| f.status);
-                let state = if status && store.key_busy(key) {
-                    "running"
+                let state = if let Some(job) = status.then(|| slurm_job(store, key)).flatten() {
+                    job
+                } else if status && store.key_busy(key) {
+                    "running".into()
                 } else if status && failed == Some(store::RunStatus::Interrupted) {
-                    "interrupted (will resume)"
+                    "interrupted (will resume)".into()
                 } else if status && failed.is_some() {
-                    "failed"
+                    "failed".into()
                 } else if status {
-                    "out of date"
+                    "out of date".into()
                 } else {
-                    "will run"
+                    "will run".into()
                 };
-                (state.to_string(), reason.clone())
+                (state, reason.clone())
             }
             Resolution::Waiting(ups) => {
                 let names: Vec<&str> = ups
@@ -51,6 +53,17 @@ pub(super) fn print_plan(plan: &Plan, store: &Store, force: &BTreeSet<String>, s
         ]);
     }
     println!("{t}");
+}
+
+/// "slurm job ID STATE (reason)" while a Slurm job for `key` is queued or running.
+fn slurm_job(store: &Store, key: &str) -> Option<String> {
+    let m = exec::slurm::marker(store, key)?;
+    let states = exec::slurm::states([m.job_id.as_str()]).ok()?;
+    let s = states.get(&m.job_id).filter(|s| s.active())?;
+    Some(match s.reason.as_str() {
+        "" | "None" => format!("slurm job {} {}", m.job_id, s.state),
+        r => format!("slurm job {} {} ({r})", m.job_id, s.state),
+    })
 }
 
 pub(super) fn stage_job(plan: &Plan, stage: &str) -> Result<usize> {

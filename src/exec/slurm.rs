@@ -167,6 +167,16 @@ struct Shared {
     stop: AtomicBool,
 }
 
+/// What [`Shared::submit`] found or did.
+enum Submitted {
+    /// This runner submitted job `id`.
+    Ours(String),
+    /// Another runner's job is queued or running for the key; this one follows it.
+    Theirs(String),
+    /// The key's record exists already.
+    Computed,
+}
+
 struct Tracked {
     reports: Sender<(usize, Report)>,
     /// `None` while the job is being submitted.
@@ -201,11 +211,9 @@ impl SlurmLauncher {
             Some(p) => p.clone(),
             None => std::env::current_exe().context("cannot find this runner's binary")?,
         };
-        let root = std::path::absolute(&store.root)
-            .with_context(|| format!("cannot resolve the store path {}", store.root.display()))?;
         Ok(SlurmLauncher {
             shared: Arc::new(Shared {
-                store: Store { root },
+                store: store.clone(),
                 config,
                 exe,
                 jobs: Mutex::default(),
@@ -291,30 +299,32 @@ impl Launcher for SlurmLauncher {
             let Some(t) = jobs.get_mut(&job) else {
                 return;
             };
-            match submitted {
-                Ok((id, owned)) => {
-                    t.events =
-                        job_dir(&shared.store, &launch.spec.key).join(format!("{id}.events"));
-                    t.slurm_id = Some(id.clone());
-                    t.owned = owned;
-                    if !owned {
-                        t.report(job, Report::Event(Event::Waiting));
-                    }
-                    if t.cancel_requested {
-                        if owned {
-                            scancel(&id);
-                        } else {
-                            t.report(
-                                job,
-                                Report::Exited(Exit::code(Some(super::child::EXIT_INTERRUPTED))),
-                            );
-                            jobs.remove(&job);
-                        }
-                    }
+            let (id, owned) = match submitted {
+                Ok(Submitted::Ours(id)) => (id, true),
+                Ok(Submitted::Theirs(id)) => (id, false),
+                Ok(Submitted::Computed) => {
+                    t.report(job, Report::Started);
+                    t.report(job, Report::Event(Event::Done { reused: true }));
+                    t.report(job, Report::Exited(Exit::code(Some(0))));
+                    jobs.remove(&job);
+                    return;
                 }
                 Err(e) => {
                     t.report(job, Report::NotStarted(format!("{e:#}")));
                     jobs.remove(&job);
+                    return;
+                }
+            };
+            t.events = job_dir(&shared.store, &launch.spec.key).join(format!("{id}.events"));
+            t.slurm_id = Some(id.clone());
+            t.owned = owned;
+            if !owned {
+                t.report(job, Report::Event(Event::Waiting));
+            }
+            if t.cancel_requested {
+                match owned {
+                    true => scancel(&id),
+                    false => stop_following(&mut jobs, job),
                 }
             }
         });
@@ -343,9 +353,9 @@ impl Launcher for SlurmLauncher {
 }
 
 impl Shared {
-    /// Submits `launch` unless a job for its key is already queued or running; returns
-    /// the job id and whether this runner submitted it.
-    fn submit(&self, launch: &Launch) -> Result<(String, bool)> {
+    /// Submits `launch` unless its key is already computed or a job for it is already
+    /// queued or running.
+    fn submit(&self, launch: &Launch) -> Result<Submitted> {
         let spec = &launch.spec;
         let dir = job_dir(&self.store, &spec.key);
         std::fs::create_dir_all(&dir)
@@ -363,12 +373,16 @@ impl Shared {
                 lock_path.display()
             )
         })?;
+        // Another runner's job may have finished it since this runner resolved the key.
+        if !spec.force && self.store.record(&spec.key).is_some() {
+            return Ok(Submitted::Computed);
+        }
         if let Some(m) = marker(&self.store, &spec.key)
             && states([m.job_id.as_str()])?
                 .get(&m.job_id)
                 .is_some_and(JobState::active)
         {
-            return Ok((m.job_id, false));
+            return Ok(Submitted::Theirs(m.job_id));
         }
         let spec_path = dir.join("spec.json");
         crate::atomic::write_json(&spec_path, spec)
@@ -425,7 +439,7 @@ impl Shared {
         crate::atomic::write_json(&marker_path, &m)
             .with_context(|| format!("cannot write {}", marker_path.display()))?;
         drop(lock);
-        Ok((id, true))
+        Ok(Submitted::Ours(id))
     }
 
     fn poll_loop(&self) {
@@ -540,6 +554,16 @@ fn exit_of(id: &str, s: &JobState, cancelled_by_us: bool) -> Exit {
                 cause: Some(format!("Slurm job {id} ended {state}{reason}")),
             }
         }
+    }
+}
+
+/// Stops following another runner's job (which goes on): to this runner it was interrupted.
+fn stop_following(jobs: &mut HashMap<usize, Tracked>, job: usize) {
+    if let Some(t) = jobs.remove(&job) {
+        t.report(
+            job,
+            Report::Exited(Exit::code(Some(super::child::EXIT_INTERRUPTED))),
+        );
     }
 }
 

@@ -128,8 +128,11 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `root`.
+    /// Opens (creating) the store at `root`, made absolute: stages run in their work dirs,
+    /// where a relative store path would name nothing.
     pub fn open(root: &Path) -> Result<Store> {
+        let root = &std::path::absolute(root)
+            .with_context(|| format!("cannot resolve the store path {}", root.display()))?;
         for sub in [
             "objects", "records", "failed", "refs", "runs", "work", "logs", "locks", "cache", "tmp",
         ] {
