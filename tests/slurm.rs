@@ -104,6 +104,25 @@ fn release(name: &str) {
     ]);
 }
 
+/// `runner run m.toml` on Slurm, in a test project with its own store.
+const SLURM_RUN: &[&str] = &[
+    "--store",
+    "artifacts",
+    "run",
+    "m.toml",
+    "--executor",
+    "slurm",
+];
+
+/// [`SLURM_RUN`] in `p`, in the background, its output captured.
+fn spawn_run(p: &Project) -> std::process::Child {
+    p.cmd(SLURM_RUN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 const FAST_POLL: &str = "\n[executor.slurm]\npoll_seconds = 0.3\n";
 
 /// The repo's iris-shell pipeline in `p`, named `name`, with fast polling.
@@ -139,14 +158,7 @@ fn iris_shell_runs_as_slurm_jobs_with_the_local_results() {
     iris(&local, &name);
     iris(&remote, &name);
     local.ok(&["--store", "artifacts", "run", "m.toml"]);
-    let out = remote.ok(&[
-        "--store",
-        "artifacts",
-        "run",
-        "m.toml",
-        "--executor",
-        "slurm",
-    ]);
+    let out = remote.ok(SLURM_RUN);
     assert!(out.contains("3 ran, 0 cached"), "{out}");
     for stage in ["split", "train", "eval"] {
         let jobs = jobs_named(&format!("{name}/{stage}"));
@@ -154,14 +166,7 @@ fn iris_shell_runs_as_slurm_jobs_with_the_local_results() {
         assert_eq!(jobs[0].1, "COMPLETED");
         assert_eq!(output_hashes(&local, stage), output_hashes(&remote, stage));
     }
-    let again = remote.ok(&[
-        "--store",
-        "artifacts",
-        "run",
-        "m.toml",
-        "--executor",
-        "slurm",
-    ]);
+    let again = remote.ok(SLURM_RUN);
     assert!(again.contains("0 ran, 3 cached"), "{again}");
     assert_eq!(
         jobs_named(&format!("{name}/eval")).len(),
@@ -229,19 +234,7 @@ fn a_job_cancelled_outside_runner_fails_its_stage_naming_the_state() {
     let name = unique("cancelled");
     let p = Project::new();
     counting(&p, &name, 600);
-    let run = p
-        .cmd(&[
-            "--store",
-            "artifacts",
-            "run",
-            "m.toml",
-            "--executor",
-            "slurm",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let run = spawn_run(&p);
     let id = wait_for_job(&format!("{name}/count"), "RUNNING");
     let status = p.ok(&["--store", "artifacts", "status", "m.toml"]);
     assert!(
@@ -282,19 +275,7 @@ fn ctrl_c_cancels_this_runners_jobs_only_and_a_rerun_resumes() {
         "--output=/dev/null",
         "--wrap=sleep 120",
     ]);
-    let run = p
-        .cmd(&[
-            "--store",
-            "artifacts",
-            "run",
-            "m.toml",
-            "--executor",
-            "slurm",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let run = spawn_run(&p);
     let id = wait_for_job(&format!("{name}/count"), "RUNNING");
     wait_for("the stage to count", || {
         p.read("runs.log").contains("start 0")
@@ -314,14 +295,7 @@ fn ctrl_c_cancels_this_runners_jobs_only_and_a_rerun_resumes() {
     for (other, _) in theirs {
         slurm(&["scancel", &other]);
     }
-    let again = p.ok(&[
-        "--store",
-        "artifacts",
-        "run",
-        "m.toml",
-        "--executor",
-        "slurm",
-    ]);
+    let again = p.ok(SLURM_RUN);
     assert!(again.contains("resumed"), "{again}");
     let starts = p.take_runs();
     assert_eq!(starts.len(), 2, "{starts:?}");
@@ -336,21 +310,7 @@ fn two_runners_on_one_store_submit_each_stage_once() {
     let name = unique("two");
     let p = Project::new();
     counting(&p, &name, 20);
-    let start = || {
-        p.cmd(&[
-            "--store",
-            "artifacts",
-            "run",
-            "m.toml",
-            "--executor",
-            "slurm",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-    };
-    let (a, b) = (start(), start());
+    let (a, b) = (spawn_run(&p), spawn_run(&p));
     for run in [a, b] {
         let out = run.wait_with_output().unwrap();
         assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
@@ -373,14 +333,7 @@ fn jobs_slurm_refuses_are_an_error_before_anything_is_submitted() {
         "outs = [\"after.txt\"]\nresources = { mem = \"900T\" }",
     );
     p.write("m.toml", &text);
-    let out = p.runner(&[
-        "--store",
-        "artifacts",
-        "run",
-        "m.toml",
-        "--executor",
-        "slurm",
-    ]);
+    let out = p.runner(SLURM_RUN);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("nothing was submitted"), "{err}");
@@ -397,14 +350,7 @@ fn jobs_slurm_refuses_are_an_error_before_anything_is_submitted() {
         "m.toml",
         &format!("{}partition = \"nope\"\n", p.read("m.toml")),
     );
-    let out = p.runner(&[
-        "--store",
-        "artifacts",
-        "run",
-        "m.toml",
-        "--executor",
-        "slurm",
-    ]);
+    let out = p.runner(SLURM_RUN);
     let err = stderr(&out);
     assert!(err.contains("invalid partition specified: nope"), "{err}");
     assert!(
@@ -420,14 +366,7 @@ fn no_sbatch_on_path_is_a_clear_error() {
     let p = Project::new();
     counting(&p, "no-sbatch", 1);
     let out = p
-        .cmd(&[
-            "--store",
-            "artifacts",
-            "run",
-            "m.toml",
-            "--executor",
-            "slurm",
-        ])
+        .cmd(SLURM_RUN)
         .env("PATH", "/nonexistent")
         .output()
         .unwrap();
@@ -480,19 +419,7 @@ fn requeued_training_jobs_resume_to_identical_outputs() {
     straight.ok(&["--store", "artifacts", "run", "m.toml"]);
     let p = Project::new();
     p.write("m.toml", &manifest);
-    let run = p
-        .cmd(&[
-            "--store",
-            "artifacts",
-            "run",
-            "m.toml",
-            "--executor",
-            "slurm",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let run = spawn_run(&p);
     let job = format!("{name}/pretrain");
     let id = wait_for_job(&job, "RUNNING");
     wait_for("a first saved state", || saved_state(&p) >= 1);

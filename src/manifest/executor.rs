@@ -92,8 +92,7 @@ impl Loader<'_> {
                     let d = self
                         .map
                         .error(&o, format!("unknown executor `{other}`"))
-                        .suggest(other, ["slurm"])
-                        .hint("the executors with settings are: slurm ([executor.slurm])");
+                        .suggest(other, ["slurm"]);
                     self.push(d);
                 }
             }
