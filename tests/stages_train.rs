@@ -313,15 +313,18 @@ fn adjq_killed_mid_stage_resumes_to_the_same_weights() {
         std::fs::copy(straight.path("float").join(f), p.path("float").join(f)).unwrap();
     }
     p.write("m.toml", &manifest(&digits(), 1));
-    kill_after_saved_states(&p, "adjq", 3);
+    // 10 mini-epochs, each saved; SWA records from mini-epoch 5 on.
+    let point = KillPoint::random(8);
+    kill_at(&p, &["run", "m.toml", "adjq"], point);
+    plant_cut_short_write(&p, "checkpoints");
     let out = p.ok(&["run", "m.toml", "adjq"]);
     assert!(out.contains("resumed"), "{out}");
     let rec: serde_json::Value =
         serde_json::from_str(&p.ok(&["show", "m.toml", "adjq", "--json"])).unwrap();
     let at = rec["metrics"]["resumed_at_mini_epoch"].as_u64().unwrap();
     assert!(
-        at >= 3,
-        "resumed from mini-epoch {at}, not from the saved state"
+        at as usize >= point.states,
+        "resumed from mini-epoch {at}, not from the saved state: {point:?}"
     );
     let (got, _) =
         ckpt::safetensors::read(&output(&p, "adjq", "model").join("model.safetensors")).unwrap();
@@ -330,7 +333,7 @@ fn adjq_killed_mid_stage_resumes_to_the_same_weights() {
         assert_eq!(
             got[name].to_f32_vec().unwrap(),
             t.to_f32_vec().unwrap(),
-            "{name} differs after resume"
+            "{name} differs after resume at {point:?}"
         );
     }
     // Every output later stages read is byte-identical to the uninterrupted run's: the
@@ -338,13 +341,55 @@ fn adjq_killed_mid_stage_resumes_to_the_same_weights() {
     // written before the kill are read back exactly) and quant_info.json. TensorBoard
     // events carry wall times, so they are not compared.
     let names = ["model", "checkpoints", "metrics.jsonl", "quant_info.json"];
-    assert_same_outputs(&straight, &p, "adjq", &names);
+    assert_same_outputs(&straight, &p, "adjq", &names, point);
 }
 
-/// Runs `runner run m.toml STAGE` in `p` and kill -9s it (its stage process dies with it)
-/// once the stage has saved `states` resumable states.
-fn kill_after_saved_states(p: &Project, stage: &str, states: usize) {
-    let mut child = p.cmd(&["run", "m.toml", stage]).spawn().unwrap();
+/// Where a kill -9 lands: after `states` saved resume states, then `delay_ms` into the
+/// work that follows (a step, validation, a checkpoint write, the next save). Drawn at
+/// random; `ADJQ_KILL_SEED=N` replays the point a failure names.
+#[derive(Debug, Clone, Copy)]
+struct KillPoint {
+    seed: u64,
+    states: usize,
+    delay_ms: u64,
+}
+
+impl KillPoint {
+    /// A point after 1..=`max_states` saved states and 0–300 ms more (each test's stages
+    /// take seconds between saves, so the run is still going).
+    fn random(max_states: usize) -> KillPoint {
+        let seed = std::env::var("ADJQ_KILL_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        // splitmix64: two draws from the seed, no dependency for it.
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let states = 1 + (next() % max_states as u64) as usize;
+        let point = KillPoint {
+            seed,
+            states,
+            delay_ms: next() % 300,
+        };
+        eprintln!("kill point {point:?} (replay with ADJQ_KILL_SEED={seed})");
+        point
+    }
+}
+
+/// Runs `runner ARGS` in `p` and kill -9s it (its stage processes die with it) at `point`.
+fn kill_at(p: &Project, args: &[&str], point: KillPoint) {
+    let mut child = p.cmd(args).spawn().unwrap();
     let t0 = std::time::Instant::now();
     loop {
         let saved = find_latest(&p.path("artifacts"))
@@ -355,22 +400,40 @@ fn kill_after_saved_states(p: &Project, stage: &str, states: usize) {
                     .and_then(|n| n.parse::<usize>().ok())
             })
             .unwrap_or(0);
-        if saved >= states {
+        if saved >= point.states {
             break;
         }
-        assert!(t0.elapsed().as_secs() < 300, "no {stage} state appeared");
+        assert!(t0.elapsed().as_secs() < 300, "no state appeared: {point:?}");
         assert!(
             child.try_wait().unwrap().is_none(),
-            "the run ended before it could be killed"
+            "the run ended before it could be killed: {point:?}"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    std::thread::sleep(std::time::Duration::from_millis(point.delay_ms));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended before it could be killed: {point:?}"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }
 
+/// A file where a kill -9 in the middle of an atomic write leaves one (the temp file
+/// beside its target, never renamed), inside the output directory `output` of the
+/// unfinished stage in `p`.
+fn plant_cut_short_write(p: &Project, output: &str) {
+    let work = std::fs::read_dir(p.path("artifacts/work"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(work.join(output).join(".tmp-Zq81xW"), b"half a checkpoi").unwrap();
+}
+
 /// The named outputs of `stage` have the same content hash in both projects.
-fn assert_same_outputs(a: &Project, b: &Project, stage: &str, names: &[&str]) {
+fn assert_same_outputs(a: &Project, b: &Project, stage: &str, names: &[&str], point: KillPoint) {
     let outputs = |p: &Project| -> serde_json::Value {
         let rec: serde_json::Value =
             serde_json::from_str(&p.ok(&["show", "m.toml", stage, "--json"])).unwrap();
@@ -380,13 +443,56 @@ fn assert_same_outputs(a: &Project, b: &Project, stage: &str, names: &[&str]) {
     for name in names {
         assert_eq!(
             a[name]["hash"], b[name]["hash"],
-            "{stage}: {name} differs after resume"
+            "{stage}: {name} differs after resume at {point:?}"
         );
     }
 }
 
-/// pretrain killed after its first epoch resumes to outputs byte-identical to an
-/// uninterrupted run's (its metrics are f64 values read back from the saved progress).
+/// Every output of every record in `p`'s store but TensorBoard events (wall times), by key.
+fn all_outputs(p: &Project) -> std::collections::BTreeMap<String, serde_json::Value> {
+    std::fs::read_dir(p.path("artifacts/records"))
+        .unwrap()
+        .map(|e| {
+            let rec: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+            let mut outputs = rec["outputs"].clone();
+            outputs.as_object_mut().unwrap().remove("tensorboard");
+            (rec["key"].as_str().unwrap().to_string(), outputs)
+        })
+        .collect()
+}
+
+/// A sweep killed at a random point (two adjq variants training side by side) and run
+/// again ends with the same records, every output byte-identical, as an uninterrupted
+/// sweep.
+#[test]
+fn a_killed_sweep_resumes_to_the_outputs_of_an_uninterrupted_one() {
+    let full = manifest(&digits(), 1);
+    let sweep = format!(
+        "{}[sweep]\ngrid = {{ \"adjq.alpha\" = [1.0, 2.0] }}\n",
+        &full[..full.find("[stages.select]").unwrap()]
+    );
+    let straight = Project::new();
+    write_float_model(&straight.path("float"));
+    straight.write("m.toml", &sweep);
+    straight.ok(&["sweep", "m.toml"]);
+    let p = Project::new();
+    std::fs::create_dir_all(p.path("float")).unwrap();
+    for f in ["model.safetensors", "model.json"] {
+        std::fs::copy(straight.path("float").join(f), p.path("float").join(f)).unwrap();
+    }
+    p.write("m.toml", &sweep);
+    let point = KillPoint::random(8);
+    kill_at(&p, &["sweep", "m.toml"], point);
+    let out = p.ok(&["sweep", "m.toml"]);
+    assert!(out.contains("resumed"), "{out}");
+    let (expected, got) = (all_outputs(&straight), all_outputs(&p));
+    assert_eq!(expected.len(), 3, "thresholds and two adjq variants");
+    assert_eq!(expected, got, "after resume at {point:?}");
+}
+
+/// pretrain killed at a random point after one of its first two epochs resumes to outputs
+/// byte-identical to an uninterrupted run's (its metrics are f64 values read back from the saved progress).
 #[test]
 fn pretrain_killed_mid_stage_resumes_to_identical_outputs() {
     let manifest = format!(
@@ -409,10 +515,17 @@ inputs.data = {:?}
     straight.ok(&["run", "m.toml"]);
     let p = Project::new();
     p.write("m.toml", &manifest);
-    kill_after_saved_states(&p, "pretrain", 1);
+    let point = KillPoint::random(2);
+    kill_at(&p, &["run", "m.toml"], point);
     let out = p.ok(&["run", "m.toml"]);
     assert!(out.contains("resumed"), "{out}");
-    assert_same_outputs(&straight, &p, "pretrain", &["model", "metrics.jsonl"]);
+    assert_same_outputs(
+        &straight,
+        &p,
+        "pretrain",
+        &["model", "metrics.jsonl"],
+        point,
+    );
 }
 
 #[test]
@@ -489,8 +602,8 @@ inputs.data = "${{params.data}}"
     assert!(eval["top1"].as_f64().unwrap() > 0.5);
 }
 
-/// qat killed after its first epoch resumes to outputs byte-identical to an uninterrupted
-/// run's: the model, the EMA activation ranges and the metrics.
+/// qat killed at a random point after one of its first two epochs resumes to outputs
+/// byte-identical to an uninterrupted run's: the model, the EMA activation ranges and the metrics.
 #[test]
 fn qat_killed_mid_stage_resumes_to_identical_outputs() {
     let manifest = format!(
@@ -517,11 +630,12 @@ inputs.data = {:?}
         std::fs::copy(straight.path("float").join(f), p.path("float").join(f)).unwrap();
     }
     p.write("m.toml", &manifest);
-    kill_after_saved_states(&p, "qat", 1);
+    let point = KillPoint::random(2);
+    kill_at(&p, &["run", "m.toml"], point);
     let out = p.ok(&["run", "m.toml"]);
     assert!(out.contains("resumed"), "{out}");
     let names = ["model", "ranges.json", "metrics.jsonl"];
-    assert_same_outputs(&straight, &p, "qat", &names);
+    assert_same_outputs(&straight, &p, "qat", &names, point);
 }
 
 /// `metric_rule` set in a manifest decides the score adjq trains against: the official

@@ -142,6 +142,13 @@ fn run(
             .unwrap_or(false);
     std::fs::create_dir_all(&work)
         .with_context(|| format!("cannot create work dir {}", work.display()))?;
+    if resumed {
+        let removed = crate::atomic::remove_leftovers(&work)
+            .with_context(|| format!("cannot clean the work dir {}", work.display()))?;
+        if removed > 0 {
+            tracing::info!("removed {removed} half-written files of the interrupted attempt");
+        }
+    }
     tracing::info!(
         stage = %spec.stage, key = %spec.key, resumed,
         "running in {}", work.display()
