@@ -324,7 +324,7 @@ fn adjq_killed_mid_stage_resumes_to_the_same_weights() {
     let at = rec["metrics"]["resumed_at_mini_epoch"].as_u64().unwrap();
     assert!(
         at as usize >= point.states,
-        "resumed from mini-epoch {at}, not from the saved state: {point:?}"
+        "resumed from mini-epoch {at}, not from the saved state: {point}"
     );
     let (got, _) =
         ckpt::safetensors::read(&output(&p, "adjq", "model").join("model.safetensors")).unwrap();
@@ -333,7 +333,7 @@ fn adjq_killed_mid_stage_resumes_to_the_same_weights() {
         assert_eq!(
             got[name].to_f32_vec().unwrap(),
             t.to_f32_vec().unwrap(),
-            "{name} differs after resume at {point:?}"
+            "{name} differs after resume at {point}"
         );
     }
     // Every output later stages read is byte-identical to the uninterrupted run's: the
@@ -347,11 +347,21 @@ fn adjq_killed_mid_stage_resumes_to_the_same_weights() {
 /// Where a kill -9 lands: after `states` saved resume states, then `delay_ms` into the
 /// work that follows (a step, validation, a checkpoint write, the next save). Drawn at
 /// random; `ADJQ_KILL_SEED=N` replays the point a failure names.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 struct KillPoint {
     seed: u64,
     states: usize,
     delay_ms: u64,
+}
+
+impl std::fmt::Display for KillPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the kill {} ms after saved state {} (ADJQ_KILL_SEED={})",
+            self.delay_ms, self.states, self.seed
+        )
+    }
 }
 
 impl KillPoint {
@@ -382,7 +392,7 @@ impl KillPoint {
             states,
             delay_ms: next() % 300,
         };
-        eprintln!("kill point {point:?} (replay with ADJQ_KILL_SEED={seed})");
+        eprintln!("kill point: {point}");
         point
     }
 }
@@ -403,17 +413,17 @@ fn kill_at(p: &Project, args: &[&str], point: KillPoint) {
         if saved >= point.states {
             break;
         }
-        assert!(t0.elapsed().as_secs() < 300, "no state appeared: {point:?}");
+        assert!(t0.elapsed().as_secs() < 300, "no state appeared: {point}");
         assert!(
             child.try_wait().unwrap().is_none(),
-            "the run ended before it could be killed: {point:?}"
+            "the run ended before it could be killed: {point}"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     std::thread::sleep(std::time::Duration::from_millis(point.delay_ms));
     assert!(
         child.try_wait().unwrap().is_none(),
-        "the run ended before it could be killed: {point:?}"
+        "the run ended before it could be killed: {point}"
     );
     child.kill().unwrap();
     child.wait().unwrap();
@@ -443,7 +453,7 @@ fn assert_same_outputs(a: &Project, b: &Project, stage: &str, names: &[&str], po
     for name in names {
         assert_eq!(
             a[name]["hash"], b[name]["hash"],
-            "{stage}: {name} differs after resume at {point:?}"
+            "{stage}: {name} differs after resume at {point}"
         );
     }
 }
@@ -488,7 +498,7 @@ fn a_killed_sweep_resumes_to_the_outputs_of_an_uninterrupted_one() {
     assert!(out.contains("resumed"), "{out}");
     let (expected, got) = (all_outputs(&straight), all_outputs(&p));
     assert_eq!(expected.len(), 3, "thresholds and two adjq variants");
-    assert_eq!(expected, got, "after resume at {point:?}");
+    assert_eq!(expected, got, "after resume at {point}");
 }
 
 /// pretrain killed at a random point after one of its first two epochs resumes to outputs
