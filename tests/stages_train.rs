@@ -344,6 +344,83 @@ fn adjq_killed_mid_stage_resumes_to_the_same_weights() {
     assert_same_outputs(&straight, &p, "adjq", &names, point);
 }
 
+/// `keep_checkpoints = "selectable"` keeps exactly the checkpoints some select rule can
+/// pick (checked here by brute force over both rules at every threshold the records
+/// define) and the select stage picks the same one as with every checkpoint kept.
+#[test]
+fn adjq_keeps_only_selectable_checkpoints_when_asked() {
+    let p = Project::new();
+    write_float_model(&p.path("float"));
+    let all = manifest(&digits(), 1);
+    p.write("all.toml", &all);
+    let selectable = all.replace(
+        "[stages.adjq]\n",
+        "[stages.adjq]\nkeep_checkpoints = \"selectable\"\n",
+    );
+    p.write("kept.toml", &selectable);
+    let output = |m: &str, stage: &str, name: &str| -> (String, std::path::PathBuf) {
+        let rec: serde_json::Value =
+            serde_json::from_str(&p.ok(&["show", m, stage, "--json"])).unwrap();
+        let h = rec["outputs"][name]["hash"].as_str().unwrap().to_string();
+        let path = p.path(&format!("artifacts/objects/{}/{h}", &h[..2]));
+        (h, path)
+    };
+    let names = |dir: &Path| -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    for m in ["all.toml", "kept.toml"] {
+        p.ok(&["run", m, "select"]);
+    }
+    let (_, metrics) = output("kept.toml", "adjq", "metrics.jsonl");
+    // (checkpoint, metric, top-1) of each mini-epoch.
+    type Row = (String, f64, f64);
+    let rows: Vec<Row> = std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let get = |k: &str| v[k].as_f64().unwrap();
+            (
+                v["checkpoint"].as_str().unwrap().to_string(),
+                get("metric"),
+                v["accuracy"]["top1"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rows.len(), 10);
+    // Both rules (ties to the later row) at every threshold the rows define.
+    let mut pickable = std::collections::BTreeSet::new();
+    for (_, metric, top1) in &rows {
+        let latest_best = |eligible: &dyn Fn(&Row) -> bool, better: &dyn Fn(&Row, &Row) -> bool| {
+            let mut best: Option<&Row> = None;
+            for r in rows.iter().filter(|r| eligible(r)) {
+                if best.is_none_or(|b| !better(b, r)) {
+                    best = Some(r);
+                }
+            }
+            best.map(|b| b.0.clone())
+        };
+        pickable.extend(latest_best(&|r| r.2 >= *top1, &|a, b| a.1 < b.1));
+        pickable.extend(latest_best(&|r| r.1 <= *metric, &|a, b| a.2 > b.2));
+    }
+    let (_, kept) = output("kept.toml", "adjq", "checkpoints");
+    let (_, every) = output("all.toml", "adjq", "checkpoints");
+    assert_eq!(names(&every).len(), 10);
+    assert_eq!(names(&kept), pickable);
+    assert!(
+        pickable.len() < 10,
+        "some checkpoint was dominated: {rows:?}"
+    );
+    assert_eq!(
+        output("all.toml", "select", "model").0,
+        output("kept.toml", "select", "model").0,
+        "the same checkpoint selected"
+    );
+}
+
 /// Where a kill -9 lands: after `states` saved resume states, then `delay_ms` into the
 /// work that follows (a step, validation, a checkpoint write, the next save). Drawn at
 /// random; `ADJQ_KILL_SEED=N` replays the point a failure names.

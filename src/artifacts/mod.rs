@@ -4,6 +4,7 @@
 //! ([`ArtifactKind::of`]), never by sniffing their content.
 
 pub mod model_dir;
+pub mod selection;
 
 use crate::quant::info::QuantInfo;
 use crate::score::counter::Totals;

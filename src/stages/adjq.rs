@@ -39,6 +39,16 @@ crate::param_choice! {
     }
 }
 
+crate::param_choice! {
+    /// Which mini-epoch checkpoints the `checkpoints` output keeps.
+    pub enum KeepCheckpoints {
+        /// Every one (the original: `Saver(max_to_keep=0)`, `trainer.py:189`).
+        All = "all",
+        /// Those some `select` rule can pick, at any threshold: the (metric, top-1) front.
+        Selectable = "selectable",
+    }
+}
+
 crate::stage_params! {
     /// Params of `adjq`.
     pub struct AdjqParams {
@@ -98,6 +108,8 @@ crate::stage_params! {
         pub seed: u64 = 0u64,
         /// validation images per mini-epoch (0: all)
         pub val_samples: usize = 0usize,
+        /// mini-epoch checkpoints kept: `all` (the original) or `selectable` (those a select rule can pick)
+        pub keep_checkpoints: KeepCheckpoints = KeepCheckpoints::All,
         /// score the metric term trains against: `paper` (the original's) or `official` (the MicroNet counter's)
         pub metric_rule: MetricRule = MetricRule::Paper,
         /// channel pairs the metric's max(weight bits, activation bits) averages: `tile` (the original's tf.tile) or `all`
@@ -266,7 +278,7 @@ impl StageKind for Adjq {
         let batch = p.batch_size.max(1);
         let (train_cfg, val_cfg) =
             support::train_val_loaders(&p.data, &info, batch, seed, augment, 50);
-        let val_samples = p.val_samples;
+        let (val_samples, keep_checkpoints) = (p.val_samples, p.keep_checkpoints);
         let batches_per_epoch = (train.len() as usize / batch) as u64;
         if batches_per_epoch == 0 {
             bail!(
@@ -352,6 +364,9 @@ impl StageKind for Adjq {
                 progress.swa.record(&trainer.snapshot())?;
             }
             progress.records.push(record);
+            if keep_checkpoints == KeepCheckpoints::Selectable {
+                prune_unselectable(&checkpoints, &progress.records)?;
+            }
             progress.tenths += 1;
             write_logs(ctx, &progress.records)?;
             ctx.save_state(&progress.tenths.to_string(), |d| {
@@ -389,6 +404,20 @@ impl StageKind for Adjq {
         write_logs(ctx, &progress.records)?;
         Ok(())
     }
+}
+
+/// Deletes the checkpoints no select rule can pick any more (one that drops off the front
+/// never returns to it, so this is final; repeating it after a resume is harmless).
+fn prune_unselectable(checkpoints: &std::path::Path, records: &[MiniEpoch]) -> Result<()> {
+    let keep = artifacts::selection::selectable(records);
+    for (record, keep) in records.iter().zip(keep) {
+        let dir = checkpoints.join(&record.checkpoint);
+        if !keep && dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot delete checkpoint {}", dir.display()))?;
+        }
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

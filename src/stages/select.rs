@@ -3,7 +3,7 @@
 //! records why.
 
 use crate::artifacts::model_dir as dir;
-use crate::artifacts::{self, Candidate, MiniEpoch, Selection};
+use crate::artifacts::{self, Candidate, MiniEpoch, Selection, selection};
 use crate::exec::context::StageContext;
 use crate::exec::kind::StageKind;
 use crate::manifest::Params;
@@ -53,7 +53,9 @@ impl KindSchema for Select {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: highest_top1 breaks ties for the later checkpoint, as documented (version 1
+        // took the earlier: `max_by` keeps the last of equals, iterating backwards).
+        2
     }
 
     fn doc(&self) -> &'static str {
@@ -80,38 +82,29 @@ impl StageKind for Select {
         let metrics_path = ctx.input("metrics")?.to_path_buf();
         let records: Vec<MiniEpoch> =
             artifacts::read_jsonl(&metrics_path, "metrics.jsonl of an adjq stage")?;
-        let rows: Vec<(String, f64, f64)> = records
-            .into_iter()
-            .map(|r| (r.checkpoint, r.metric, r.accuracy.top1))
-            .collect();
         let p: SelectParams = ctx.params()?;
         let (rule, min_top1, max_metric) = (p.rule, p.min_top1, p.max_metric);
         let rule_name = Rule::NAMES[rule as usize];
-        let eligible: Vec<&(String, f64, f64)> = rows
-            .iter()
-            .filter(|(_, m, t)| {
-                if rule == Rule::LowestMetric {
-                    *t >= min_top1
-                } else {
-                    *m <= max_metric
-                }
-            })
-            .collect();
-        // Ties: the later checkpoint (trained longer) wins.
-        let best = if rule == Rule::LowestMetric {
-            eligible.iter().rev().min_by(|a, b| a.1.total_cmp(&b.1))
+        let (best, eligible) = if rule == Rule::LowestMetric {
+            let n = records.iter().filter(|r| r.accuracy.top1 >= min_top1);
+            (selection::lowest_metric(&records, min_top1), n.count())
         } else {
-            eligible.iter().rev().max_by(|a, b| a.2.total_cmp(&b.2))
+            let n = records.iter().filter(|r| r.metric <= max_metric);
+            (selection::highest_top1(&records, max_metric), n.count())
         };
-        let Some((name, metric, top1)) = best.map(|r| (*r).clone()) else {
+        let Some(best) = best.map(|i| &records[i]) else {
             bail!(
                 "no checkpoint satisfies the rule `{rule_name}` (min_top1 {min_top1}, max_metric {max_metric}); \
                  {} checkpoints, best top-1 {:.4}, lowest metric {:.4}",
-                rows.len(),
-                rows.iter().map(|r| r.2).fold(f64::NAN, f64::max),
-                rows.iter().map(|r| r.1).fold(f64::NAN, f64::min)
+                records.len(),
+                records
+                    .iter()
+                    .map(|r| r.accuracy.top1)
+                    .fold(f64::NAN, f64::max),
+                records.iter().map(|r| r.metric).fold(f64::NAN, f64::min)
             );
         };
+        let (name, metric, top1) = (best.checkpoint.clone(), best.metric, best.accuracy.top1);
         let src = ctx.input("checkpoints")?.join(&name);
         if !src.is_dir() {
             bail!(
@@ -126,16 +119,16 @@ impl StageKind for Select {
             std::fs::copy(e.path(), out.join(e.file_name()))?;
         }
         let why = Selection {
-            candidates: rows
+            candidates: records
                 .iter()
-                .map(|(checkpoint, metric, top1)| Candidate {
-                    checkpoint: checkpoint.clone(),
-                    metric: *metric,
-                    top1: *top1,
+                .map(|r| Candidate {
+                    checkpoint: r.checkpoint.clone(),
+                    metric: r.metric,
+                    top1: r.accuracy.top1,
                 })
                 .collect(),
             chosen: name.clone(),
-            eligible: eligible.len(),
+            eligible,
             max_metric,
             metric,
             min_top1,
