@@ -130,6 +130,10 @@ inputs.select = {{ stage = "select", output = "selection.json" }}
     )
 }
 
+/// The most resident memory a stage process of these tiny pipelines may use (measured:
+/// 89 MB for adjq, the largest).
+const PEAK_RSS_BOUND: u64 = 256 << 20;
+
 fn digits() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits")
 }
@@ -177,6 +181,20 @@ fn thresholds_adjq_eval_run_cache_and_report() {
     assert_eq!(ckpts, 10, "a checkpoint per mini-epoch");
     let tb = output(&p, "adjq", "tensorboard").join("events.out.tfevents.0.adjq");
     assert!(std::fs::metadata(tb).unwrap().len() > 100);
+
+    // Every stage process's peak memory is in its record and `runner show`, and stays
+    // under the bound README states for the tiny model (the demo's is there too).
+    for stage in ["thresholds", "adjq", "select", "swa", "eval", "report"] {
+        let rec: serde_json::Value =
+            serde_json::from_str(&p.ok(&["show", "m.toml", stage, "--json"])).unwrap();
+        let peak = rec["peak_rss_bytes"].as_u64().expect("peak_rss_bytes");
+        eprintln!("{stage}: peak RSS {} MB", peak >> 20);
+        assert!(
+            (1 << 20..PEAK_RSS_BOUND).contains(&peak),
+            "{stage}: peak RSS {peak} bytes"
+        );
+    }
+    assert!(p.ok(&["show", "m.toml", "adjq"]).contains("peak memory"));
 
     let eval: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(output(&p, "eval", "eval.json")).unwrap())

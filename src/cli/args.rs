@@ -181,8 +181,9 @@ pub(super) struct ShowArgs {
 
 #[derive(Args)]
 pub(super) struct PredictArgs {
-    /// The model: MANIFEST.toml:STAGE (a finished convert stage), a directory holding
-    /// model.safetensors and model.json, or a checkpoint file (with --preset).
+    /// The model: MANIFEST.toml:STAGE (a finished stage with a float `model` output:
+    /// convert, pretrain, qat; the manifest as written, without --set), a model directory
+    /// (model.safetensors and model.json), or a checkpoint file (with --preset).
     #[arg(long, value_name = "MODEL")]
     pub(super) model: String,
     /// Architecture of a raw checkpoint file, e.g. efficientnet-lite0.

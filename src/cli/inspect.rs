@@ -176,10 +176,13 @@ pub(super) fn show(a: ShowArgs, store_flag: Option<&Path>) -> Result<i32> {
             .unwrap_or_default()
     );
     println!(
-        "ran       {} → {} ({:.1}s) on {}{}",
+        "ran       {} → {} ({:.1}s{}) on {}{}",
         rec.started,
         rec.finished,
         rec.duration_s,
+        rec.peak_rss_bytes
+            .map(|b| format!(", peak memory {}", human_bytes(b)))
+            .unwrap_or_default(),
         rec.host,
         if rec.resumed { ", resumed" } else { "" }
     );

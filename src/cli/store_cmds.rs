@@ -6,7 +6,7 @@ pub(super) fn ls(store: &Store) -> Result<i32> {
     let mut recs = store.records();
     recs.sort_by(|a, b| a.finished.cmp(&b.finished));
     let mut t = new_table(vec![
-        "pipeline", "stage", "kind", "finished", "took", "outputs", "key",
+        "pipeline", "stage", "kind", "finished", "took", "peak mem", "outputs", "key",
     ]);
     for r in &recs {
         let bytes: u64 = r.outputs.values().map(|o| o.bytes).sum();
@@ -16,6 +16,7 @@ pub(super) fn ls(store: &Store) -> Result<i32> {
             r.kind.clone(),
             r.finished.clone(),
             format!("{:.1}s", r.duration_s),
+            r.peak_rss_bytes.map(human_bytes).unwrap_or_default(),
             human_bytes(bytes),
             r.key[..12].to_string(),
         ]);

@@ -85,6 +85,23 @@ fn read_spec(path: Option<&std::path::Path>) -> Result<JobSpec> {
     Ok(serde_json::from_str(&text)?)
 }
 
+/// This process's peak resident set size so far (`getrusage`; a stage process runs one
+/// stage, so it is the stage's).
+fn peak_rss_bytes() -> Option<u64> {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
+    }
+    let max = u64::try_from(usage.ru_maxrss).ok()?;
+    // Linux and the BSDs count kilobytes, macOS bytes.
+    Some(if cfg!(target_os = "macos") {
+        max
+    } else {
+        max * 1024
+    })
+}
+
 /// Puts this Slurm job back in the queue (its time is nearly up; the stage resumes from
 /// its work dir when the job runs again).
 fn requeue_self() {
@@ -219,6 +236,7 @@ fn run(
         started,
         finished: now_rfc3339(),
         duration_s: t0.elapsed().as_secs_f64(),
+        peak_rss_bytes: peak_rss_bytes(),
         resumed,
         runner_version: env!("CARGO_PKG_VERSION").to_string(),
         host: hostname(),

@@ -68,6 +68,9 @@ pub struct Record {
     pub started: String,
     pub finished: String,
     pub duration_s: f64,
+    /// The stage process's peak resident memory (this attempt's), when the OS tells it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
     /// True when the run continued from a work dir an interrupted run left.
     pub resumed: bool,
     pub runner_version: String,
