@@ -322,9 +322,10 @@ impl Launcher for SlurmLauncher {
                 t.report(job, Report::Event(Event::Waiting));
             }
             if t.cancel_requested {
-                match owned {
-                    true => scancel(&id),
-                    false => stop_following(&mut jobs, job),
+                if owned {
+                    scancel(&id);
+                } else {
+                    stop_following(&mut jobs, job);
                 }
             }
         });
