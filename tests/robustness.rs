@@ -358,3 +358,32 @@ metrics = ["eval.top1", "eval.official_score"]
         "{md}"
     );
 }
+
+/// `ls`, `verify` and `gc` only read or trim a store: where there is none they say so
+/// (exit 2) and create nothing, in the current directory or at `--store`.
+#[test]
+fn store_commands_refuse_to_make_a_store_where_there_is_none() {
+    let p = Project::new();
+    p.write(
+        "m.toml",
+        "[pipeline]\nname = \"p\"\n\n[stages.a]\nkind = \"shell\"\ncmd = \"true\"\n",
+    );
+    for args in [
+        &["ls"][..],
+        &["verify"],
+        &["gc"],
+        &["gc", "m.toml"],
+        &["--store", "elsewhere", "ls"],
+        &["--store", "elsewhere", "verify"],
+    ] {
+        let out = p.runner(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no store at "), "{args:?}: {err}");
+        assert!(err.contains("--store DIR"), "{args:?}: {err}");
+    }
+    assert!(!p.path("artifacts").exists() && !p.path("elsewhere").exists());
+    p.ok(&["run", "m.toml"]);
+    assert!(p.ok(&["ls"]).contains("1 records"));
+    assert!(p.ok(&["verify"]).contains("store is clean"));
+}

@@ -76,6 +76,18 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
     Usage(msg.into()).into()
 }
 
+/// The store a command that reads or trims it works on: `root`, which must already be a
+/// store (`runner run` makes one; these commands never do).
+fn existing_store(root: &Path) -> Result<Store> {
+    if !Store::exists_at(root) {
+        return Err(usage(format!(
+            "no store at {}: name one with --store DIR (or ADJQ_STORE); `runner run` creates a store",
+            root.display()
+        )));
+    }
+    Store::open(root)
+}
+
 fn init_logging(verbose: u8, child: bool) {
     let default = match (child, verbose) {
         (true, _) => "info",
@@ -122,12 +134,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Show(a) => show(a, store_flag.as_deref()),
-        Command::Ls => ls(&Store::open(
+        Command::Ls => ls(&existing_store(
             &store_flag.unwrap_or_else(|| PathBuf::from("artifacts")),
         )?),
         Command::Gc(a) => run_gc(a, store_flag.as_deref()),
         Command::Verify => {
-            let store = Store::open(&store_flag.unwrap_or_else(|| PathBuf::from("artifacts")))?;
+            let store = existing_store(&store_flag.unwrap_or_else(|| PathBuf::from("artifacts")))?;
             let _lock = store.use_lock(true)?;
             let r = verify::verify(&store)?;
             println!(

@@ -37,7 +37,7 @@ pub(super) fn run_gc(a: GcArgs, store_flag: Option<&Path>) -> Result<i32> {
         } else {
             sweep::expand(path, &[], &[], stages::kinds()).map_err(expand_error)?
         };
-        let store = Store::open(&root)?;
+        let store = existing_store(&root)?;
         let plan = Plan::build(&variants, &[]).map_err(usage)?;
         for r in plan::resolve_all(&plan, &Resolver::new(&store), &|_| false) {
             match r {
@@ -51,7 +51,7 @@ pub(super) fn run_gc(a: GcArgs, store_flag: Option<&Path>) -> Result<i32> {
             }
         }
     }
-    let store = Store::open(&store_root.unwrap_or_else(|| PathBuf::from("artifacts")))?;
+    let store = existing_store(&store_root.unwrap_or_else(|| PathBuf::from("artifacts")))?;
     let _lock = store.use_lock(true)?;
     let r = gc::collect(&store, keep, a.keep_runs, a.dry_run)?;
     println!(

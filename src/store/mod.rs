@@ -148,6 +148,12 @@ impl Store {
         })
     }
 
+    /// Whether `root` holds a store (one [`Store::open`] made): commands that only read or
+    /// trim a store check this first, so a mistyped path is not made into an empty store.
+    pub fn exists_at(root: &Path) -> bool {
+        root.join("records").is_dir() && root.join("objects").is_dir()
+    }
+
     pub fn object_path(&self, hash: &str) -> PathBuf {
         self.root.join("objects").join(&hash[..2]).join(hash)
     }
