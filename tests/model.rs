@@ -345,6 +345,22 @@ fn pretrained_lite0_smoke_pipeline_and_predict() {
         photos.join("chelsea.png").to_str().unwrap(),
         photos.join("coffee.png").to_str().unwrap(),
     ]);
+    // The same model named as the README tells users to run it: the manifest's stage,
+    // with the --set it was run with.
+    let spec = format!("{manifest}:convert");
+    let by_stage = p.ok(&[
+        "--store",
+        &store,
+        "predict",
+        "--model",
+        &spec,
+        "--set",
+        &weights,
+        "--image",
+        photos.join("chelsea.png").to_str().unwrap(),
+        photos.join("coffee.png").to_str().unwrap(),
+    ]);
+    assert_eq!(by_stage, out);
     let top1 = |image: &str| -> usize {
         let lines: Vec<&str> = out.lines().collect();
         let at = lines

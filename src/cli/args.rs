@@ -182,10 +182,14 @@ pub(super) struct ShowArgs {
 #[derive(Args)]
 pub(super) struct PredictArgs {
     /// The model: MANIFEST.toml:STAGE (a finished stage with a float `model` output:
-    /// convert, pretrain, qat; the manifest as written, without --set), a model directory
+    /// convert, pretrain, qat; with the --set overrides it was run with), a model directory
     /// (model.safetensors and model.json), or a checkpoint file (with --preset).
     #[arg(long, value_name = "MODEL")]
     pub(super) model: String,
+    /// Override a param of the --model manifest, as the stage was run: STAGE.PARAM=VALUE or
+    /// params.NAME=VALUE.
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    pub(super) set: Vec<String>,
     /// Architecture of a raw checkpoint file, e.g. efficientnet-lite0.
     #[arg(long, value_name = "NAME")]
     pub(super) preset: Option<String>,

@@ -292,15 +292,16 @@ pub(super) fn resolve_stage(
 /// The record of `stage`'s current, finished run (and the store holding it).
 pub(super) fn finished_record(
     manifest_path: &Path,
+    sets: &[Override],
     stage: &str,
     store_flag: Option<&Path>,
 ) -> Result<(store::Record, Store)> {
-    let m = manifest::load(manifest_path, &[], stages::kinds())?;
+    let m = manifest::load(manifest_path, sets, stages::kinds())?;
     let (store, _, job, mut res) = resolve_stage(m, stage, store_flag)?;
     match res.swap_remove(job) {
         Resolution::Cached(r) => Ok((*r, store)),
         _ => bail!(
-            "stage `{stage}` has no finished result for the manifest as it is now; run `runner run {} {stage}` first",
+            "stage `{stage}` has no finished result for the manifest as it is now (with these --set values); run `runner run {} {stage}` first",
             manifest_path.display()
         ),
     }

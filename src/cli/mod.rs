@@ -169,7 +169,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Kinds { kind, markdown } => kinds(kind.as_deref(), markdown),
         Command::Predict(a) => {
             let device = backend.device(None)?;
-            let source = model_source(&a.model, a.preset.as_deref(), store_flag.as_deref())?;
+            let sets = parse_overrides(&a.set)?;
+            let source = model_source(&a.model, &sets, a.preset.as_deref(), store_flag.as_deref())?;
             let classifier = crate::predict::Classifier::load(&source, &device)?;
             let results = classifier.classify(&a.images, a.top, &device)?;
             print!("{}", crate::predict::render(&a.images, &results));
@@ -200,8 +201,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
 }
 
 fn overrides(a: &ManifestArgs) -> Result<Vec<Override>> {
-    a.set
-        .iter()
+    parse_overrides(&a.set)
+}
+
+fn parse_overrides(sets: &[String]) -> Result<Vec<Override>> {
+    sets.iter()
         .map(|s| Override::parse(s).map_err(|e| usage(format!("--set {e}"))))
         .collect()
 }

@@ -6,14 +6,20 @@ use super::*;
 /// anything else is a model directory or a checkpoint file (see [`crate::predict::source`]).
 pub(super) fn model_source(
     spec: &str,
+    sets: &[Override],
     preset: Option<&str>,
     store_flag: Option<&Path>,
 ) -> Result<crate::predict::Source> {
     let Some((manifest, stage)) = spec.rsplit_once(':').filter(|(m, _)| m.ends_with(".toml"))
     else {
+        if !sets.is_empty() {
+            return Err(usage(
+                "--set applies to a --model MANIFEST.toml:STAGE, not to a model directory or file",
+            ));
+        }
         return crate::predict::source(spec, preset);
     };
-    let (rec, store) = finished_record(Path::new(manifest), stage, store_flag)?;
+    let (rec, store) = finished_record(Path::new(manifest), sets, stage, store_flag)?;
     let dir = rec
         .outputs
         .get(crate::artifacts::model_dir::OUTPUT)
