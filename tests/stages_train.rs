@@ -30,6 +30,45 @@ fn write_float_model(path: &Path) {
     dir::write(path, &adjq::model::import::export(&m), &info).unwrap();
 }
 
+/// `runner ARGS` (on `m.toml` = `manifest`) run uninterrupted in one project, and in
+/// another killed at a random point after up to `max_states` saved states, `after_kill`
+/// done to it, and run again, which must resume. With `float`, both start from the same
+/// random float model. Returns (uninterrupted, resumed, where the kill landed).
+fn uninterrupted_and_resumed(
+    manifest: &str,
+    args: &[&str],
+    float: bool,
+    max_states: usize,
+    after_kill: impl FnOnce(&Project),
+) -> (Project, Project, KillPoint) {
+    let straight = Project::new();
+    if float {
+        write_float_model(&straight.path("float"));
+    }
+    straight.write("m.toml", manifest);
+    straight.ok(args);
+    let p = Project::new();
+    if float {
+        copy_float_model(&straight, &p);
+    }
+    p.write("m.toml", manifest);
+    let point = KillPoint::random(max_states);
+    kill_at(&p, args, point);
+    after_kill(&p);
+    let out = p.ok(args);
+    assert!(out.contains("resumed"), "{out}");
+    (straight, p, point)
+}
+
+/// `from`'s float model into `to` (the device RNG is shared with tests running beside
+/// this one, so a second random model would differ).
+fn copy_float_model(from: &Project, to: &Project) {
+    std::fs::create_dir_all(to.path("float")).unwrap();
+    for f in ["model.safetensors", "model.json"] {
+        std::fs::copy(from.path("float").join(f), to.path("float").join(f)).unwrap();
+    }
+}
+
 fn manifest(digits: &Path, max_epoch: usize) -> String {
     format!(
         r#"[pipeline]
@@ -316,27 +355,17 @@ fn find_latest(dir: &Path) -> Option<std::path::PathBuf> {
 
 #[test]
 fn adjq_killed_mid_stage_resumes_to_the_same_weights() {
-    let straight = Project::new();
-    write_float_model(&straight.path("float"));
-    straight.write("m.toml", &manifest(&digits(), 1));
-    straight.ok(&["run", "m.toml", "adjq"]);
+    // 10 mini-epochs, each saved; SWA records from mini-epoch 5 on.
+    let (straight, p, point) = uninterrupted_and_resumed(
+        &manifest(&digits(), 1),
+        &["run", "m.toml", "adjq"],
+        true,
+        8,
+        |p| plant_cut_short_write(p, "checkpoints"),
+    );
     let (expected, _) =
         ckpt::safetensors::read(&output(&straight, "adjq", "model").join("model.safetensors"))
             .unwrap();
-
-    // The same float model (the device RNG is shared with tests running beside this one).
-    let p = Project::new();
-    std::fs::create_dir_all(p.path("float")).unwrap();
-    for f in ["model.safetensors", "model.json"] {
-        std::fs::copy(straight.path("float").join(f), p.path("float").join(f)).unwrap();
-    }
-    p.write("m.toml", &manifest(&digits(), 1));
-    // 10 mini-epochs, each saved; SWA records from mini-epoch 5 on.
-    let point = KillPoint::random(8);
-    kill_at(&p, &["run", "m.toml", "adjq"], point);
-    plant_cut_short_write(&p, "checkpoints");
-    let out = p.ok(&["run", "m.toml", "adjq"]);
-    assert!(out.contains("resumed"), "{out}");
     let rec: serde_json::Value =
         serde_json::from_str(&p.ok(&["show", "m.toml", "adjq", "--json"])).unwrap();
     let at = rec["metrics"]["resumed_at_mini_epoch"].as_u64().unwrap();
@@ -577,20 +606,8 @@ fn a_killed_sweep_resumes_to_the_outputs_of_an_uninterrupted_one() {
         "{}[sweep]\ngrid = {{ \"adjq.alpha\" = [1.0, 2.0] }}\n",
         &full[..full.find("[stages.select]").unwrap()]
     );
-    let straight = Project::new();
-    write_float_model(&straight.path("float"));
-    straight.write("m.toml", &sweep);
-    straight.ok(&["sweep", "m.toml"]);
-    let p = Project::new();
-    std::fs::create_dir_all(p.path("float")).unwrap();
-    for f in ["model.safetensors", "model.json"] {
-        std::fs::copy(straight.path("float").join(f), p.path("float").join(f)).unwrap();
-    }
-    p.write("m.toml", &sweep);
-    let point = KillPoint::random(8);
-    kill_at(&p, &["sweep", "m.toml"], point);
-    let out = p.ok(&["sweep", "m.toml"]);
-    assert!(out.contains("resumed"), "{out}");
+    let (straight, p, point) =
+        uninterrupted_and_resumed(&sweep, &["sweep", "m.toml"], true, 8, |_| ());
     let (expected, got) = (all_outputs(&straight), all_outputs(&p));
     assert_eq!(expected.len(), 3, "thresholds and two adjq variants");
     assert_eq!(expected, got, "after resume at {point}");
@@ -615,15 +632,8 @@ inputs.data = {:?}
 "#,
         digits().display().to_string()
     );
-    let straight = Project::new();
-    straight.write("m.toml", &manifest);
-    straight.ok(&["run", "m.toml"]);
-    let p = Project::new();
-    p.write("m.toml", &manifest);
-    let point = KillPoint::random(2);
-    kill_at(&p, &["run", "m.toml"], point);
-    let out = p.ok(&["run", "m.toml"]);
-    assert!(out.contains("resumed"), "{out}");
+    let (straight, p, point) =
+        uninterrupted_and_resumed(&manifest, &["run", "m.toml"], false, 2, |_| ());
     assert_same_outputs(
         &straight,
         &p,
@@ -725,20 +735,8 @@ inputs.data = {:?}
 "#,
         digits().display().to_string()
     );
-    let straight = Project::new();
-    write_float_model(&straight.path("float"));
-    straight.write("m.toml", &manifest);
-    straight.ok(&["run", "m.toml"]);
-    let p = Project::new();
-    std::fs::create_dir_all(p.path("float")).unwrap();
-    for f in ["model.safetensors", "model.json"] {
-        std::fs::copy(straight.path("float").join(f), p.path("float").join(f)).unwrap();
-    }
-    p.write("m.toml", &manifest);
-    let point = KillPoint::random(2);
-    kill_at(&p, &["run", "m.toml"], point);
-    let out = p.ok(&["run", "m.toml"]);
-    assert!(out.contains("resumed"), "{out}");
+    let (straight, p, point) =
+        uninterrupted_and_resumed(&manifest, &["run", "m.toml"], true, 2, |_| ());
     let names = ["model", "ranges.json", "metrics.jsonl"];
     assert_same_outputs(&straight, &p, "qat", &names, point);
 }
