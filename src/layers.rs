@@ -4,7 +4,7 @@
 
 /// Top-level modules from the bottom up. ML modules first (they know nothing of
 /// pipelines), then the pipeline layers manifest → graph → store → exec → stages, then the
-/// commands.
+/// run history and the commands.
 #[cfg(test)]
 const LAYERS: &[&str] = &[
     "atomic",
@@ -23,6 +23,7 @@ const LAYERS: &[&str] = &[
     "exec",
     "stages",
     "sweep",
+    "history",
     "predict",
     "cli",
 ];

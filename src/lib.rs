@@ -3,7 +3,7 @@
 //! Modules, one job each: `manifest` (TOML → validated stages), `graph` (the DAG),
 //! `store` (content-addressed artifacts and records), `exec` (planning, scheduling,
 //! child-process stage execution, resume), `stages` (stage kinds), `sweep` (grids),
-//! `data` (datasets, decoding, preprocessing and batch loading), `ckpt` (TensorFlow,
+//! `history` (comparing logged runs), `data` (datasets, decoding, preprocessing and batch loading), `ckpt` (TensorFlow,
 //! PyTorch and safetensors checkpoints into one tensor map), `model` (EfficientNet),
 //! `quant` (fake quant, the adjustable quantizer, the quantized network), `score` (the
 //! differentiable metric and the official MicroNet counter), `backend` (CPU/GPU choice).
@@ -16,6 +16,7 @@ pub mod cli;
 pub mod data;
 pub mod exec;
 pub mod graph;
+pub mod history;
 #[cfg(test)]
 mod layers;
 pub mod manifest;

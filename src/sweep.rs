@@ -100,6 +100,7 @@ pub fn expand(
                         .map(String::from)
                         .unwrap_or_else(|| v.to_string()),
                     value: v.clone(),
+                    from_grid: true,
                 });
             }
             manifest::load(path, &overrides, kinds)
@@ -243,12 +244,7 @@ impl Table {
     }
 
     pub fn csv(&self) -> anyhow::Result<Vec<u8>> {
-        let mut w = csv::Writer::from_writer(Vec::new());
-        w.write_record(&self.header)?;
-        for r in &self.rows {
-            w.write_record(r)?;
-        }
-        Ok(w.into_inner()?)
+        crate::report::page::csv_table(&self.header, &self.rows)
     }
 }
 

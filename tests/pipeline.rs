@@ -275,3 +275,213 @@ fn a_long_failure_message_is_printed_below_a_narrow_table() {
     );
     assert!(text.contains("  log: ") && text.contains(".log"), "{text}");
 }
+
+/// Three runs with different `--set` values, then `runs` and `diff`: the params that
+/// differ are the columns, with the metric; the diff names each value's source.
+#[test]
+fn runs_and_diff_compare_runs_by_their_params_sources_and_metrics() {
+    let p = setup(3);
+    p.write(
+        "m.toml",
+        &chain(
+            &p,
+            3,
+            "[templates.t]\nkind = \"shell\"\ncmd = \"echo t > t.txt\"\nouts = [\"t.txt\"]\n\n[stages.e]\nextends = \"t\"\n",
+        ),
+    );
+    p.ok(&["run", "m.toml"]);
+    p.ok(&["run", "m.toml", "--set", "params.n=5"]);
+    p.ok(&[
+        "run",
+        "m.toml",
+        "--set",
+        "params.n=2",
+        "--set",
+        "e.cmd=echo u > t.txt",
+    ]);
+
+    let table = p.ok(&["runs"]);
+    let header = table.lines().nth(1).unwrap();
+    for col in ["run", "started", "state", "params.n", "e.cmd"] {
+        assert!(header.contains(col), "{table}");
+    }
+    // b.cmd follows params.n, which has its own column; c.bytes is the last stage's metric
+    // only when asked for (it is not one of the defaults).
+    assert!(!header.contains("b.cmd"), "{table}");
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("│ ")).collect();
+    assert!(
+        rows[1].starts_with("│ 3 ") && rows[3].starts_with("│ 1 "),
+        "{table}"
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&p.ok(&["runs", "--metric", "c.bytes", "--format", "json"])).unwrap();
+    let rows = json.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    let col = |i: usize, c: &str| rows[i][c].clone();
+    assert_eq!(
+        (col(0, "run"), col(1, "run"), col(2, "run")),
+        ("3".into(), "2".into(), "1".into())
+    );
+    assert_eq!(
+        (col(0, "params.n"), col(2, "params.n")),
+        (2.into(), 3.into())
+    );
+    assert_eq!((col(0, "c.bytes"), col(1, "c.bytes")), (2.into(), 5.into()));
+    assert_eq!(col(2, "state"), "ok (5 ran)");
+    assert_eq!(col(1, "state"), "ok (2 ran)");
+
+    // Filters and sorting.
+    let csv = p.ok(&[
+        "runs",
+        "--where",
+        "c.bytes>2",
+        "--sort",
+        "c.bytes",
+        "--metric",
+        "c.bytes",
+        "--format",
+        "csv",
+    ]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(lines[0].ends_with("params.n,c.bytes"), "{csv}");
+    assert!(
+        lines[1].starts_with("1,") && lines[1].ends_with(",3,3"),
+        "{csv}"
+    );
+    assert!(
+        lines[2].starts_with("2,") && lines[2].ends_with(",5,5"),
+        "{csv}"
+    );
+    assert!(
+        p.ok(&["runs", "--where", "params.n=7", "--format", "md"])
+            .lines()
+            .count()
+            == 2
+    );
+    let bad = p.runner(&["runs", "--where", "params.n"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("is not COLUMN=VALUE"),
+        "{}",
+        stderr(&bad)
+    );
+
+    let text = p.ok(&["diff", "1", "3"]);
+    assert!(
+        text.contains("--set: (none) → params.n=2 e.cmd=echo u > t.txt"),
+        "{text}"
+    );
+    assert!(
+        text.contains("b.cmd: head -c 3 "),
+        "the shared param's effect on the stage is shown: {text}"
+    );
+    assert!(text.contains("set by --set params.n=2"), "{text}");
+    assert!(
+        text.contains("e.cmd: echo t > t.txt → echo u > t.txt   (template `t` (line "),
+        "{text}"
+    );
+    assert!(text.contains("→ --set e.cmd=echo u > t.txt)"), "{text}");
+    assert!(text.contains("c.bytes: 3 → 2 (-1)"), "{text}");
+    assert!(
+        text.contains("c.h: "),
+        "the input hash of c changed: {text}"
+    );
+    assert!(
+        text.contains("stages: 2 with the same key, 3 different (b, c, e)"),
+        "{text}"
+    );
+
+    let d: serde_json::Value = serde_json::from_str(&p.ok(&["diff", "1", "3", "--json"])).unwrap();
+    let param = d["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["stage"] == "e")
+        .unwrap();
+    assert_eq!(param["param"], "cmd");
+    assert_eq!(param["b_source"], "--set e.cmd=echo u > t.txt");
+    assert!(
+        param["a_source"]
+            .as_str()
+            .unwrap()
+            .starts_with("template `t`")
+    );
+    let metric = &d["metrics"][0];
+    assert_eq!(
+        (
+            metric["a"].clone(),
+            metric["b"].clone(),
+            metric["delta"].clone()
+        ),
+        (3.into(), 2.into(), (-1.0).into())
+    );
+    assert_eq!(d["stages"]["same_key"], serde_json::json!(["a", "d"]));
+
+    // One stage of each run, by run:stage and by record key; `last` is the newest run.
+    let rec: serde_json::Value =
+        serde_json::from_str(&p.ok(&["show", "m.toml", "c", "--json"])).unwrap();
+    let key = rec["key"].as_str().unwrap();
+    let one = p.ok(&["diff", "2:c", &key[..10]]);
+    assert!(
+        one.contains("bytes: 5 → 3 (-2)") && one.contains("params (0)"),
+        "{one}"
+    );
+    assert!(p.ok(&["diff", "last:c", "3:c"]).contains("metrics (0)"));
+    for (args, msg) in [
+        (&["diff", "1", "9"][..], "no run 9"),
+        (&["diff", "1", "3:zz"], "has no stage `zz`"),
+        (&["diff", "1", "3:c"], "compare a run with a run"),
+        (&["diff", "1", "nope"], "names no run"),
+    ] {
+        let out = p.runner(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains(msg), "{args:?}: {}", stderr(&out));
+    }
+}
+
+/// `status`, `explain` and `ls` print JSON for scripts; `completions` prints a script.
+#[test]
+fn json_output_and_shell_completions() {
+    let p = setup(3);
+    p.ok(&["run", "m.toml"]);
+    p.write("input.txt", "changed\n");
+    let status: serde_json::Value =
+        serde_json::from_str(&p.ok(&["status", "m.toml", "--json"])).unwrap();
+    let states: Vec<(&str, &str)> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["stage"].as_str().unwrap(), r["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a", "out of date"),
+            ("b", "out of date"),
+            ("c", "out of date"),
+            ("d", "cached")
+        ]
+    );
+    let explain: serde_json::Value =
+        serde_json::from_str(&p.ok(&["explain", "m.toml", "a", "--json"])).unwrap();
+    assert_eq!(explain["state"], "will run");
+    assert!(
+        explain["differences"][0]
+            .as_str()
+            .unwrap()
+            .contains("input src"),
+        "{explain}"
+    );
+    let ls: serde_json::Value = serde_json::from_str(&p.ok(&["ls", "--json"])).unwrap();
+    assert_eq!(ls.as_array().unwrap().len(), 4);
+    assert!(ls[0]["key"].as_str().unwrap().len() == 64);
+    for shell in ["bash", "zsh", "fish"] {
+        let script = p.ok(&["completions", shell]);
+        assert!(
+            script.contains("runner") && script.contains("diff"),
+            "{shell}"
+        );
+    }
+}

@@ -168,6 +168,17 @@ outs = ["y.txt"]
     assert_eq!(p.take_runs(), ["next", "slow"]);
     let both = stdout(&a) + &stdout(&b);
     assert!(both.contains("computed by another runner"), "{both}");
+    // Each run claimed its own id in the history.
+    let runs: serde_json::Value =
+        serde_json::from_str(&p.ok(&["runs", "--format", "json"])).unwrap();
+    let ids: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&"1") && ids.contains(&"2"), "{ids:?}");
 }
 
 #[test]
@@ -375,6 +386,10 @@ fn store_commands_refuse_to_make_a_store_where_there_is_none() {
         &["gc", "m.toml"],
         &["--store", "elsewhere", "ls"],
         &["--store", "elsewhere", "verify"],
+        &["runs"],
+        &["runs", "m.toml"],
+        &["diff", "1", "2"],
+        &["tensorboard"],
     ] {
         let out = p.runner(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -382,6 +397,9 @@ fn store_commands_refuse_to_make_a_store_where_there_is_none() {
         assert!(err.contains("no store at "), "{args:?}: {err}");
         assert!(err.contains("--store DIR"), "{args:?}: {err}");
     }
+    // Looking at a pipeline reads its store as it is: nothing is created either.
+    assert!(p.ok(&["status", "m.toml"]).contains("out of date"));
+    p.ok(&["explain", "m.toml", "a"]);
     assert!(!p.path("artifacts").exists() && !p.path("elsewhere").exists());
     p.ok(&["run", "m.toml"]);
     assert!(p.ok(&["ls"]).contains("1 records"));

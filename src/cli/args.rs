@@ -36,15 +36,28 @@ pub(super) enum Command {
     /// Run every point of a parameter grid; stages whose keys coincide run once.
     Sweep(SweepArgs),
     /// Show each stage's state: cached, stale (and why), new, running or failed.
-    Status(ManifestArgs),
+    Status(StatusArgs),
     /// Explain why a stage would (or would not) run: the params and inputs that changed.
-    Explain(StageArgs),
+    Explain(ExplainArgs),
     /// Print the stage graph as text, Graphviz dot or Mermaid.
     Dag(DagArgs),
     /// Show a stage's record: params, inputs, output paths, metrics, timings, log.
     Show(ShowArgs),
     /// List the records in the store.
-    Ls,
+    Ls(LsArgs),
+    /// List logged runs, newest first: the params that differ between them and metrics.
+    Runs(RunsArgs),
+    /// Compare two runs (or two stage records): params with their sources, input hashes,
+    /// metric deltas.
+    Diff(DiffArgs),
+    /// Print the TensorBoard logdir: every training stage's curves, named
+    /// PIPELINE/STAGE[/SWEEP-POINT], live while a stage runs.
+    Tensorboard(TensorboardArgs),
+    /// Print a shell completion script: `runner completions bash > ~/.local/share/bash-completion/completions/runner`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Delete store entries that neither the given manifests nor the last runs reference.
     Gc(GcArgs),
     /// Rehash every stored object; evict corrupt ones and the records that need them.
@@ -86,6 +99,94 @@ pub(super) struct ManifestArgs {
     /// Override a param: STAGE.PARAM=VALUE or params.NAME=VALUE (VALUE is TOML, or a bare string).
     #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
     pub(super) set: Vec<String>,
+}
+
+#[derive(Args)]
+pub(super) struct StatusArgs {
+    #[command(flatten)]
+    pub(super) manifest: ManifestArgs,
+    /// Print JSON: one object per stage (stage, kind, state, why, key).
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+#[derive(Args)]
+pub(super) struct ExplainArgs {
+    #[command(flatten)]
+    pub(super) stage: StageArgs,
+    /// Print JSON: state, key, reason and the differences from the last run.
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+#[derive(Args)]
+pub(super) struct LsArgs {
+    /// Print JSON: one object per record.
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+#[derive(Clone, Copy, Default, ValueEnum)]
+pub(super) enum TableFormat {
+    /// A table for the terminal.
+    #[default]
+    Table,
+    /// A Markdown table.
+    Md,
+    /// CSV with full precision (missing cells empty).
+    Csv,
+    /// A JSON array, one object per row.
+    Json,
+}
+
+#[derive(Args)]
+pub(super) struct RunsArgs {
+    /// A manifest: its store, and only its pipeline's runs (default: --store, else ./artifacts, all pipelines).
+    pub(super) manifest: Option<PathBuf>,
+    /// Only runs of this pipeline.
+    #[arg(long, value_name = "NAME")]
+    pub(super) pipeline: Option<String>,
+    /// Only runs that include STAGE; the default metric columns are then its metrics.
+    #[arg(long, value_name = "STAGE")]
+    pub(super) stage: Option<String>,
+    /// Keep rows where COLUMN=VALUE (also !=, <, <=, >, >=), e.g. adjq_hi.beta=10, report.top1>0.9 (repeatable).
+    #[arg(long = "where", value_name = "FILTER")]
+    pub(super) filters: Vec<String>,
+    /// A metric column STAGE.METRIC (repeatable; default: top-1, average bits, paper metric and official score of the last stages).
+    #[arg(long, value_name = "STAGE.METRIC")]
+    pub(super) metric: Vec<String>,
+    /// Sort by this column (a param, metric, run or started) instead of newest first.
+    #[arg(long, value_name = "COLUMN")]
+    pub(super) sort: Option<String>,
+    /// Reverse the order (with --sort: descending).
+    #[arg(short, long)]
+    pub(super) reverse: bool,
+    /// At most N rows (0: all).
+    #[arg(short = 'n', long, default_value_t = 20, value_name = "N")]
+    pub(super) limit: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub(super) format: TableFormat,
+}
+
+#[derive(Args)]
+pub(super) struct DiffArgs {
+    /// The first run: an id (3), `last`, a sweep point (5/2), one stage of a run (3:eval), or a record key prefix (8+ hex digits).
+    pub(super) a: String,
+    /// The second, in the same forms.
+    pub(super) b: String,
+    /// A manifest whose store to read (default: --store, else ./artifacts).
+    #[arg(short, long, value_name = "MANIFEST")]
+    pub(super) manifest: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+#[derive(Args)]
+pub(super) struct TensorboardArgs {
+    /// A manifest: print its pipeline's directory (default: the store's whole tree, from --store, else ./artifacts).
+    pub(super) manifest: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -2,16 +2,33 @@
 
 use super::*;
 
+/// One stage of the plan as it stands now.
+#[derive(serde::Serialize)]
+pub(super) struct PlanRow {
+    stage: String,
+    kind: String,
+    state: String,
+    why: String,
+    /// Known when the stage is cached or its inputs are.
+    key: Option<String>,
+}
+
 /// The plan as it stands now; `status` also shows running and failed keys.
-pub(super) fn print_plan(plan: &Plan, store: &Store, force: &BTreeSet<String>, status: bool) {
+pub(super) fn plan_rows(
+    plan: &Plan,
+    store: &Store,
+    force: &BTreeSet<String>,
+    status: bool,
+) -> Vec<PlanRow> {
     let resolver = Resolver::new(store);
     let res = plan::resolve_all(plan, &resolver, &|j| force.contains(&j.stage.name));
-    let mut t = new_table(vec!["stage", "kind", "state", "why"]);
+    let mut rows = Vec::new();
     for (j, r) in plan.jobs.iter().zip(&res) {
-        let (state, why) = match r {
+        let (state, why, key) = match r {
             Resolution::Cached(rec) => (
                 "cached".to_string(),
                 format!("{} finished {}", &rec.key[..12], rec.finished),
+                Some(rec.key.clone()),
             ),
             Resolution::Run { key, reason, .. } => {
                 let failed = store.failed(key).map(|f| f.status);
@@ -28,7 +45,7 @@ pub(super) fn print_plan(plan: &Plan, store: &Store, force: &BTreeSet<String>, s
                 } else {
                     "will run".into()
                 };
-                (state, reason.clone())
+                (state, reason.clone(), Some(key.clone()))
             }
             Resolution::Waiting(ups) => {
                 let names: Vec<&str> = ups
@@ -41,16 +58,26 @@ pub(super) fn print_plan(plan: &Plan, store: &Store, force: &BTreeSet<String>, s
                         "upstream changed ({}); may be cut off if their outputs come out identical",
                         names.join(", ")
                     ),
+                    None,
                 )
             }
-            Resolution::BadInput(msg) => ("error".to_string(), msg.clone()),
+            Resolution::BadInput(msg) => ("error".to_string(), msg.clone(), None),
         };
-        t.add_row(vec![
-            j.stage.name.clone(),
-            j.stage.kind.name().to_string(),
+        rows.push(PlanRow {
+            stage: j.stage.name.clone(),
+            kind: j.stage.kind.name().to_string(),
             state,
             why,
-        ]);
+            key,
+        });
+    }
+    rows
+}
+
+pub(super) fn print_plan(plan: &Plan, store: &Store, force: &BTreeSet<String>, status: bool) {
+    let mut t = new_table(vec!["stage", "kind", "state", "why"]);
+    for r in plan_rows(plan, store, force, status) {
+        t.add_row(vec![r.stage, r.kind, r.state, r.why]);
     }
     println!("{t}");
 }
@@ -74,19 +101,41 @@ pub(super) fn stage_job(plan: &Plan, stage: &str) -> Result<usize> {
         .ok_or_else(|| usage(format!("no stage `{stage}`")))
 }
 
-pub(super) fn explain(a: StageArgs, store_flag: Option<&Path>) -> Result<i32> {
-    let (store, plan, job, res) = resolve_stage(load(&a.manifest)?, &a.stage, store_flag)?;
+/// Why a stage would or would not run (`runner explain`).
+#[derive(serde::Serialize)]
+struct Explanation {
+    stage: String,
+    kind: String,
+    kind_version: u32,
+    /// cached, will run, waiting (for upstream stages) or error.
+    state: &'static str,
+    key: Option<String>,
+    reason: String,
+    /// The stage's last run (its finish time and key), when it has one.
+    last_run: Option<(String, String)>,
+    /// Params and inputs that differ from the last run.
+    differences: Vec<String>,
+}
+
+pub(super) fn explain(a: ExplainArgs, store_flag: Option<&Path>) -> Result<i32> {
+    let (store, plan, job, res) =
+        resolve_stage(load(&a.stage.manifest)?, &a.stage.stage, store_flag)?;
     let j = &plan.jobs[job];
-    println!(
-        "stage `{}` (kind `{}` v{})",
-        j.stage.name,
-        j.stage.kind.name(),
-        j.stage.kind.version()
-    );
     let prev = store.last_run(&j.pipeline, &j.stage.name);
+    let mut e = Explanation {
+        stage: j.stage.name.clone(),
+        kind: j.stage.kind.name().to_string(),
+        kind_version: j.stage.kind.version(),
+        state: "cached",
+        key: None,
+        reason: String::new(),
+        last_run: prev.as_ref().map(|p| (p.finished.clone(), p.key.clone())),
+        differences: Vec::new(),
+    };
     match &res[job] {
         Resolution::Cached(rec) => {
-            println!(
+            e.key = Some(rec.key.clone());
+            e.reason = format!(
                 "cached: key {} (finished {}, took {:.1}s); nothing to do",
                 rec.key, rec.finished, rec.duration_s
             );
@@ -96,20 +145,11 @@ pub(super) fn explain(a: StageArgs, store_flag: Option<&Path>) -> Result<i32> {
             inputs,
             reason,
         } => {
-            println!("will run: key {key}\n{reason}");
+            e.state = "will run";
+            e.key = Some(key.clone());
+            e.reason = reason.clone();
             if let Some(prev) = &prev {
-                println!(
-                    "compared with the last run ({}, key {}):",
-                    prev.finished,
-                    &prev.key[..12]
-                );
-                let d = plan::diff(prev, j, inputs);
-                if d.is_empty() {
-                    println!("  no differences in params or inputs");
-                }
-                for line in d {
-                    println!("  {line}");
-                }
+                e.differences = plan::diff(prev, j, inputs);
             }
         }
         Resolution::Waiting(ups) => {
@@ -117,25 +157,55 @@ pub(super) fn explain(a: StageArgs, store_flag: Option<&Path>) -> Result<i32> {
                 .iter()
                 .map(|u| plan.jobs[*u].stage.name.as_str())
                 .collect();
-            println!(
+            e.state = "waiting";
+            e.reason = format!(
                 "key not yet known: upstream stages {} must run first; it is then decided by their outputs",
                 names.join(", ")
             );
             if let Some(prev) = &prev {
                 for (n, v) in &j.stage.params.0 {
                     if prev.params.get(n) != Some(v) {
-                        println!(
-                            "  param {n}: {} -> {v}",
+                        e.differences.push(format!(
+                            "param {n}: {} -> {v}",
                             prev.params
                                 .get(n)
                                 .map(|x| x.to_string())
                                 .unwrap_or("unset".into())
-                        );
+                        ));
                     }
                 }
             }
         }
-        Resolution::BadInput(msg) => println!("cannot run: {msg}"),
+        Resolution::BadInput(msg) => {
+            e.state = "error";
+            e.reason = format!("cannot run: {msg}");
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+        return Ok(0);
+    }
+    println!(
+        "stage `{}` (kind `{}` v{})",
+        e.stage, e.kind, e.kind_version
+    );
+    match (e.state, &e.key) {
+        ("will run", Some(key)) => println!("will run: key {key}\n{}", e.reason),
+        _ => println!("{}", e.reason),
+    }
+    if e.state == "will run"
+        && let Some((finished, key)) = &e.last_run
+    {
+        println!(
+            "compared with the last run ({finished}, key {}):",
+            &key[..12]
+        );
+        if e.differences.is_empty() {
+            println!("  no differences in params or inputs");
+        }
+    }
+    for line in &e.differences {
+        println!("  {line}");
     }
     Ok(0)
 }
@@ -282,7 +352,7 @@ pub(super) fn resolve_stage(
     stage: &str,
     store_flag: Option<&Path>,
 ) -> Result<(Store, Plan, usize, Vec<Resolution>)> {
-    let store = open_store(&m, store_flag)?;
+    let store = read_store(&m, store_flag)?;
     let plan = Plan::build(&[(vec![], m)], &[stage.to_string()]).map_err(usage)?;
     let job = stage_job(&plan, stage)?;
     let res = plan::resolve_all(&plan, &Resolver::new(&store), &|_| false);

@@ -1,6 +1,7 @@
 //! The `runner` command line.
 
 mod args;
+mod history;
 mod inspect;
 mod models;
 mod progress;
@@ -8,6 +9,7 @@ mod run;
 mod store_cmds;
 
 use args::*;
+use history::*;
 use inspect::*;
 use models::*;
 use run::*;
@@ -88,6 +90,23 @@ fn existing_store(root: &Path) -> Result<Store> {
     Store::open(root)
 }
 
+/// `--store` (or ADJQ_STORE), else `./artifacts`: the store of commands not given a
+/// manifest.
+fn default_store(flag: Option<PathBuf>) -> PathBuf {
+    flag.unwrap_or_else(|| PathBuf::from("artifacts"))
+}
+
+/// The store of a command that may name a manifest: `--store`, else the manifest's,
+/// else `./artifacts`. It must exist.
+fn store_for(manifest: Option<&Manifest>, flag: Option<&Path>) -> Result<Store> {
+    let root = match (flag, manifest) {
+        (Some(f), _) => f.to_path_buf(),
+        (None, Some(m)) => m.store.clone(),
+        (None, None) => default_store(None),
+    };
+    existing_store(&root)
+}
+
 fn init_logging(verbose: u8, child: bool) {
     let default = match (child, verbose) {
         (true, _) => "info",
@@ -113,10 +132,15 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Run(a) => run(a, store_flag.as_deref(), progress, backend),
         Command::Sweep(a) => run_sweep(a, store_flag.as_deref(), progress, backend),
         Command::Status(a) => {
-            let m = load(&a)?;
-            let store = open_store(&m, store_flag.as_deref())?;
+            let m = load(&a.manifest)?;
+            let store = read_store(&m, store_flag.as_deref())?;
             let plan = Plan::build(&[(vec![], m)], &[]).map_err(usage)?;
-            print_plan(&plan, &store, &BTreeSet::new(), true);
+            if a.json {
+                let rows = plan_rows(&plan, &store, &BTreeSet::new(), true);
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print_plan(&plan, &store, &BTreeSet::new(), true);
+            }
             Ok(0)
         }
         Command::Explain(a) => explain(a, store_flag.as_deref()),
@@ -134,12 +158,22 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Show(a) => show(a, store_flag.as_deref()),
-        Command::Ls => ls(&existing_store(
-            &store_flag.unwrap_or_else(|| PathBuf::from("artifacts")),
-        )?),
+        Command::Ls(a) => ls(&existing_store(&default_store(store_flag))?, a.json),
+        Command::Runs(a) => runs(a, store_flag.as_deref()),
+        Command::Diff(a) => diff(a, store_flag.as_deref()),
+        Command::Tensorboard(a) => tensorboard(a, store_flag.as_deref()),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "runner",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
         Command::Gc(a) => run_gc(a, store_flag.as_deref()),
         Command::Verify => {
-            let store = existing_store(&store_flag.unwrap_or_else(|| PathBuf::from("artifacts")))?;
+            let store = existing_store(&default_store(store_flag))?;
             let _lock = store.use_lock(true)?;
             let r = verify::verify(&store)?;
             println!(

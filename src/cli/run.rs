@@ -2,8 +2,14 @@
 
 use super::*;
 
+/// The store `run` and `sweep` write to (created if need be).
 pub(super) fn open_store(m: &Manifest, flag: Option<&Path>) -> Result<Store> {
     Store::open(flag.unwrap_or(&m.store))
+}
+
+/// The store commands that only look read, as it is (nothing is created).
+pub(super) fn read_store(m: &Manifest, flag: Option<&Path>) -> Result<Store> {
+    Store::at(flag.unwrap_or(&m.store))
 }
 
 pub(super) fn run_options(
@@ -112,7 +118,9 @@ pub(super) fn run(
     let variants = [(vec![], m)];
     let plan = Plan::build(&variants, &a.stages).map_err(usage)?;
     let session = Session {
-        manifest: &variants[0].1,
+        command: "run",
+        manifests: vec![&variants[0].1],
+        sets: &a.manifest.set,
         store: &store,
         opts: &opts,
         executor: a.exec.executor,
@@ -123,8 +131,12 @@ pub(super) fn run(
 
 /// What one `run` or `sweep` invocation executes with.
 pub(super) struct Session<'a> {
-    /// The (first) manifest: its path and pipeline name go into the run log.
-    manifest: &'a Manifest,
+    /// `run` or `sweep`, for the run log.
+    command: &'static str,
+    /// One per variant (the plan's order); the first names the pipeline and its settings.
+    manifests: Vec<&'a Manifest>,
+    /// The `--set` flags, for the run log.
+    sets: &'a [String],
     store: &'a Store,
     opts: &'a RunOptions,
     executor: Executor,
@@ -161,32 +173,22 @@ impl Session<'_> {
             print_plan(plan, store, &self.opts.force, false);
             return Ok((0, Vec::new()));
         }
-        check_inputs(plan, self.manifest)?;
-        let started = store::now_rfc3339();
+        let first = self.manifests[0];
+        check_inputs(plan, first)?;
         let t0 = Instant::now();
         let resolver = Resolver::new(store);
         let launcher: Box<dyn Launcher> = match self.executor {
             Executor::Local => Box::new(LocalLauncher::new(store)),
             Executor::Slurm => {
-                let slurm = SlurmLauncher::new(store, self.manifest.slurm.clone())?;
+                let slurm = SlurmLauncher::new(store, first.slurm.clone())?;
                 slurm.check(&slurm_requests(plan, &resolver, self.opts))?;
                 Box::new(slurm)
             }
         };
+        let mut log = self.run_log(plan);
+        store.start_run_log(&mut log)?;
         let bars = progress::Bars::new(self.progress);
         let outcomes = exec::execute(plan, store, &resolver, self.opts, &*launcher, &bars);
-        let log = RunLog {
-            manifest: self.manifest.path.display().to_string(),
-            pipeline: self.manifest.name.clone(),
-            started,
-            finished: store::now_rfc3339(),
-            keys: outcomes.iter().filter_map(|o| o.key.clone()).collect(),
-        };
-        store.write_run_log(&log)?;
-        print_summary(plan, &outcomes, t0.elapsed().as_secs_f64(), store);
-        if plan.variants.len() == 1 {
-            print_reports(plan, &outcomes, store);
-        }
         let code = if outcomes.iter().all(|o| o.state.ok()) {
             0
         } else if outcomes.iter().any(|o| o.state == JobState::Interrupted) {
@@ -194,7 +196,53 @@ impl Session<'_> {
         } else {
             1
         };
+        log.finished = store::now_rfc3339();
+        log.exit_code = Some(code);
+        log.keys = outcomes.iter().filter_map(|o| o.key.clone()).collect();
+        log.variants = exec::run_log::variants(plan, &self.manifests, Some(&outcomes));
+        store.write_run_log(&log)?;
+        print_summary(plan, &outcomes, t0.elapsed().as_secs_f64(), store);
+        if plan.variants.len() == 1 {
+            print_reports(plan, &outcomes, store);
+        }
+        match log.id.parse::<u64>() {
+            Ok(id) if id > 1 => eprintln!(
+                "logged as run {id}: `runner runs` lists the runs, `runner diff {} {id}` compares this one with the one before",
+                id - 1
+            ),
+            _ => eprintln!("logged as run {}: `runner runs` lists the runs", log.id),
+        }
         Ok((code, outcomes))
+    }
+
+    /// The log of this run as it starts: where the manifest and code were, what was set,
+    /// and each variant's stages as planned.
+    fn run_log(&self, plan: &Plan) -> RunLog {
+        let first = self.manifests[0];
+        RunLog {
+            command: self.command.to_string(),
+            manifest: first.path.display().to_string(),
+            manifest_hash: std::fs::read(&first.path)
+                .map(|b| blake3::hash(&b).to_hex().to_string())
+                .unwrap_or_default(),
+            pipeline: first.name.clone(),
+            sets: self.sets.to_vec(),
+            runner_version: env!("CARGO_PKG_VERSION").to_string(),
+            git: std::path::absolute(&first.path)
+                .ok()
+                .as_deref()
+                .and_then(Path::parent)
+                .and_then(store::runs::GitState::of),
+            backend: self.opts.backend.to_string(),
+            executor: match self.executor {
+                Executor::Local => "local",
+                Executor::Slurm => "slurm",
+            }
+            .to_string(),
+            started: store::now_rfc3339(),
+            variants: exec::run_log::variants(plan, &self.manifests, None),
+            ..RunLog::default()
+        }
     }
 }
 
@@ -233,7 +281,9 @@ pub(super) fn run_sweep(
         plan.variants.iter().map(|v| v.stages.len()).sum::<usize>()
     );
     let session = Session {
-        manifest: first,
+        command: "sweep",
+        manifests: variants.iter().map(|(_, m)| m).collect(),
+        sets: &a.manifest.set,
         store: &store,
         opts: &opts,
         executor: a.exec.executor,

@@ -2,9 +2,39 @@
 
 use super::*;
 
-pub(super) fn ls(store: &Store) -> Result<i32> {
+/// A record as `ls --json` lists it.
+#[derive(serde::Serialize)]
+struct Listed<'a> {
+    pipeline: &'a str,
+    stage: &'a str,
+    kind: &'a str,
+    key: &'a str,
+    finished: &'a str,
+    duration_s: f64,
+    peak_rss_bytes: Option<u64>,
+    output_bytes: u64,
+}
+
+pub(super) fn ls(store: &Store, json: bool) -> Result<i32> {
     let mut recs = store.records();
     recs.sort_by(|a, b| a.finished.cmp(&b.finished));
+    if json {
+        let listed: Vec<Listed> = recs
+            .iter()
+            .map(|r| Listed {
+                pipeline: &r.pipeline,
+                stage: &r.stage,
+                kind: &r.kind,
+                key: &r.key,
+                finished: &r.finished,
+                duration_s: r.duration_s,
+                peak_rss_bytes: r.peak_rss_bytes,
+                output_bytes: r.outputs.values().map(|o| o.bytes).sum(),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&listed)?);
+        return Ok(0);
+    }
     let mut t = new_table(vec![
         "pipeline", "stage", "kind", "finished", "took", "peak mem", "outputs", "key",
     ]);

@@ -8,8 +8,10 @@ pub mod kind;
 pub mod launcher;
 pub mod plan;
 pub mod reporter;
+pub mod run_log;
 pub mod scheduler;
 pub mod slurm;
+pub mod tensorboard_links;
 
 use crate::store::{Record, RunStatus, Store};
 use context::{Event, Placement};
@@ -141,6 +143,12 @@ pub fn execute(
     let mut outputs = HashMap::new();
     let mut running: HashMap<usize, Running> = HashMap::new();
     let (tx, rx) = mpsc::channel::<(usize, Report)>();
+    let links = tensorboard_links::Links::new(plan, store);
+    let link_outputs = |i: usize, outputs: &BTreeMap<String, crate::store::ObjectRef>| {
+        if let Some(o) = outputs.get(crate::report::tensorboard::OUTPUT) {
+            links.point(i, &store.object_path(&o.hash));
+        }
+    };
 
     loop {
         if interrupted.load(Ordering::Relaxed) && !sched.stopping() {
@@ -167,6 +175,7 @@ pub fn execute(
                 let force = opts.force.contains(&job.stage.name);
                 match resolver.resolve(plan, i, &outputs, force) {
                     Resolution::Cached(r) => {
+                        link_outputs(i, &r.outputs);
                         outputs.insert(i, r.outputs.clone());
                         let _ = store.set_ref(&job.pipeline, &job.stage.name, &r.key);
                         outcomes[i] = Some(Outcome {
@@ -227,6 +236,13 @@ pub fn execute(
                             cluster: job.stage.cluster.clone(),
                         };
                         launcher.launch(i, launch, tx.clone());
+                        // Live curves: the running stage writes its events in its work dir.
+                        links.point(
+                            i,
+                            &store
+                                .work_dir(&key)
+                                .join(crate::report::tensorboard::OUTPUT),
+                        );
                         running.insert(
                             i,
                             Running {
@@ -275,6 +291,7 @@ pub fn execute(
         if let Some(rec) = &outcome.record
             && outcome.state.ok()
         {
+            link_outputs(i, &rec.outputs);
             outputs.insert(i, rec.outputs.clone());
         }
         outcomes[i] = Some(outcome);

@@ -11,6 +11,7 @@ mod head;
 mod interpolate;
 mod overrides;
 pub mod schema;
+mod source;
 mod stage;
 mod sweep;
 mod templates;
@@ -18,6 +19,7 @@ mod validate;
 pub mod value;
 
 pub use overrides::Override;
+pub use source::ParamSource;
 pub use sweep::grid_axis;
 
 use diag::{Diagnostic, ManifestErrors, Origin, SourceMap};
@@ -59,6 +61,8 @@ pub struct Stage {
     pub kind: &'static dyn KindSchema,
     pub description: Option<String>,
     pub params: Params,
+    /// Where each param's value came from.
+    pub param_sources: BTreeMap<String, ParamSource>,
     pub inputs: BTreeMap<String, InputRef>,
     /// Slot counts the local scheduler and `[pipeline] resources` limits count.
     pub resources: BTreeMap<String, u32>,
@@ -404,7 +408,14 @@ impl Loader<'_> {
                 Some(x) => x,
                 None => continue,
             };
-            let stage = self.stage(k, &table, &params, &head.defaults, &mine, &head);
+            let mut stage = self.stage(k, &table, &params, &head.defaults, &mine, &head);
+            if let Some(s) = &mut stage {
+                s.param_sources = refine_sources(
+                    std::mem::take(&mut s.param_sources),
+                    template.as_ref(),
+                    overrides,
+                );
+            }
             if let Some((name, lines)) = template {
                 // Errors in the template's lines name the stage that extends it too.
                 let at = match self.at(&k.span()) {
@@ -446,6 +457,40 @@ impl Loader<'_> {
             source: self.map.clone(),
         })
     }
+}
+
+/// Sources as the stage table saw them, refined: lines that came from the template the
+/// stage extends name it, and shared params name the flag or axis that set them.
+fn refine_sources(
+    sources: BTreeMap<String, ParamSource>,
+    template: Option<&(String, BTreeSet<usize>)>,
+    overrides: &[Override],
+) -> BTreeMap<String, ParamSource> {
+    let from_template = |line: usize| template.filter(|(_, lines)| lines.contains(&line));
+    sources
+        .into_iter()
+        .map(|(param, src)| {
+            let src = match src {
+                ParamSource::Stage { line } => match from_template(line) {
+                    Some((name, _)) => ParamSource::Template {
+                        name: name.clone(),
+                        line,
+                    },
+                    None => ParamSource::Stage { line },
+                },
+                ParamSource::Shared { name, line, .. } => ParamSource::Shared {
+                    set: overrides
+                        .iter()
+                        .rfind(|o| o.target == "params" && o.key == name)
+                        .map(|o| o.source().to_string()),
+                    name,
+                    line,
+                },
+                other => other,
+            };
+            (param, src)
+        })
+        .collect()
 }
 
 fn type_of(v: &DeValue<'_>) -> &'static str {

@@ -9,6 +9,8 @@ pub struct Override {
     pub key: String,
     pub text: String,
     pub value: Value,
+    /// Set by a sweep grid axis rather than a `--set` flag (for provenance).
+    pub from_grid: bool,
 }
 
 impl Override {
@@ -27,11 +29,23 @@ impl Override {
             key: key.to_string(),
             text: text.to_string(),
             value: Value::parse_cli(text),
+            from_grid: false,
         })
     }
 
     pub(super) fn flag(&self) -> String {
         format!("--set {}.{}={}", self.target, self.key, self.text)
+    }
+
+    /// Where the value came from, as `runner diff` shows it.
+    pub(super) fn source(&self) -> ParamSource {
+        if self.from_grid {
+            ParamSource::Grid {
+                axis: format!("{}.{}", self.target, self.key),
+            }
+        } else {
+            ParamSource::Set { flag: self.flag() }
+        }
     }
 
     /// The value as the declared type wants it: a string param takes the text verbatim.

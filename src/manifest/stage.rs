@@ -58,6 +58,7 @@ impl Loader<'_> {
 
         let specs = kind.params();
         let mut params = BTreeMap::new();
+        let mut sources = BTreeMap::new();
         let mut inputs = BTreeMap::new();
         let mut resources = BTreeMap::new();
         let mut cluster = ClusterRequest::default();
@@ -99,11 +100,25 @@ impl Loader<'_> {
                     };
                     let Some(raw) = self.value(v) else { continue };
                     let o = self.at(&v.span());
+                    let line = match o {
+                        Origin::File { line, .. } => line,
+                        _ => 0,
+                    };
+                    let source = match &raw {
+                        Value::Str(s) => source::referenced_param(s).map(|n| ParamSource::Shared {
+                            name: n.to_string(),
+                            line,
+                            set: None,
+                        }),
+                        _ => None,
+                    }
+                    .unwrap_or(ParamSource::Stage { line });
                     let from_file = overrides.iter().all(|ov| ov.key != key);
                     if from_file
                         && let Some(val) = self.typed(&o, &name, spec.name, &spec.ty, raw, shared)
                     {
                         params.insert(key.to_string(), val);
+                        sources.insert(key.to_string(), source);
                     }
                 }
             }
@@ -132,6 +147,7 @@ impl Loader<'_> {
                     let raw = ov.typed_for(&spec.ty);
                     if let Some(val) = self.typed(&o, &name, spec.name, &spec.ty, raw, shared) {
                         params.insert(ov.key.clone(), val);
+                        sources.insert(ov.key.clone(), ov.source());
                     }
                 }
             }
@@ -143,6 +159,11 @@ impl Loader<'_> {
             if let Some((v, o)) = defaults.get(spec.name) {
                 if let Some(val) = self.typed(o, &name, spec.name, &spec.ty, v.clone(), shared) {
                     params.insert(spec.name.to_string(), val);
+                    let line = match o {
+                        Origin::File { line, .. } => *line,
+                        _ => 0,
+                    };
+                    sources.insert(spec.name.to_string(), ParamSource::PipelineDefault { line });
                 }
                 continue;
             }
@@ -161,6 +182,7 @@ impl Loader<'_> {
                 ParamDefault::Absent => {}
                 ParamDefault::Value(v) => {
                     params.insert(spec.name.to_string(), v.clone());
+                    sources.insert(spec.name.to_string(), ParamSource::KindDefault);
                 }
             }
         }
@@ -223,6 +245,7 @@ impl Loader<'_> {
             kind,
             description,
             params,
+            param_sources: sources,
             input_origins: inputs
                 .iter()
                 .map(|(k, (_, o))| (k.clone(), o.clone()))

@@ -31,6 +31,16 @@ pub fn markdown_table(header: &[String], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A CSV file: a header line and the rows.
+pub fn csv_table(header: &[String], rows: &[Vec<String>]) -> anyhow::Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(header)?;
+    for r in rows {
+        w.write_record(r)?;
+    }
+    Ok(w.into_inner()?)
+}
+
 impl Page {
     pub fn new(title: &str) -> Page {
         Page {

@@ -13,7 +13,7 @@ use crate::manifest::Params;
 use crate::manifest::schema::{InputSpec, InputsSpec, KindSchema, ParamSpec, StageParams};
 use crate::quant::info::QuantInfo;
 use crate::quant::{ClipGrad, QConfig, QEfficientNet, RangePreset, Thresholds};
-use crate::report::tensorboard::EventWriter;
+use crate::report::tensorboard::{self, EventWriter};
 use crate::score::metric::{MetricConfig, MetricRule, Pairing, metric};
 use crate::train::adjq::{AdjqConfig, AdjqTrainer};
 use crate::train::loss::LossTerms;
@@ -28,7 +28,6 @@ pub struct Adjq;
 pub const MODEL: &str = dir::OUTPUT;
 pub const CHECKPOINTS: &str = "checkpoints";
 pub use crate::artifacts::{METRICS, QUANT_INFO};
-pub const TENSORBOARD: &str = "tensorboard";
 
 crate::param_choice! {
     /// Adam states of a checkpoint the stage starts from.
@@ -180,7 +179,7 @@ impl KindSchema for Adjq {
     }
 
     fn outputs(&self, _: &Params) -> Vec<String> {
-        [MODEL, CHECKPOINTS, METRICS, QUANT_INFO, TENSORBOARD]
+        [MODEL, CHECKPOINTS, METRICS, QUANT_INFO, tensorboard::OUTPUT]
             .map(String::from)
             .to_vec()
     }
@@ -296,6 +295,12 @@ impl StageKind for Adjq {
             tracing::info!("resuming after mini-epoch {}", progress.tenths);
         }
         ctx.set_metric("resumed_at_mini_epoch", progress.tenths);
+        let mut curves = EventWriter::resume(
+            &ctx.output_path(tensorboard::OUTPUT),
+            progress.tenths as i64 + 1,
+            &support::hparams(&ctx.params),
+            &ctx.key,
+        )?;
         let checkpoints = ctx.output_path(CHECKPOINTS);
         std::fs::create_dir_all(&checkpoints)?;
 
@@ -368,7 +373,10 @@ impl StageKind for Adjq {
                 prune_unselectable(&checkpoints, &progress.records)?;
             }
             progress.tenths += 1;
-            write_logs(ctx, &progress.records)?;
+            artifacts::write_jsonl(&ctx.output_path(METRICS), &progress.records)?;
+            if let Some(r) = progress.records.last() {
+                curves.scalars(progress.tenths as i64, &curve_points(r))?;
+            }
             ctx.save_state(&progress.tenths.to_string(), |d| {
                 trainer.save_state(&d.join("trainer"))?;
                 crate::atomic::write_json(&d.join("progress.json"), &progress)?;
@@ -401,7 +409,8 @@ impl StageKind for Adjq {
         if let Some(last) = progress.records.last() {
             ctx.set_metric("top1", last.accuracy.top1);
         }
-        write_logs(ctx, &progress.records)?;
+        artifacts::write_jsonl(&ctx.output_path(METRICS), &progress.records)?;
+        curves.finish(progress.tenths as i64, &ctx.metrics)?;
         Ok(())
     }
 }
@@ -470,27 +479,19 @@ fn save_checkpoint(trainer: &AdjqTrainer, info: &ModelInfo, path: &std::path::Pa
     trainer.save_optimizers(path)
 }
 
-/// metrics.jsonl and the TensorBoard curves, rewritten from all records.
-fn write_logs(ctx: &StageContext, records: &[MiniEpoch]) -> Result<()> {
-    artifacts::write_jsonl(&ctx.output_path(METRICS), records)?;
-    let mut tb = EventWriter::create(&ctx.output_path(TENSORBOARD))?;
-    for (i, r) in records.iter().enumerate() {
-        tb.scalars(
-            i as i64 + 1,
-            &[
-                ("loss/total", r.loss.total as f64),
-                ("loss/distillation", r.loss.distill as f64),
-                ("loss/cross_entropy", r.loss.cross_entropy as f64),
-                ("metric/paper", r.metric),
-                ("metric/params", r.params),
-                ("metric/ops", r.ops),
-                ("accuracy/top1", r.accuracy.top1),
-                ("bits/avg_weight", r.avg_weight_bits),
-                ("bits/avg_act", r.avg_act_bits),
-            ],
-        )?;
-    }
-    Ok(())
+/// One mini-epoch's TensorBoard scalars.
+fn curve_points(r: &MiniEpoch) -> [(&'static str, f64); 9] {
+    [
+        ("loss/total", r.loss.total as f64),
+        ("loss/distillation", r.loss.distill as f64),
+        ("loss/cross_entropy", r.loss.cross_entropy as f64),
+        ("metric/paper", r.metric),
+        ("metric/params", r.params),
+        ("metric/ops", r.ops),
+        ("accuracy/top1", r.accuracy.top1),
+        ("bits/avg_weight", r.avg_weight_bits),
+        ("bits/avg_act", r.avg_act_bits),
+    ]
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use crate::exec::kind::StageKind;
 use crate::manifest::Params;
 use crate::manifest::schema::{InputSpec, InputsSpec, KindSchema, ParamSpec, StageParams};
 use crate::model::{EfficientNet, import};
-use crate::report::tensorboard::EventWriter;
+use crate::report::tensorboard::{self, EventWriter};
 use crate::train::ema::Ema;
 use crate::train::loss::cross_entropy;
 use crate::train::params::stable_ids;
@@ -25,7 +25,6 @@ pub struct Pretrain;
 
 pub const MODEL: &str = dir::OUTPUT;
 pub use crate::artifacts::METRICS;
-pub const TENSORBOARD: &str = "tensorboard";
 
 crate::param_choice! {
     /// Optimizer of float training.
@@ -120,7 +119,9 @@ impl KindSchema for Pretrain {
     }
 
     fn outputs(&self, _: &Params) -> Vec<String> {
-        [MODEL, METRICS, TENSORBOARD].map(String::from).to_vec()
+        [MODEL, METRICS, tensorboard::OUTPUT]
+            .map(String::from)
+            .to_vec()
     }
 
     fn uses_device(&self) -> bool {
@@ -184,6 +185,12 @@ impl StageKind for Pretrain {
             }
         }
         ctx.set_metric("resumed_at_epoch", progress.epochs);
+        let mut curves = EventWriter::resume(
+            &ctx.output_path(tensorboard::OUTPUT),
+            progress.epochs as i64 + 1,
+            &support::hparams(&ctx.params),
+            &ctx.key,
+        )?;
 
         while progress.epochs < epochs {
             let e = progress.epochs;
@@ -243,7 +250,10 @@ impl StageKind for Pretrain {
                 accuracy,
             });
             progress.epochs += 1;
-            write_logs(ctx, &progress.records)?;
+            artifacts::write_jsonl(&ctx.output_path(METRICS), &progress.records)?;
+            if let Some(r) = progress.records.last() {
+                curves.scalars(progress.epochs as i64, &curve_points(r))?;
+            }
             ctx.save_state(&progress.epochs.to_string(), |d| {
                 let shadow = ema.as_ref().and_then(Ema::shadow);
                 support::save_training_state(d, &model, &opt, &progress, shadow)
@@ -251,12 +261,13 @@ impl StageKind for Pretrain {
         }
         let out = evaluated(&model, &ema)?;
         dir::write(&ctx.output_path(MODEL), &import::export(&out), &info)?;
-        write_logs(ctx, &progress.records)?;
+        artifacts::write_jsonl(&ctx.output_path(METRICS), &progress.records)?;
         if let Some(last) = progress.records.last() {
             ctx.set_metric("top1", last.accuracy.top1);
             ctx.set_metric("top5", last.accuracy.top5);
             ctx.set_metric("loss", last.loss);
         }
+        curves.finish(progress.epochs as i64, &ctx.metrics)?;
         Ok(())
     }
 }
@@ -270,21 +281,14 @@ fn evaluated(model: &EfficientNet, ema: &Option<Ema>) -> Result<EfficientNet> {
     }
 }
 
-fn write_logs(ctx: &StageContext, records: &[Epoch]) -> Result<()> {
-    artifacts::write_jsonl(&ctx.output_path(METRICS), records)?;
-    let mut tb = EventWriter::create(&ctx.output_path(TENSORBOARD))?;
-    for r in records {
-        tb.scalars(
-            r.epoch as i64 + 1,
-            &[
-                ("loss/cross_entropy", r.loss),
-                ("lr", r.lr),
-                ("accuracy/top1", r.accuracy.top1),
-                ("accuracy/top5", r.accuracy.top5),
-            ],
-        )?;
-    }
-    Ok(())
+/// One epoch's TensorBoard scalars.
+fn curve_points(r: &Epoch) -> [(&'static str, f64); 4] {
+    [
+        ("loss/cross_entropy", r.loss),
+        ("lr", r.lr),
+        ("accuracy/top1", r.accuracy.top1),
+        ("accuracy/top5", r.accuracy.top5),
+    ]
 }
 
 #[cfg(test)]

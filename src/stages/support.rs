@@ -68,6 +68,17 @@ crate::stage_params! {
 }
 
 /// The TF-Slim TFRecord shards `<dir>/<split>-*` of a `data` input.
+/// A stage's params as TensorBoard HParams (name → JSON value).
+pub fn hparams(
+    params: &crate::manifest::Params,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    params
+        .0
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or_default()))
+        .collect()
+}
+
 pub fn dataset(dir: &Path, split: &str, label_offset: i64, classes: usize) -> Result<Arc<Dataset>> {
     let pattern = dir.join(format!("{split}-*"));
     let schema = ExampleSchema {

@@ -16,7 +16,8 @@ pub struct GcReport {
 }
 
 /// `keep` holds the keys the current manifests resolve to; keys of the newest
-/// `keep_runs` run logs are kept too. With `dry_run` nothing is deleted.
+/// `keep_runs` run logs are kept too (the logs themselves are never deleted). With
+/// `dry_run` nothing is deleted.
 pub fn collect(
     store: &Store,
     mut keep: BTreeSet<String>,
@@ -24,17 +25,10 @@ pub fn collect(
     dry_run: bool,
 ) -> Result<GcReport> {
     let mut report = GcReport::default();
-    let mut runs: Vec<PathBuf> = entries(&store.root.join("runs"));
-    runs.sort();
-    runs.reverse();
-    for (i, run) in runs.iter().enumerate() {
-        if i < keep_runs {
-            if let Some(log) = super::read_json::<super::RunLog>(run) {
-                keep.extend(log.keys);
-            }
-        } else if !dry_run {
-            fs::remove_file(run)?;
-        }
+    // Run logs stay (they are the run history, and small); only the keys of the newest
+    // `keep_runs` keep records and objects alive.
+    for log in store.run_logs().into_iter().take(keep_runs) {
+        keep.extend(log.keys);
     }
 
     let mut live_objects = BTreeSet::new();

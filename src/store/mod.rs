@@ -6,8 +6,11 @@
 //!   is what makes a key cached.
 //! - `failed/<key>.json`: the latest failed or interrupted attempt at a key.
 //! - `refs/<pipeline>/<stage>.json`: the key a stage name last resolved to (for `explain`).
-//! - `runs/*.json`: one log per `runner run`, for `gc --keep-runs`.
+//! - `runs/<n>.json`: one log per `runner run` or `runner sweep` (the run history that
+//!   `runner runs` and `runner diff` read, and `gc --keep-runs` keeps the keys of).
 //! - `work/<key>/`: a running stage's work dir; it survives interruption (resume).
+//! - `tensorboard/<pipeline>/<stage>[/<sweep point>]`: symlinks to training stages' event
+//!   directories (in `work/` while they run, in `objects/` after), for TensorBoard.
 //! - `logs/<key>.log`, `locks/<key>.lock`, `cache/stat.json`, `tmp/`.
 //!
 //! Objects enter by rename, never by copy; the record is written atomically after them, so
@@ -15,7 +18,10 @@
 
 pub mod gc;
 pub mod hash;
+pub mod runs;
 pub mod verify;
+
+pub use runs::RunLog;
 
 use crate::atomic;
 use crate::manifest::Params;
@@ -114,17 +120,6 @@ pub struct RefEntry {
     pub key: String,
 }
 
-/// One `runner run` / `runner sweep` invocation.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunLog {
-    pub manifest: String,
-    pub pipeline: String,
-    pub started: String,
-    pub finished: String,
-    /// Every key the run resolved (cached or computed).
-    pub keys: Vec<String>,
-}
-
 #[derive(Clone, Debug)]
 pub struct Store {
     pub root: PathBuf,
@@ -134,8 +129,8 @@ impl Store {
     /// Opens (creating) the store at `root`, made absolute: stages run in their work dirs,
     /// where a relative store path would name nothing.
     pub fn open(root: &Path) -> Result<Store> {
-        let root = &std::path::absolute(root)
-            .with_context(|| format!("cannot resolve the store path {}", root.display()))?;
+        let store = Store::at(root)?;
+        let root = &store.root;
         for sub in [
             "objects", "records", "failed", "refs", "runs", "work", "logs", "locks", "cache", "tmp",
         ] {
@@ -143,15 +138,37 @@ impl Store {
             fs::create_dir_all(&p)
                 .with_context(|| format!("cannot create store directory {}", p.display()))?;
         }
-        Ok(Store {
-            root: root.to_path_buf(),
-        })
+        Ok(store)
+    }
+
+    /// The store at `root` (made absolute) as it is, creating nothing: for commands that
+    /// only look (a missing store reads as empty).
+    pub fn at(root: &Path) -> Result<Store> {
+        let root = std::path::absolute(root)
+            .with_context(|| format!("cannot resolve the store path {}", root.display()))?;
+        Ok(Store { root })
+    }
+
+    /// Records and failed attempts whose key starts with `prefix`.
+    pub fn records_with_prefix(&self, prefix: &str) -> Vec<Record> {
+        ["records", "failed"]
+            .iter()
+            .flat_map(|dir| fs::read_dir(self.root.join(dir)).into_iter().flatten())
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .filter_map(|e| read_json(&e.path()))
+            .collect()
     }
 
     /// Whether `root` holds a store (one [`Store::open`] made): commands that only read or
     /// trim a store check this first, so a mistyped path is not made into an empty store.
     pub fn exists_at(root: &Path) -> bool {
         root.join("records").is_dir() && root.join("objects").is_dir()
+    }
+
+    /// The TensorBoard tree: `PIPELINE/STAGE[/SWEEP-POINT]` links to event directories.
+    pub fn tensorboard_dir(&self) -> PathBuf {
+        self.root.join("tensorboard")
     }
 
     pub fn object_path(&self, hash: &str) -> PathBuf {
@@ -328,32 +345,9 @@ impl Store {
         }
     }
 
-    pub fn write_run_log(&self, log: &RunLog) -> Result<()> {
-        let name = format!(
-            "{}-{}.json",
-            log.started
-                .replace([':', '-'], "")
-                .replace('T', "-")
-                .trim_end_matches('Z'),
-            std::process::id()
-        );
-        atomic::write_json(&self.root.join("runs").join(name), log)?;
-        Ok(())
-    }
-
     /// Every successful record, in no particular order.
     pub fn records(&self) -> Vec<Record> {
         list_json(&self.root.join("records"))
-    }
-
-    /// Run logs, newest first.
-    pub fn run_logs(&self) -> Vec<RunLog> {
-        let mut names: Vec<PathBuf> = fs::read_dir(self.root.join("runs"))
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        names.sort();
-        names.reverse();
-        names.iter().filter_map(|p| read_json(p)).collect()
     }
 }
 

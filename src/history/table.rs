@@ -1,0 +1,384 @@
+//! `runner runs`: one row per run (per sweep point), newest first; the columns are the
+//! params that differ between the listed rows and chosen metrics.
+
+use super::{RunPoint, metric_text, when};
+use serde_json::Value as Json;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The metrics shown when none are asked for: these of each run's last stages (those no
+/// other stage reads), when they recorded them.
+pub const DEFAULT_METRICS: &[&str] = &[
+    "top1",
+    "avg_weight_bits",
+    "avg_act_bits",
+    "paper_metric",
+    "official_score",
+];
+
+/// Which rows and columns to show.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    pub pipeline: Option<String>,
+    /// Only runs with this stage; the default metrics are then this stage's.
+    pub stage: Option<String>,
+    pub filters: Vec<Filter>,
+    /// `STAGE.METRIC` columns (default: [`DEFAULT_METRICS`] of the last stages).
+    pub metrics: Vec<String>,
+    /// A column to sort by (default: newest first).
+    pub sort: Option<String>,
+    pub reverse: bool,
+    /// At most this many rows (0: all).
+    pub limit: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+/// `COLUMN=VALUE` (also `!=`, `<`, `<=`, `>`, `>=`; numbers compare as numbers) on a
+/// param (`stage.param`, `params.NAME`), a metric (`stage.metric`) or `pipeline`/`state`.
+#[derive(Clone, Debug)]
+pub struct Filter {
+    column: String,
+    op: Op,
+    value: String,
+}
+
+impl Filter {
+    pub fn parse(text: &str) -> Result<Filter, String> {
+        // Longest operators first, so `<=` is not read as `<`.
+        for (sym, op) in [
+            ("!=", Op::Ne),
+            ("<=", Op::Le),
+            (">=", Op::Ge),
+            ("=", Op::Eq),
+            ("<", Op::Lt),
+            (">", Op::Gt),
+        ] {
+            if let Some((column, value)) = text.split_once(sym)
+                && !column.is_empty()
+                && !column.contains(['<', '>', '!', '='])
+            {
+                return Ok(Filter {
+                    column: column.trim().to_string(),
+                    op,
+                    value: value.trim().to_string(),
+                });
+            }
+        }
+        Err(format!(
+            "`{text}` is not COLUMN=VALUE (or !=, <, <=, >, >=), e.g. adjq_hi.beta=10 or report.top1>0.9"
+        ))
+    }
+
+    fn keeps(&self, p: &RunPoint) -> bool {
+        let Some(have) = cell(p, &self.column) else {
+            return self.op == Op::Ne;
+        };
+        let ord = match (json_number(&have), self.value.parse::<f64>()) {
+            (Some(a), Ok(b)) => a.partial_cmp(&b),
+            _ => Some(text(&have).as_str().cmp(self.value.as_str())),
+        };
+        match (self.op, ord) {
+            (Op::Eq, o) => o == Some(Ordering::Equal),
+            (Op::Ne, o) => o != Some(Ordering::Equal),
+            (_, None) => false,
+            (Op::Lt, Some(o)) => o.is_lt(),
+            (Op::Le, Some(o)) => o.is_le(),
+            (Op::Gt, Some(o)) => o.is_gt(),
+            (Op::Ge, Some(o)) => o.is_ge(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnKind {
+    /// run, started, pipeline, state, commit.
+    Run,
+    Param,
+    Metric,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Column {
+    pub name: String,
+    pub kind: ColumnKind,
+}
+
+/// The rows and columns a query selected, cells as JSON (`null`: no value).
+#[derive(Debug, serde::Serialize)]
+pub struct RunsTable {
+    pub columns: Vec<Column>,
+    pub rows: Vec<Vec<Json>>,
+    /// Rows the limit left out.
+    pub omitted: usize,
+}
+
+/// Runs `points` (newest first) through `q`.
+pub fn select(points: &[RunPoint], q: &Query) -> RunsTable {
+    let mut rows: Vec<&RunPoint> = points
+        .iter()
+        .filter(|p| q.pipeline.as_ref().is_none_or(|n| &p.log.pipeline == n))
+        .filter(|p| q.stage.as_ref().is_none_or(|s| p.stage(s).is_some()))
+        .filter(|p| q.filters.iter().all(|f| f.keeps(p)))
+        .collect();
+    if let Some(col) = &q.sort {
+        rows.sort_by(|a, b| compare(cell(a, col).as_ref(), cell(b, col).as_ref()));
+    }
+    if q.reverse {
+        rows.reverse();
+    }
+    let omitted = if q.limit > 0 && rows.len() > q.limit {
+        let n = rows.len() - q.limit;
+        rows.truncate(q.limit);
+        n
+    } else {
+        0
+    };
+
+    let mut columns: Vec<Column> = ["run", "started"].iter().map(|n| run_column(n)).collect();
+    let distinct = |f: &dyn Fn(&RunPoint) -> String| {
+        rows.iter().map(|p| f(p)).collect::<BTreeSet<_>>().len() > 1
+    };
+    if distinct(&|p| p.log.pipeline.clone()) {
+        columns.push(run_column("pipeline"));
+    }
+    columns.push(run_column("state"));
+    if distinct(&|p| p.commit()) {
+        columns.push(run_column("commit"));
+    }
+    columns.extend(differing_params(&rows).into_iter().map(|name| Column {
+        name,
+        kind: ColumnKind::Param,
+    }));
+    let metrics = if q.metrics.is_empty() {
+        default_metrics(&rows, q.stage.as_deref())
+    } else {
+        q.metrics.clone()
+    };
+    columns.extend(metrics.into_iter().map(|name| Column {
+        name,
+        kind: ColumnKind::Metric,
+    }));
+    let cells = rows
+        .iter()
+        .map(|p| {
+            columns
+                .iter()
+                .map(|c| typed_cell(p, c).unwrap_or(Json::Null))
+                .collect()
+        })
+        .collect();
+    RunsTable {
+        columns,
+        rows: cells,
+        omitted,
+    }
+}
+
+fn run_column(name: &str) -> Column {
+    Column {
+        name: name.to_string(),
+        kind: ColumnKind::Run,
+    }
+}
+
+/// Params whose value differs between rows that have them (at least two do): a param of
+/// another pipeline's stage alone does not make a column. A stage param that only
+/// follows a shared param (`${params.x}`) that has a column is left out.
+fn differing_params(rows: &[&RunPoint]) -> Vec<String> {
+    let mut seen: BTreeMap<String, Vec<Json>> = BTreeMap::new();
+    let mut follows: BTreeMap<String, String> = BTreeMap::new();
+    for p in rows {
+        for (name, v) in p.params() {
+            seen.entry(name)
+                .or_default()
+                .push(serde_json::to_value(v).unwrap_or(Json::Null));
+        }
+        for (stage, run) in p.stages() {
+            for (param, src) in &run.sources {
+                if let crate::manifest::ParamSource::Shared { name, .. } = src {
+                    follows.insert(format!("{stage}.{param}"), format!("params.{name}"));
+                }
+            }
+        }
+    }
+    let differs = |vs: &Vec<Json>| vs.len() >= 2 && vs.iter().any(|v| v != &vs[0]);
+    seen.iter()
+        .filter(|(name, vs)| {
+            differs(vs)
+                && !follows
+                    .get(*name)
+                    .is_some_and(|shared| seen.get(shared).is_some_and(differs))
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// [`DEFAULT_METRICS`] of `stage`, or else of each row's last stages, that some row has.
+fn default_metrics(rows: &[&RunPoint], stage: Option<&str>) -> Vec<String> {
+    let mut stages: Vec<String> = Vec::new();
+    for p in rows {
+        for (name, run) in p.stages() {
+            let wanted = match stage {
+                Some(s) => s == name,
+                None => run.last,
+            };
+            if wanted && !stages.contains(name) {
+                stages.push(name.clone());
+            }
+        }
+    }
+    stages.sort();
+    let mut out = Vec::new();
+    for s in &stages {
+        for m in DEFAULT_METRICS {
+            let col = format!("{s}.{m}");
+            if rows.iter().any(|p| p.metric(&col).is_some()) {
+                out.push(col);
+            }
+        }
+    }
+    out
+}
+
+fn typed_cell(p: &RunPoint, c: &Column) -> Option<Json> {
+    match c.kind {
+        ColumnKind::Run => run_cell(p, &c.name),
+        ColumnKind::Param => p
+            .params()
+            .get(&c.name)
+            .and_then(|v| serde_json::to_value(v).ok()),
+        ColumnKind::Metric => p.metric(&c.name).cloned(),
+    }
+}
+
+fn run_cell(p: &RunPoint, name: &str) -> Option<Json> {
+    Some(Json::String(match name {
+        "run" => p.id(),
+        "started" => when(&p.log.started),
+        "pipeline" => p.log.pipeline.clone(),
+        "state" => p.state(),
+        "commit" => p.commit(),
+        _ => return None,
+    }))
+}
+
+/// Any column by name: a run column, else a param, else a metric.
+fn cell(p: &RunPoint, name: &str) -> Option<Json> {
+    run_cell(p, name)
+        .or_else(|| {
+            p.params()
+                .get(name)
+                .and_then(|v| serde_json::to_value(v).ok())
+        })
+        .or_else(|| p.metric(name).cloned())
+}
+
+fn json_number(v: &Json) -> Option<f64> {
+    match v {
+        Json::Number(n) => n.as_f64(),
+        Json::Bool(b) => Some(f64::from(u8::from(*b))),
+        _ => None,
+    }
+}
+
+/// Numbers by value, run ids (`5/2`) part by part, other text as text; missing last.
+fn compare(a: Option<&Json>, b: Option<&Json>) -> Ordering {
+    match (a, b) {
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) => Ordering::Greater,
+        (Some(_), None) => Ordering::Less,
+        (Some(a), Some(b)) => match (json_number(a), json_number(b)) {
+            (Some(x), Some(y)) => x.partial_cmp(&y).unwrap_or(Ordering::Equal),
+            _ => {
+                let parts = |v: &Json| -> Option<Vec<u64>> {
+                    text(v).split('/').map(|s| s.parse().ok()).collect()
+                };
+                match (parts(a), parts(b)) {
+                    (Some(x), Some(y)) => x.cmp(&y),
+                    _ => text(a).cmp(&text(b)),
+                }
+            }
+        },
+    }
+}
+
+/// A cell as text: strings bare, floats to 4 decimals, `-` for none.
+pub fn text(v: &Json) -> String {
+    match v {
+        Json::Null => "-".into(),
+        Json::String(s) => s.clone(),
+        other => metric_text(other),
+    }
+}
+
+impl RunsTable {
+    pub fn header(&self) -> Vec<String> {
+        self.columns.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// Cells as text: params as written, metrics to 4 decimals, `-` for none.
+    pub fn text_rows(&self) -> Vec<Vec<String>> {
+        self.rows
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .zip(&self.columns)
+                    .map(|(v, c)| match (c.kind, v) {
+                        (ColumnKind::Metric, _) | (_, Json::Null | Json::String(_)) => text(v),
+                        _ => v.to_string(),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    pub fn markdown(&self) -> String {
+        crate::report::page::markdown_table(&self.header(), &self.text_rows())
+    }
+
+    /// CSV keeps full precision and leaves missing cells empty: it is for scripts.
+    pub fn csv(&self) -> anyhow::Result<Vec<u8>> {
+        let rows: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .map(|v| match v {
+                        Json::Null => String::new(),
+                        Json::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect()
+            })
+            .collect();
+        crate::report::page::csv_table(&self.header(), &rows)
+    }
+
+    /// One object per row, `column: value`.
+    pub fn json(&self) -> Json {
+        Json::Array(
+            self.rows
+                .iter()
+                .map(|r| {
+                    Json::Object(
+                        self.columns
+                            .iter()
+                            .zip(r)
+                            .map(|(c, v)| (c.name.clone(), v.clone()))
+                            .collect(),
+                    )
+                })
+                .collect(),
+        )
+    }
+}
