@@ -192,6 +192,7 @@ fn thresholds_adjq_eval_run_cache_and_report() {
     let first = p.ok(&["run", "m.toml"]);
     let again = p.ok(&["run", "m.toml"]);
     assert!(again.contains("0 ran, 8 cached"), "{again}");
+    runs_and_diff_of_the_tiny_pipeline(&p);
     // The run ends with the report's summary and where the page is.
     for out in [&first, &again] {
         assert!(out.contains("report — the test report"), "{out}");
@@ -218,8 +219,40 @@ fn thresholds_adjq_eval_run_cache_and_report() {
         .unwrap()
         .count();
     assert_eq!(ckpts, 10, "a checkpoint per mini-epoch");
-    let tb = output(&p, "adjq", "tensorboard").join("events.out.tfevents.0.adjq");
-    assert!(std::fs::metadata(tb).unwrap().len() > 100);
+    // The curves, read with a decoder of this test's own: one event per mini-epoch, in
+    // step order, stamped when each happened; an HParams session of the stage's params
+    // and its final metrics. They are where `runner tensorboard` says, by stage name.
+    let logdir = p.ok(&["tensorboard", "m.toml"]);
+    let named = Path::new(logdir.trim()).join("adjq");
+    assert_eq!(
+        std::fs::canonicalize(&named).unwrap(),
+        std::fs::canonicalize(output(&p, "adjq", "tensorboard")).unwrap()
+    );
+    let events = tb_events(&named.join("events.out.tfevents.0.adjq"));
+    let scalars: Vec<&TbEvent> = events
+        .iter()
+        .filter(|e| e.tags.contains(&"accuracy/top1".to_string()))
+        .collect();
+    assert_eq!(
+        scalars.iter().map(|e| e.step).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert!(
+        scalars.windows(2).all(|w| w[1].wall_time > w[0].wall_time),
+        "wall times increase: {:?}",
+        scalars.iter().map(|e| e.wall_time).collect::<Vec<_>>()
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.tags == ["_hparams_/session_start_info"])
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.step == 10 && e.tags.contains(&"final/top1".to_string()))
+    );
+    assert!(events.last().unwrap().tags == ["_hparams_/session_end_info"]);
 
     // Every stage process's peak memory is in its record and `runner show`, and stays
     // under the bound README states for the tiny model (the demo's is there too).
@@ -338,6 +371,169 @@ fn thresholds_adjq_eval_run_cache_and_report() {
     assert_eq!(state("adjq"), "fresh");
 }
 
+/// Two more runs with `--set` (on cheap stages), then `runs` and `diff` on all four.
+fn runs_and_diff_of_the_tiny_pipeline(p: &Project) {
+    p.ok(&["run", "m.toml", "--set", "eval_ptq.weight_bits=5.0"]);
+    p.ok(&[
+        "run",
+        "m.toml",
+        "--set",
+        "eval_ptq.weight_bits=4.0",
+        "--set",
+        "eval.val_samples=60",
+    ]);
+    let table = p.ok(&["runs", "m.toml"]);
+    let header = table.lines().nth(1).unwrap();
+    for col in [
+        "eval.val_samples",
+        "eval_ptq.weight_bits",
+        "report.top1",
+        "report.avg_weight_bits",
+        "report.paper_metric",
+        "report.official_score",
+    ] {
+        assert!(header.contains(col), "{col}: {table}");
+    }
+    let rows: serde_json::Value =
+        serde_json::from_str(&p.ok(&["runs", "m.toml", "--format", "json"])).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    let ids: Vec<&str> = rows.iter().map(|r| r["run"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["4", "3", "2", "1"]);
+    let bits: Vec<f64> = rows
+        .iter()
+        .map(|r| r["eval_ptq.weight_bits"].as_f64().unwrap())
+        .collect();
+    assert_eq!(bits, [4.0, 5.0, 6.0, 6.0]);
+    assert_eq!(rows[2]["state"], "ok (0 ran)");
+    assert_eq!(rows[0]["state"], "ok (3 ran)", "eval, eval_ptq and report");
+    // The report's numbers are those of the final eval: a different val_samples moves them.
+    for r in rows {
+        assert!(r["report.top1"].as_f64().is_some(), "{r}");
+    }
+
+    let text = p.ok(&["diff", "1", "4"]);
+    assert!(
+        text.contains("eval_ptq.weight_bits: 6.0 → 4.0   (manifest line "),
+        "{text}"
+    );
+    assert!(text.contains("→ --set eval_ptq.weight_bits=4.0)"), "{text}");
+    assert!(text.contains("eval.val_samples: 100 → 60"), "{text}");
+    assert!(
+        text.contains("eval_ptq.avg_weight_bits: 6.0000 → 4.0000 (-2.0000)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("report.final: "),
+        "the report read a new eval.json: {text}"
+    );
+    assert!(
+        text.contains("stages: 5 with the same key, 3 different (eval, eval_ptq, report)"),
+        "{text}"
+    );
+    let d: serde_json::Value = serde_json::from_str(&p.ok(&["diff", "3", "4", "--json"])).unwrap();
+    let params: Vec<String> = d["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            format!(
+                "{}.{}",
+                c["stage"].as_str().unwrap(),
+                c["param"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(params, ["eval.val_samples", "eval_ptq.weight_bits"]);
+    assert!(
+        d["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["stage"] == "eval_ptq"
+                && m["metric"] == "avg_weight_bits"
+                && m["delta"] == -1.0)
+    );
+}
+
+/// One TensorBoard event as an independent reader sees it.
+#[derive(Debug)]
+struct TbEvent {
+    wall_time: f64,
+    step: i64,
+    tags: Vec<String>,
+}
+
+/// Reads a TFRecord file of `tensorflow.Event`s: wall_time (1), step (2) and the tags of
+/// summary (5) values (1 → tag 1). Written apart from src/ on purpose.
+fn tb_events(path: &Path) -> Vec<TbEvent> {
+    fn varint(b: &[u8], i: &mut usize) -> u64 {
+        let mut v = 0;
+        let mut shift = 0;
+        loop {
+            let x = b[*i];
+            *i += 1;
+            v |= u64::from(x & 0x7f) << shift;
+            if x < 0x80 {
+                return v;
+            }
+            shift += 7;
+        }
+    }
+    /// (field, wire type, payload) of each field of a message.
+    fn fields(b: &[u8]) -> Vec<(u64, u64, &[u8])> {
+        let (mut i, mut out) = (0, Vec::new());
+        while i < b.len() {
+            let k = varint(b, &mut i);
+            let start = i;
+            let len = match k & 7 {
+                0 => {
+                    varint(b, &mut i);
+                    i - start
+                }
+                1 => 8,
+                2 => varint(b, &mut i) as usize,
+                5 => 4,
+                w => panic!("wire type {w}"),
+            };
+            let from = if k & 7 == 2 { i } else { start };
+            out.push((k >> 3, k & 7, &b[from..from + len]));
+            i = from + len;
+        }
+        out
+    }
+    let bytes = std::fs::read(path).unwrap();
+    let (mut at, mut events) = (0, Vec::new());
+    while at < bytes.len() {
+        let len = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        let data = &bytes[at + 12..at + 12 + len];
+        at += 12 + len + 4;
+        let mut e = TbEvent {
+            wall_time: 0.0,
+            step: 0,
+            tags: Vec::new(),
+        };
+        for (f, _, v) in fields(data) {
+            match f {
+                1 => e.wall_time = f64::from_le_bytes(v.try_into().unwrap()),
+                2 => e.step = varint(v, &mut 0) as i64,
+                5 => {
+                    for (_, _, value) in fields(v) {
+                        for (vf, _, tag) in fields(value) {
+                            if vf == 1 {
+                                e.tags.push(String::from_utf8(tag.to_vec()).unwrap());
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        events.push(e);
+    }
+    events
+}
+
 fn find_latest(dir: &Path) -> Option<std::path::PathBuf> {
     for e in std::fs::read_dir(dir).ok()?.flatten() {
         let p = e.path();
@@ -361,7 +557,37 @@ fn adjq_killed_mid_stage_resumes_to_the_same_weights() {
         &["run", "m.toml", "adjq"],
         true,
         8,
-        |p| plant_cut_short_write(p, "checkpoints"),
+        |p| {
+            plant_cut_short_write(p, "checkpoints");
+            // While it ran, its curves were live at their named place, in its work dir.
+            let live = std::fs::read_link(p.path("artifacts/tensorboard/t/adjq")).unwrap();
+            assert!(
+                live.starts_with(p.path("artifacts/work")),
+                "{}",
+                live.display()
+            );
+        },
+    );
+    // The resumed curve has each mini-epoch once, in order: what the killed attempt
+    // wrote past its last saved state was dropped.
+    let events = tb_events(&output(&p, "adjq", "tensorboard").join("events.out.tfevents.0.adjq"));
+    let steps: Vec<i64> = events
+        .iter()
+        .filter(|e| e.tags.contains(&"loss/total".to_string()))
+        .map(|e| e.step)
+        .collect();
+    assert_eq!(
+        steps,
+        (1..=10).collect::<Vec<_>>(),
+        "after resume at {point}"
+    );
+    assert!(events.windows(2).all(|w| w[1].wall_time >= w[0].wall_time));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.tags == ["_hparams_/session_start_info"])
+            .count(),
+        1
     );
     let (expected, _) =
         ckpt::safetensors::read(&output(&straight, "adjq", "model").join("model.safetensors"))

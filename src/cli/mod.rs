@@ -37,6 +37,12 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let child = matches!(cli.command, Command::ExecStage { .. });
     init_logging(cli.verbose, child);
+    if !matches!(
+        cli.command,
+        Command::Run(_) | Command::Sweep(_) | Command::ExecStage { .. }
+    ) {
+        die_quietly_on_broken_pipe();
+    }
     if let Command::ExecStage { spec } = cli.command {
         let Some(store) = cli.store else {
             eprintln!("__exec-stage needs --store");
@@ -58,6 +64,18 @@ pub fn main() -> i32 {
                 None => 1,
             }
         }
+    }
+}
+
+/// `runner runs | head` should stop quietly when `head` does, as other command-line
+/// tools do, instead of panicking on the failed write. Only for commands that start no
+/// stage processes: `run` and `sweep` write specs to their children's stdin, and a child
+/// that dies early must fail its stage, not kill the runner.
+fn die_quietly_on_broken_pipe() {
+    // SAFETY: restoring the default disposition of one signal, before any thread starts.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

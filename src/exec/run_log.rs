@@ -3,7 +3,7 @@
 
 use super::{JobState, Outcome};
 use crate::exec::plan::Plan;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ParamSource};
 use crate::store::runs::{RunVariant, StageRun};
 use std::collections::BTreeSet;
 
@@ -35,7 +35,13 @@ pub fn variants(
                         state: outcome.map_or("planned", |o| state_name(&o.state)).into(),
                         key: outcome.and_then(|o| o.key.clone()),
                         params: stage.params.clone(),
-                        sources: stage.param_sources.clone(),
+                        // Kind defaults are most params: left out, and read back as such.
+                        sources: stage
+                            .param_sources
+                            .iter()
+                            .filter(|(_, s)| **s != ParamSource::KindDefault)
+                            .map(|(k, s)| (k.clone(), s.clone()))
+                            .collect(),
                         inputs: record.map(|r| r.inputs.clone()).unwrap_or_default(),
                         metrics: record.map(|r| r.metrics.clone()).unwrap_or_default(),
                         last: !read.contains(name.as_str()),

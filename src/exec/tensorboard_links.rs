@@ -48,8 +48,9 @@ impl Links {
     }
 }
 
-/// The grid settings every sweep point holding job `j` shares, as `a.b=1,c.d=x`, when
-/// not all points hold it (a job common to the whole sweep needs no label).
+/// The grid settings every sweep point holding job `j` shares, as `a.b=1,c.d=x` (axes
+/// that vary), when not all points hold it (a job common to the whole sweep needs no
+/// label).
 fn point_label(plan: &Plan, j: usize) -> Option<String> {
     let holding: Vec<_> = plan
         .variants
@@ -77,9 +78,19 @@ fn point_label(plan: &Plan, j: usize) -> Option<String> {
             common.retain(|k, val| here.get(k) == Some(val));
         }
     }
+    // An axis with one value names no point.
+    let varies = |axis: &str| {
+        let values: Vec<_> = plan
+            .variants
+            .iter()
+            .filter_map(|v| v.settings.iter().find(|(k, _)| k == axis).map(|(_, x)| x))
+            .collect();
+        values.iter().any(|x| *x != values[0])
+    };
     let order = &holding.first()?.settings;
     let label = order
         .iter()
+        .filter(|(k, _)| varies(k))
         .filter_map(|(k, _)| Some(format!("{k}={}", common.get(k.as_str())?)))
         .collect::<Vec<_>>()
         .join(",")

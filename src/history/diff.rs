@@ -83,7 +83,8 @@ impl Side<'_> {
 struct StageView {
     key: Option<String>,
     params: Params,
-    sources: BTreeMap<String, ParamSource>,
+    /// From a run log (a param it does not list has its kind's default); records keep none.
+    sources: Option<BTreeMap<String, ParamSource>>,
     inputs: BTreeMap<String, InputRecord>,
     metrics: BTreeMap<String, Json>,
 }
@@ -93,7 +94,7 @@ impl From<&StageRun> for StageView {
         StageView {
             key: s.key.clone(),
             params: s.params.clone(),
-            sources: s.sources.clone(),
+            sources: Some(s.sources.clone()),
             inputs: s.inputs.clone(),
             metrics: s.metrics.clone(),
         }
@@ -105,7 +106,7 @@ impl From<&Record> for StageView {
         StageView {
             key: Some(r.key.clone()),
             params: r.params.clone(),
-            sources: BTreeMap::new(),
+            sources: None,
             inputs: r.inputs.clone(),
             metrics: r.metrics.clone(),
         }
@@ -291,14 +292,22 @@ pub fn diff(a: &Side, b: &Side) -> Diff {
                 let json = |v: Option<&crate::manifest::value::Value>| {
                     v.and_then(|v| serde_json::to_value(v).ok())
                 };
-                let source = |s: &StageView| s.sources.get(p).map(|x| x.to_string());
+                let source = |s: &StageView, v: Option<_>| {
+                    let sources = s.sources.as_ref()?;
+                    v?;
+                    Some(
+                        sources
+                            .get(p)
+                            .map_or("kind default".into(), |x| x.to_string()),
+                    )
+                };
                 d.params.push(ParamChange {
                     stage: stage.clone(),
                     param: p.clone(),
                     a: json(va),
                     b: json(vb),
-                    a_source: source(sa),
-                    b_source: source(sb),
+                    a_source: source(sa, va),
+                    b_source: source(sb, vb),
                 });
             }
         }

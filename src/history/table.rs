@@ -78,8 +78,8 @@ impl Filter {
         ))
     }
 
-    fn keeps(&self, p: &RunPoint) -> bool {
-        let Some(have) = cell(p, &self.column) else {
+    fn keeps(&self, r: &Row) -> bool {
+        let Some(have) = cell(r, &self.column) else {
             return self.op == Op::Ne;
         };
         let ord = match (json_number(&have), self.value.parse::<f64>()) {
@@ -122,13 +122,27 @@ pub struct RunsTable {
     pub omitted: usize,
 }
 
+/// A run point with its params flattened once (filters, sorting and cells all read them).
+struct Row<'a> {
+    point: &'a RunPoint<'a>,
+    params: BTreeMap<String, Json>,
+}
+
 /// Runs `points` (newest first) through `q`.
 pub fn select(points: &[RunPoint], q: &Query) -> RunsTable {
-    let mut rows: Vec<&RunPoint> = points
+    let mut rows: Vec<Row> = points
         .iter()
         .filter(|p| q.pipeline.as_ref().is_none_or(|n| &p.log.pipeline == n))
         .filter(|p| q.stage.as_ref().is_none_or(|s| p.stage(s).is_some()))
-        .filter(|p| q.filters.iter().all(|f| f.keeps(p)))
+        .map(|point| Row {
+            point,
+            params: point
+                .params()
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::to_value(v).unwrap_or(Json::Null)))
+                .collect(),
+        })
+        .filter(|r| q.filters.iter().all(|f| f.keeps(r)))
         .collect();
     if let Some(col) = &q.sort {
         rows.sort_by(|a, b| compare(cell(a, col).as_ref(), cell(b, col).as_ref()));
@@ -146,7 +160,11 @@ pub fn select(points: &[RunPoint], q: &Query) -> RunsTable {
 
     let mut columns: Vec<Column> = ["run", "started"].iter().map(|n| run_column(n)).collect();
     let distinct = |f: &dyn Fn(&RunPoint) -> String| {
-        rows.iter().map(|p| f(p)).collect::<BTreeSet<_>>().len() > 1
+        rows.iter()
+            .map(|r| f(r.point))
+            .collect::<BTreeSet<_>>()
+            .len()
+            > 1
     };
     if distinct(&|p| p.log.pipeline.clone()) {
         columns.push(run_column("pipeline"));
@@ -170,10 +188,10 @@ pub fn select(points: &[RunPoint], q: &Query) -> RunsTable {
     }));
     let cells = rows
         .iter()
-        .map(|p| {
+        .map(|r| {
             columns
                 .iter()
-                .map(|c| typed_cell(p, c).unwrap_or(Json::Null))
+                .map(|c| typed_cell(r, c).unwrap_or(Json::Null))
                 .collect()
         })
         .collect();
@@ -194,16 +212,14 @@ fn run_column(name: &str) -> Column {
 /// Params whose value differs between rows that have them (at least two do): a param of
 /// another pipeline's stage alone does not make a column. A stage param that only
 /// follows a shared param (`${params.x}`) that has a column is left out.
-fn differing_params(rows: &[&RunPoint]) -> Vec<String> {
-    let mut seen: BTreeMap<String, Vec<Json>> = BTreeMap::new();
+fn differing_params(rows: &[Row]) -> Vec<String> {
+    let mut seen: BTreeMap<&str, Vec<&Json>> = BTreeMap::new();
     let mut follows: BTreeMap<String, String> = BTreeMap::new();
-    for p in rows {
-        for (name, v) in p.params() {
-            seen.entry(name)
-                .or_default()
-                .push(serde_json::to_value(v).unwrap_or(Json::Null));
+    for r in rows {
+        for (name, v) in &r.params {
+            seen.entry(name).or_default().push(v);
         }
-        for (stage, run) in p.stages() {
+        for (stage, run) in r.point.stages() {
             for (param, src) in &run.sources {
                 if let crate::manifest::ParamSource::Shared { name, .. } = src {
                     follows.insert(format!("{stage}.{param}"), format!("params.{name}"));
@@ -211,23 +227,23 @@ fn differing_params(rows: &[&RunPoint]) -> Vec<String> {
             }
         }
     }
-    let differs = |vs: &Vec<Json>| vs.len() >= 2 && vs.iter().any(|v| v != &vs[0]);
+    let differs = |vs: &Vec<&Json>| vs.len() >= 2 && vs.iter().any(|v| *v != vs[0]);
     seen.iter()
         .filter(|(name, vs)| {
             differs(vs)
                 && !follows
-                    .get(*name)
-                    .is_some_and(|shared| seen.get(shared).is_some_and(differs))
+                    .get(**name)
+                    .is_some_and(|shared| seen.get(shared.as_str()).is_some_and(differs))
         })
-        .map(|(name, _)| name.clone())
+        .map(|(name, _)| name.to_string())
         .collect()
 }
 
 /// [`DEFAULT_METRICS`] of `stage`, or else of each row's last stages, that some row has.
-fn default_metrics(rows: &[&RunPoint], stage: Option<&str>) -> Vec<String> {
+fn default_metrics(rows: &[Row], stage: Option<&str>) -> Vec<String> {
     let mut stages: Vec<String> = Vec::new();
-    for p in rows {
-        for (name, run) in p.stages() {
+    for r in rows {
+        for (name, run) in r.point.stages() {
             let wanted = match stage {
                 Some(s) => s == name,
                 None => run.last,
@@ -242,7 +258,7 @@ fn default_metrics(rows: &[&RunPoint], stage: Option<&str>) -> Vec<String> {
     for s in &stages {
         for m in DEFAULT_METRICS {
             let col = format!("{s}.{m}");
-            if rows.iter().any(|p| p.metric(&col).is_some()) {
+            if rows.iter().any(|r| r.point.metric(&col).is_some()) {
                 out.push(col);
             }
         }
@@ -250,14 +266,11 @@ fn default_metrics(rows: &[&RunPoint], stage: Option<&str>) -> Vec<String> {
     out
 }
 
-fn typed_cell(p: &RunPoint, c: &Column) -> Option<Json> {
+fn typed_cell(r: &Row, c: &Column) -> Option<Json> {
     match c.kind {
-        ColumnKind::Run => run_cell(p, &c.name),
-        ColumnKind::Param => p
-            .params()
-            .get(&c.name)
-            .and_then(|v| serde_json::to_value(v).ok()),
-        ColumnKind::Metric => p.metric(&c.name).cloned(),
+        ColumnKind::Run => run_cell(r.point, &c.name),
+        ColumnKind::Param => r.params.get(&c.name).cloned(),
+        ColumnKind::Metric => r.point.metric(&c.name).cloned(),
     }
 }
 
@@ -273,14 +286,10 @@ fn run_cell(p: &RunPoint, name: &str) -> Option<Json> {
 }
 
 /// Any column by name: a run column, else a param, else a metric.
-fn cell(p: &RunPoint, name: &str) -> Option<Json> {
-    run_cell(p, name)
-        .or_else(|| {
-            p.params()
-                .get(name)
-                .and_then(|v| serde_json::to_value(v).ok())
-        })
-        .or_else(|| p.metric(name).cloned())
+fn cell(r: &Row, name: &str) -> Option<Json> {
+    run_cell(r.point, name)
+        .or_else(|| r.params.get(name).cloned())
+        .or_else(|| r.point.metric(name).cloned())
 }
 
 fn json_number(v: &Json) -> Option<f64> {

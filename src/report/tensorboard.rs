@@ -273,8 +273,10 @@ impl EventWriter {
     /// The stage's numeric final metrics as `final/NAME` scalars at `step`, and the end
     /// of its HParams session (success), so the HParams dashboard can compare stages.
     pub fn finish(&mut self, step: i64, metrics: &BTreeMap<String, Json>) -> Result<()> {
+        // Where an attempt resumed says nothing about the result.
         let tags: Vec<(String, f64)> = metrics
             .iter()
+            .filter(|(k, _)| !k.starts_with("resumed_at"))
             .filter_map(|(k, v)| Some((format!("{FINAL_PREFIX}{k}"), v.as_f64()?)))
             .collect();
         let t = now();

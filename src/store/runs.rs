@@ -7,6 +7,7 @@ use crate::atomic;
 use crate::manifest::value::Value;
 use crate::manifest::{ParamSource, Params};
 use anyhow::{Context, Result};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs;
@@ -76,6 +77,7 @@ pub struct StageRun {
     pub state: String,
     pub key: Option<String>,
     pub params: Params,
+    /// Where each param's value came from; a param not listed has its kind's default.
     pub sources: BTreeMap<String, ParamSource>,
     /// As they entered the key (known once the stage was resolved).
     pub inputs: BTreeMap<String, InputRecord>,
@@ -107,7 +109,7 @@ impl Store {
         let mut n = numbered_logs(&dir).map(|(n, _)| n).max().unwrap_or(0);
         // Another runner may claim the same number first: creating the file exclusively
         // decides, and the loser takes the next one.
-        let path = loop {
+        loop {
             n += 1;
             let path = dir.join(format!("{n}.json"));
             match fs::OpenOptions::new()
@@ -115,39 +117,44 @@ impl Store {
                 .create_new(true)
                 .open(&path)
             {
-                Ok(_) => break path,
+                Ok(_) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => {
                     return Err(e).with_context(|| format!("cannot create {}", path.display()));
                 }
             }
-        };
+        }
         log.id = n.to_string();
-        atomic::write_json(&path, log)
-            .with_context(|| format!("cannot write the run log {}", path.display()))
+        self.write_run_log(log)
     }
 
-    /// Rewrites the log of a run [`Store::start_run_log`] started.
+    /// Rewrites the log of a run [`Store::start_run_log`] started. Compact JSON: a store
+    /// holds hundreds of these and `runner runs` reads them all.
     pub fn write_run_log(&self, log: &RunLog) -> Result<()> {
         let path = self.runs_dir().join(format!("{}.json", log.id));
-        atomic::write_json(&path, log)
+        let bytes = serde_json::to_vec(log).context("run log serialises")?;
+        atomic::write(&path, &bytes)
             .with_context(|| format!("cannot write the run log {}", path.display()))
     }
 
     /// Every readable run log, newest first (an empty file is a run that is starting).
+    /// Parsed in parallel: hundreds of logs are most of what `runner runs` does.
     pub fn run_logs(&self) -> Vec<RunLog> {
-        let mut logs: Vec<RunLog> = fs::read_dir(self.runs_dir())
+        let paths: Vec<PathBuf> = fs::read_dir(self.runs_dir())
             .map(|d| {
                 d.filter_map(|e| e.ok().map(|e| e.path()))
                     .filter(|p| p.extension().is_some_and(|x| x == "json"))
-                    .filter_map(|p| {
-                        let mut log: RunLog = read_json(&p)?;
-                        log.id = stem(&p);
-                        Some(log)
-                    })
                     .collect()
             })
             .unwrap_or_default();
+        let mut logs: Vec<RunLog> = paths
+            .par_iter()
+            .filter_map(|p| {
+                let mut log: RunLog = read_json(p)?;
+                log.id = stem(p);
+                Some(log)
+            })
+            .collect();
         // Numbered ids count up; logs named by time (before ids) come by start time.
         logs.sort_by(|a, b| {
             let order = |l: &RunLog| (l.started.clone(), l.id.parse::<u64>().unwrap_or(0));
