@@ -5,13 +5,18 @@
 //! `image` crate's decoder up to 0.24; `image` 0.25 itself wraps zune-jpeg).
 //!
 //! cargo bench --bench data_pipeline -- [DIR] [WORKERS] [EPOCHS]
+//!
+//! DIR is an ImageFolder (`DIR/<class>/*.jpg`), or a dataset directory in any layout
+//! the stages read, whose `train` split is timed (`examples/make_layouts.rs` writes one
+//! image set in all four).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use adjq::data::image::decode;
-use adjq::data::{Cursor, Dataset, Loader, LoaderConfig};
+use adjq::data::layout::{self, Layout};
+use adjq::data::{Cursor, Dataset, ExampleSchema, Loader, LoaderConfig, OnBadRecord};
 
 /// Milliseconds per image for `f` over all files, best of three passes.
 fn time_decoder(files: &[Vec<u8>], f: impl Fn(&[u8]) -> usize) -> f64 {
@@ -51,8 +56,23 @@ fn main() {
     let dir = PathBuf::from(args.first().map_or("/tmp/bench_jpegs", String::as_str));
     let workers: usize = args.get(1).map_or(2, |s| s.parse().expect("WORKERS"));
     let epochs: u64 = args.get(2).map_or(5, |s| s.parse().expect("EPOCHS"));
-    let ds = Arc::new(Dataset::image_folder(&dir).expect("bench images (run make_bench_jpegs.py)"));
-    compare_decoders(&ds);
+    let (ds, what) = match layout::detect(&dir, "train") {
+        Ok(found) => {
+            let ds =
+                layout::open_split(&dir, "train", ExampleSchema::default(), OnBadRecord::Error)
+                    .expect("the train split");
+            (ds, format!("{found:?}"))
+        }
+        Err(_) => (
+            Dataset::image_folder(&dir).expect("bench images (run make_bench_jpegs.py)"),
+            "ImageFolder".to_string(),
+        ),
+    };
+    let ds = Arc::new(ds);
+    // Decoders are compared on image files (not on records inside TFRecords).
+    if !matches!(layout::detect(&dir, "train"), Ok(Layout::TfRecord)) {
+        compare_decoders(&ds);
+    }
     let cfg = LoaderConfig {
         workers,
         drop_last: false,
@@ -78,7 +98,8 @@ fn main() {
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "adjq data pipeline: {} images, {workers} workers, {epochs} epochs: {:.0} images/s",
+        "adjq data pipeline ({}): {} images, {workers} workers, {epochs} epochs: {:.0} images/s",
+        what.split('(').next().unwrap_or(&what),
         ds.len(),
         images as f64 / secs
     );

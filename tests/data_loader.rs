@@ -258,3 +258,131 @@ fn zune_core_options(w: usize, h: usize) -> zune_png::zune_core::options::Encode
     };
     EncoderOptions::new(w, h, ColorSpace::RGB, BitDepth::Eight)
 }
+
+/// A directory with `train/` and `val/` ImageFolder trees of a few real digit JPEGs.
+fn folder_tree(classes_train: &[&str], classes_val: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let jpeg = ExampleSchema::default()
+        .extract(
+            &tfrecord::open(
+                &fixtures().join("validation-00000-of-00001"),
+                Compression::Auto,
+            )
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap(),
+        )
+        .unwrap()
+        .encoded;
+    for (split, classes) in [("train", classes_train), ("val", classes_val)] {
+        for c in classes {
+            let d = dir.path().join(split).join(c);
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("0.jpg"), &jpeg).unwrap();
+        }
+    }
+    dir
+}
+
+fn open(dir: &Path, split: &str) -> Result<Dataset, String> {
+    adjq::data::layout::open_split(dir, split, ExampleSchema::default(), OnBadRecord::Error)
+        .map_err(|e| e.to_string())
+}
+
+/// ImageFolder, list and TFRecord splits are found by name (`val/` for validation), and
+/// what would silently mislabel images is an error naming the place.
+#[test]
+fn dataset_layouts_are_detected_and_their_mistakes_named() {
+    use adjq::data::layout::{Layout, detect};
+    let dir = folder_tree(&["n01", "n02"], &["n01", "n02"]);
+    assert_eq!(
+        detect(dir.path(), "validation").unwrap(),
+        Layout::ImageFolder(dir.path().join("val"))
+    );
+    assert_eq!(open(dir.path(), "validation").unwrap().len(), 2);
+    assert_eq!(detect(&fixtures(), "train").unwrap(), Layout::TfRecord);
+
+    let err = open(dir.path(), "test").unwrap_err();
+    assert!(
+        err.contains("has no `test` split") && err.contains("`test.csv`/`test.jsonl`"),
+        "{err}"
+    );
+
+    let differ = folder_tree(&["n01", "n02"], &["n01", "n03"]);
+    let err = open(differ.path(), "validation").unwrap_err();
+    assert!(
+        err.contains("have different classes (only in train: [n02]; only in val: [n03])"),
+        "{err}"
+    );
+
+    let empty = folder_tree(&["n01"], &["n01"]);
+    fs::create_dir_all(empty.path().join("train/n02")).unwrap();
+    let err = open(empty.path(), "train").unwrap_err();
+    assert!(err.contains("train/n02 has no images"), "{err}");
+
+    // Lists: the header and each line are checked, paths are relative to the list.
+    let list = tempfile::tempdir().unwrap();
+    fs::write(
+        list.path().join("train.csv"),
+        "path,label\na.jpg,0\nb.jpg,x\n",
+    )
+    .unwrap();
+    let err = open(list.path(), "train").unwrap_err();
+    assert!(
+        err.contains("train.csv:3: ") && err.contains("want columns path,label"),
+        "{err}"
+    );
+    fs::write(
+        list.path().join("validation.jsonl"),
+        "{\"path\": \"a.jpg\", \"label\": -1}\n",
+    )
+    .unwrap();
+    let err = open(list.path(), "validation").unwrap_err();
+    assert!(
+        err.contains("validation.jsonl:1: label -1 is negative"),
+        "{err}"
+    );
+    fs::write(list.path().join("train.csv"), "path,label\nsub/a.jpg,3\n").unwrap();
+    let ds = open(list.path(), "train").unwrap();
+    assert_eq!(ds.shards()[0].path, list.path().join("sub/a.jpg"));
+    assert_eq!(ds.label_count(), 4);
+    let err = adjq::data::layout::open_split(
+        list.path(),
+        "train",
+        ExampleSchema {
+            num_classes: Some(2),
+            ..ExampleSchema::default()
+        },
+        OnBadRecord::Error,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("has 4 classes but the stage expects 2"),
+        "{err}"
+    );
+}
+
+/// A file that is not an image (or cannot be read) is a bad record naming it: an error,
+/// or with `skip` left out and counted.
+#[test]
+fn a_listed_file_that_is_no_image_is_a_bad_record_naming_it() {
+    let dir = folder_tree(&["a", "b"], &["a", "b"]);
+    fs::write(dir.path().join("train/b/1.jpg"), "not a jpeg").unwrap();
+    let ds = Arc::new(open(dir.path(), "train").unwrap());
+    let err = Loader::new(ds.clone(), LoaderConfig::eval(3, 16), Cursor::default())
+        .unwrap()
+        .find_map(|b| b.err())
+        .unwrap()
+        .to_string();
+    assert!(err.contains("train/b/1.jpg: record 0: "), "{err}");
+    let cfg = LoaderConfig {
+        on_bad_record: OnBadRecord::Skip,
+        ..LoaderConfig::eval(3, 16)
+    };
+    let mut loader = Loader::new(ds, cfg, Cursor::default()).unwrap();
+    let labels: Vec<i64> = loader.by_ref().flat_map(|b| b.unwrap().labels).collect();
+    assert_eq!(labels, [0, 1]);
+    assert_eq!(loader.skipped().len(), 1);
+}

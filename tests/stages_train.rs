@@ -1048,3 +1048,165 @@ inputs.data = "${{params.data}}"
         "official {official} ≈ paper {paper}"
     );
 }
+
+/// The first `n` digits of a bundled split as (label, encoded image, Example), sorted by
+/// label then index: the order an ImageFolder tree lists them in.
+fn digits_sorted(split: &str, n: usize) -> Vec<(i64, Vec<u8>, adjq::data::Example)> {
+    use adjq::data::{Example, Feature, RecordReader};
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(digits())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{split}-"))
+        })
+        .collect();
+    files.sort();
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        for r in RecordReader::new(bytes.as_slice(), &f) {
+            let ex = Example::parse(&r.unwrap()).unwrap();
+            let Some(Feature::Int64(l)) = ex.features.get("image/class/label") else {
+                panic!("no label")
+            };
+            let Some(Feature::Bytes(b)) = ex.features.get("image/encoded") else {
+                panic!("no image")
+            };
+            out.push((l[0] - 1, b[0].clone(), ex.clone()));
+        }
+    }
+    out.truncate(n);
+    let mut indexed: Vec<_> = out.into_iter().enumerate().collect();
+    indexed.sort_by_key(|(i, (l, _, _))| (*l, *i));
+    indexed.into_iter().map(|(_, x)| x).collect()
+}
+
+/// The same digits as plain TFRecords, GZIP TFRecords, an ImageFolder tree and CSV/JSONL
+/// lists (all in one order): eval gives the same top-1 on each, and training gives the
+/// same weights wherever the layouts shuffle alike (TFRecords: shards then a buffer, as
+/// tf.data; folders and lists: every file).
+#[test]
+fn the_digits_in_every_layout_evaluate_and_train_alike() {
+    use adjq::data::RecordWriter;
+    use std::io::Write;
+    let p = Project::new();
+    write_float_model(&p.path("float"));
+    for (split, folder, n) in [("train", "train", 200), ("validation", "val", 100)] {
+        let rows = digits_sorted(split, n);
+        let mut plain = RecordWriter::new(Vec::new());
+        let mut csv = String::from("path,label\n");
+        let mut jsonl = String::new();
+        for (i, (label, image, ex)) in rows.iter().enumerate() {
+            plain.write_record(&ex.encode()).unwrap();
+            let name = format!("{split}/{i:04}.jpg");
+            p.write(&format!("folder/{folder}/d{label}/{i:04}.jpg"), "");
+            std::fs::write(
+                p.path(&format!("folder/{folder}/d{label}/{i:04}.jpg")),
+                image,
+            )
+            .unwrap();
+            p.write(&format!("list/{name}"), "");
+            std::fs::write(p.path(&format!("list/{name}")), image).unwrap();
+            csv.push_str(&format!("{name},{label}\n"));
+            jsonl.push_str(&format!("{{\"path\": \"{name}\", \"label\": {label}}}\n"));
+        }
+        let plain = plain.into_inner().unwrap();
+        p.write(&format!("tf/{split}-00000-of-00001"), "");
+        std::fs::write(p.path(&format!("tf/{split}-00000-of-00001")), &plain).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&plain).unwrap();
+        p.write(&format!("gz/{split}-00000-of-00001"), "");
+        std::fs::write(
+            p.path(&format!("gz/{split}-00000-of-00001")),
+            gz.finish().unwrap(),
+        )
+        .unwrap();
+        // Training from a CSV list, validation from a JSONL one.
+        if split == "train" {
+            p.write("list/train.csv", &csv);
+        } else {
+            p.write("list/validation.jsonl", &jsonl);
+        }
+    }
+    let mut m = String::from(
+        "[pipeline]\nname = \"layouts\"\ndefaults = { crop_padding = 0.0, min_crop_area = 0.5, flip = false }\n",
+    );
+    for layout in ["tf", "gz", "folder", "list"] {
+        m.push_str(&format!(
+            r#"
+[stages.eval_{layout}]
+kind = "eval"
+params_baseline = 2e4
+ops_baseline = 2e6
+inputs.model = "float"
+inputs.data = "{layout}"
+
+[stages.train_{layout}]
+kind = "pretrain"
+model = "efficientnet-tiny"
+epochs = 1
+batch_size = 25
+lr = 3e-3
+inputs.data = "{layout}"
+"#
+        ));
+    }
+    p.write("m.toml", &m);
+    p.ok(&["run", "m.toml"]);
+    let rec = |stage: &str| -> serde_json::Value {
+        serde_json::from_str(&p.ok(&["show", "m.toml", stage, "--json"])).unwrap()
+    };
+    let tf = rec("eval_tf");
+    assert!(tf["metrics"]["top1"].as_f64().unwrap() > 0.0);
+    for layout in ["gz", "folder", "list"] {
+        let r = rec(&format!("eval_{layout}"));
+        assert_eq!(r["metrics"]["top1"], tf["metrics"]["top1"], "{layout}");
+        assert_eq!(
+            r["outputs"]["eval.json"]["hash"], tf["outputs"]["eval.json"]["hash"],
+            "{layout}"
+        );
+    }
+    // The weights (model.json names the stage, so the directories differ by that).
+    let weights =
+        |stage: &str| std::fs::read(output(&p, stage, "model").join("model.safetensors")).unwrap();
+    assert!(
+        weights("train_tf") == weights("train_gz"),
+        "plain and GZIP TFRecords"
+    );
+    assert!(
+        weights("train_folder") == weights("train_list"),
+        "folder and list"
+    );
+    assert!(
+        weights("train_tf") != weights("train_folder"),
+        "they shuffle differently"
+    );
+
+    // A file that is no image: `skip` leaves it out and counts it, `error` names it.
+    std::fs::create_dir_all(p.path("bad/val/d1")).unwrap();
+    std::fs::copy(
+        p.path("folder/val/d0/0000.jpg"),
+        p.path("bad/val/d1/0000.jpg"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(p.path("bad/val/d0")).unwrap();
+    std::fs::write(p.path("bad/val/d0/0001.jpg"), "not a jpeg").unwrap();
+    let bad = |policy: &str| {
+        format!(
+            "[pipeline]\nname = \"bad\"\n\n[stages.eval]\nkind = \"eval\"\non_bad_record = \"{policy}\"\ncrop_padding = 0.0\nparams_baseline = 2e4\nops_baseline = 2e6\ninputs.model = \"float\"\ninputs.data = \"bad\"\n"
+        )
+    };
+    p.write("skip.toml", &bad("skip"));
+    p.ok(&["run", "skip.toml"]);
+    let r: serde_json::Value =
+        serde_json::from_str(&p.ok(&["show", "skip.toml", "eval", "--json"])).unwrap();
+    assert_eq!(r["metrics"]["skipped_records"], 1);
+    p.write("error.toml", &bad("error"));
+    let out = p.runner(&["run", "error.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = common::stdout(&out);
+    assert!(text.contains("bad/val/d0/0001.jpg: record 0: "), "{text}");
+}

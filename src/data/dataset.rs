@@ -40,6 +40,9 @@ pub struct Dataset {
     classes: Option<Vec<String>>,
     /// Framing errors found while counting records (only kept with `OnBadRecord::Skip`).
     skipped_at_open: Vec<DataError>,
+    /// Records any loader of this dataset skipped, by (file, index): each counts once
+    /// however many epochs meet it.
+    skipped: std::sync::Mutex<std::collections::BTreeSet<(PathBuf, u64)>>,
 }
 
 fn with_offsets(list: impl IntoIterator<Item = (PathBuf, u64)>) -> Vec<Shard> {
@@ -108,6 +111,7 @@ impl Dataset {
             },
             classes: None,
             skipped_at_open,
+            skipped: Default::default(),
         })
     }
 
@@ -120,7 +124,31 @@ impl Dataset {
             kind: Kind::Folder { labels },
             classes: Some(classes),
             skipped_at_open: Vec::new(),
+            skipped: Default::default(),
         })
+    }
+
+    /// Images with their labels (class indices), from a list file: one shard each, in
+    /// the given order.
+    pub fn image_list(items: Vec<(PathBuf, i64)>) -> Dataset {
+        let labels = items.iter().map(|(_, l)| *l).collect();
+        Dataset {
+            shards: with_offsets(items.into_iter().map(|(p, _)| (p, 1))),
+            kind: Kind::Folder { labels },
+            classes: None,
+            skipped_at_open: Vec::new(),
+            skipped: Default::default(),
+        }
+    }
+
+    /// How many classes the labels span, where the layout says without decoding (folder
+    /// classes, or the largest listed label + 1); 0 for TFRecords.
+    pub fn label_count(&self) -> usize {
+        match (&self.kind, &self.classes) {
+            (_, Some(c)) => c.len(),
+            (Kind::Folder { labels }, None) => labels.iter().max().map_or(0, |m| *m as usize + 1),
+            (Kind::TfRecord { .. }, None) => 0,
+        }
     }
 
     pub fn shards(&self) -> &[Shard] {
@@ -143,6 +171,26 @@ impl Dataset {
 
     pub fn skipped_at_open(&self) -> &[DataError] {
         &self.skipped_at_open
+    }
+
+    /// Notes a record a loader skipped (with `OnBadRecord::Skip`).
+    pub(crate) fn note_skipped(&self, e: &DataError) {
+        if let DataError::Record { path, index, .. } = e {
+            self.skipped
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert((path.clone(), *index));
+        }
+    }
+
+    /// Distinct records skipped so far, at open and by every loader.
+    pub fn skipped_records(&self) -> usize {
+        self.skipped_at_open.len()
+            + self
+                .skipped
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .len()
     }
 
     pub(crate) fn open_shard(&self, shard: usize) -> Result<ShardReader> {

@@ -70,6 +70,11 @@ pub enum OnBadRecord {
     Skip,
 }
 
+impl OnBadRecord {
+    /// The names a manifest writes (`on_bad_record = "skip"`).
+    pub const NAMES: &'static [&'static str] = &["error", "skip"];
+}
+
 impl DataError {
     pub(crate) fn record(path: impl Into<PathBuf>, index: u64, reason: BadRecord) -> Self {
         DataError::Record {

@@ -32,6 +32,7 @@ pub fn scan_folder(root: &Path) -> Result<Folder> {
                 .to_string_lossy()
                 .into_owned(),
         );
+        let before = items.len();
         for file in list(&dir)? {
             let ext = file
                 .extension()
@@ -39,6 +40,14 @@ pub fn scan_folder(root: &Path) -> Result<Folder> {
             if file.is_file() && matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png")) {
                 items.push((file, label));
             }
+        }
+        // An empty class would still take a class index, silently shifting none but
+        // training on nothing for it: almost always a copy that went wrong.
+        if items.len() == before {
+            return Err(DataError::Config(format!(
+                "class directory {} has no images (.jpg, .jpeg, .png)",
+                dir.display()
+            )));
         }
     }
     if items.is_empty() {

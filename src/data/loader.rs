@@ -596,10 +596,13 @@ fn make_batch(
             }
             Err(e) => match cfg.on_bad_record {
                 OnBadRecord::Error => return Err(e),
-                OnBadRecord::Skip => skipped
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(e),
+                OnBadRecord::Skip => {
+                    ds.note_skipped(&e);
+                    skipped
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(e)
+                }
             },
         }
     }

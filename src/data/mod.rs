@@ -7,6 +7,7 @@ pub mod error;
 pub mod example;
 pub mod folder;
 pub mod image;
+pub mod layout;
 pub mod loader;
 pub mod preprocess;
 pub mod rng;

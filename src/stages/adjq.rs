@@ -271,9 +271,8 @@ impl StageKind for Adjq {
         let info = ModelInfo::quantized(trainer.model(), serde_json::json!({"stage": ctx.stage}));
         let data = ctx.input("data")?.to_path_buf();
         let classes = teacher_info.config.num_classes;
-        let offset = p.data.label_offset;
-        let train = support::dataset(&data, "train", offset, classes)?;
-        let val = support::dataset(&data, "validation", offset, classes)?;
+        let train = support::dataset(&data, "train", &p.data, classes)?;
+        let val = support::dataset(&data, "validation", &p.data, classes)?;
         let batch = p.batch_size.max(1);
         let (train_cfg, val_cfg) =
             support::train_val_loaders(&p.data, &info, batch, seed, augment, 50);
@@ -406,6 +405,7 @@ impl StageKind for Adjq {
         ctx.set_metric("metric", m.metric.into_scalar::<f32>() as f64);
         ctx.set_metric("avg_weight_bits", qi.avg_weight_bits);
         ctx.set_metric("avg_act_bits", qi.avg_act_bits);
+        support::report_skipped(ctx, &p.data, &[&train, &val]);
         if let Some(last) = progress.records.last() {
             ctx.set_metric("top1", last.accuracy.top1);
         }

@@ -158,7 +158,7 @@ impl StageKind for Eval {
         let ds = support::dataset(
             ctx.input("data")?,
             "validation",
-            p.data.label_offset,
+            &p.data,
             info.config.num_classes,
         )?;
         let batch = p.batch_size.max(1);
@@ -170,7 +170,7 @@ impl StageKind for Eval {
         );
         ctx.progress(0, None, "evaluating");
         let limit = p.val_samples;
-        let acc = support::evaluate(&*forward, ds, cfg, limit, &device)?;
+        let acc = support::evaluate(&*forward, ds.clone(), cfg, limit, &device)?;
         let (p0, o0) = (p.params_baseline, p.ops_baseline);
         let options = counter::Options {
             params_baseline: p0,
@@ -210,6 +210,7 @@ impl StageKind for Eval {
         ctx.set_metric("official_score", report.totals.score);
         ctx.set_metric("avg_weight_bits", qinfo.avg_weight_bits);
         ctx.set_metric("avg_act_bits", qinfo.avg_act_bits);
+        support::report_skipped(ctx, &p.data, &[&ds]);
         Ok(())
     }
 }

@@ -155,8 +155,8 @@ impl StageKind for Pretrain {
 
         let data = ctx.input("data")?.to_path_buf();
         let classes = config.num_classes;
-        let train = support::dataset(&data, "train", p.data.label_offset, classes)?;
-        let val = support::dataset(&data, "validation", p.data.label_offset, classes)?;
+        let train = support::dataset(&data, "train", &p.data, classes)?;
+        let val = support::dataset(&data, "validation", &p.data, classes)?;
         let batch = p.batch_size.max(1);
         let batches = (train.len() as usize / batch) as u64;
         if batches == 0 {
@@ -267,6 +267,7 @@ impl StageKind for Pretrain {
             ctx.set_metric("top5", last.accuracy.top5);
             ctx.set_metric("loss", last.loss);
         }
+        support::report_skipped(ctx, &p.data, &[&train, &val]);
         curves.finish(progress.epochs as i64, &ctx.metrics)?;
         Ok(())
     }

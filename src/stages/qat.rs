@@ -137,10 +137,9 @@ impl StageKind for Qat {
         let mut opt = AdamConfig::new().init();
 
         let data = ctx.input("data")?.to_path_buf();
-        let offset = p.data.label_offset;
         let classes = info.config.num_classes;
-        let train = support::dataset(&data, "train", offset, classes)?;
-        let val = support::dataset(&data, "validation", offset, classes)?;
+        let train = support::dataset(&data, "train", &p.data, classes)?;
+        let val = support::dataset(&data, "validation", &p.data, classes)?;
         let batch = p.batch_size.max(1);
         let batches = (train.len() as usize / batch) as u64;
         if batches == 0 {
@@ -244,6 +243,7 @@ impl StageKind for Qat {
         if let Some(last) = progress.records.last() {
             ctx.set_metric("top1", last.accuracy.top1);
         }
+        support::report_skipped(ctx, &p.data, &[&train, &val]);
         Ok(())
     }
 }

@@ -4,8 +4,9 @@
 use crate::artifacts::Accuracy;
 use crate::artifacts::model_dir::ModelInfo;
 use crate::ckpt::TensorMap;
-use crate::data::{Compression, Dataset, ExampleSchema, Loader, LoaderConfig, OnBadRecord};
+use crate::data::{Dataset, ExampleSchema, Loader, LoaderConfig, OnBadRecord, layout};
 use crate::data::{EvalCrop, Normalization, Preprocess, Resize};
+use crate::exec::context::StageContext;
 use crate::manifest::schema::InputSpec;
 use crate::manifest::schema::{ParamType, ParamValue};
 use crate::model::EfficientNetConfig;
@@ -64,10 +65,13 @@ crate::stage_params! {
         pub flip: bool = true,
         /// decode/augment threads of the data loader (results do not depend on it)
         pub workers: usize = 2usize,
+        /// a record or image file that cannot be read or decoded: `error` stops the stage naming it, `skip` leaves it out (the record's `skipped_records` metric counts them)
+        pub on_bad_record: OnBadRecord = OnBadRecord::Error,
     }
 }
 
-/// The TF-Slim TFRecord shards `<dir>/<split>-*` of a `data` input.
+crate::param_choice!(impl OnBadRecord);
+
 /// A stage's params as TensorBoard HParams (name → JSON value).
 pub fn hparams(
     params: &crate::manifest::Params,
@@ -79,20 +83,17 @@ pub fn hparams(
         .collect()
 }
 
-pub fn dataset(dir: &Path, split: &str, label_offset: i64, classes: usize) -> Result<Arc<Dataset>> {
-    let pattern = dir.join(format!("{split}-*"));
+/// The `split` of a `data` input, in any layout [`crate::data::layout`] reads: TF-Slim
+/// TFRecords `<split>-*` (plain or GZIP; labels less `label_offset`), an ImageFolder
+/// `<split>/` (`val/` for validation) or a `<split>.csv`/`.jsonl` list (class indices).
+pub fn dataset(dir: &Path, split: &str, data: &DataParams, classes: usize) -> Result<Arc<Dataset>> {
     let schema = ExampleSchema {
-        label_offset,
+        label_offset: data.label_offset,
         num_classes: Some(classes as i64),
         ..ExampleSchema::default()
     };
-    let ds = Dataset::tfrecord(
-        &pattern.to_string_lossy(),
-        Compression::None,
-        schema,
-        OnBadRecord::Error,
-    )
-    .with_context(|| format!("cannot open the `{split}` split in {}", dir.display()))?;
+    let ds = layout::open_split(dir, split, schema, data.on_bad_record)
+        .with_context(|| format!("cannot open the `{split}` split in {}", dir.display()))?;
     if ds.is_empty() {
         bail!("{}: the `{split}` split has no records", dir.display());
     }
@@ -158,7 +159,17 @@ pub fn loader_config(
     };
     cfg.preprocess = pre;
     cfg.workers = data.workers.max(1);
+    cfg.on_bad_record = data.on_bad_record;
     cfg
+}
+
+/// With `on_bad_record = "skip"`, how many distinct records of `datasets` were left out,
+/// as the stage's `skipped_records` metric.
+pub fn report_skipped(ctx: &mut StageContext, data: &DataParams, datasets: &[&Dataset]) {
+    if data.on_bad_record == OnBadRecord::Skip {
+        let n: usize = datasets.iter().map(|d| d.skipped_records()).sum();
+        ctx.set_metric("skipped_records", n);
+    }
 }
 
 pub fn evaluate(

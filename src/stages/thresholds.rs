@@ -91,7 +91,7 @@ impl StageKind for Thresholds {
         let ds = support::dataset(
             ctx.input("data")?,
             "train",
-            p.data.label_offset,
+            &p.data,
             info.config.num_classes,
         )?;
         let order = p.shuffle.then_some(p.seed);
@@ -103,7 +103,7 @@ impl StageKind for Thresholds {
         let probe = QEfficientNet::for_calibration(&float, &QConfig::default())?;
         let mut obs = Observe::default();
         let mut seen = 0usize;
-        for b in Loader::new(ds, cfg, Default::default())? {
+        for b in Loader::new(ds.clone(), cfg, Default::default())? {
             ctx.check_interrupted()?;
             let b = b?;
             let take = b.labels.len().min(samples - seen);
@@ -122,6 +122,7 @@ impl StageKind for Thresholds {
         crate::atomic::write_json(&ctx.output_path(OUTPUT), &obs.thresholds)?;
         ctx.set_metric("images", seen);
         ctx.set_metric("points", obs.thresholds.points.len());
+        support::report_skipped(ctx, &p.data, &[&ds]);
         Ok(())
     }
 }
