@@ -386,3 +386,39 @@ fn a_listed_file_that_is_no_image_is_a_bad_record_naming_it() {
     assert_eq!(labels, [0, 1]);
     assert_eq!(loader.skipped().len(), 1);
 }
+
+/// An ImageNet ImageFolder (one directory per wnid, made in shuffled order) gives each
+/// class the index of its wnid in TF-Slim's synset list, that is TF-Slim's label − 1:
+/// a model trained on TF-Slim TFRecords (`label_offset = 1`) reads it unchanged.
+#[test]
+fn imagenet_wnid_folders_get_tf_slim_labels_minus_one() {
+    let synsets: Vec<String> = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/imagenet/imagenet_lsvrc_2015_synsets.txt"),
+    )
+    .unwrap()
+    .lines()
+    .map(String::from)
+    .collect();
+    assert_eq!(synsets.len(), 1000);
+    let jpeg = fs::read(folder_tree(&["x"], &["x"]).path().join("train/x/0.jpg")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Created in a scrambled order, so directory order is not file order.
+    for i in (0..1000).map(|i| (i * 337) % 1000) {
+        let d = dir.path().join("val").join(&synsets[i]);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join(format!("ILSVRC2012_val_{i:08}.JPEG")), &jpeg).unwrap();
+    }
+    let ds = open(dir.path(), "validation").unwrap();
+    assert_eq!(ds.classes().unwrap(), synsets.as_slice());
+    let tf_slim_label = |wnid: &str| synsets.iter().position(|s| s == wnid).unwrap() as i64 + 1;
+    let labels: Vec<i64> = Loader::new(Arc::new(ds), LoaderConfig::eval(100, 8), Cursor::default())
+        .unwrap()
+        .flat_map(|b| b.unwrap().labels)
+        .collect();
+    // Eval order is class then file order: the i-th image is of the i-th class.
+    for (i, label) in labels.iter().enumerate() {
+        assert_eq!(*label, tf_slim_label(&synsets[i]) - 1);
+    }
+    assert_eq!(labels.len(), 1000);
+}
