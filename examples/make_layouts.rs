@@ -21,7 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (src, dst) = (Path::new(src), Path::new(dst));
     let folder = scan_folder(src)?;
     let mut plain = RecordWriter::new(Vec::new());
-    let mut csv = String::from("path,label\n");
+    let mut csv = csv::Writer::from_writer(Vec::new());
+    csv.write_record(["path", "label"])?;
     for (i, (path, label)) in folder.items.iter().enumerate() {
         let bytes = fs::read(path)?;
         let class = &folder.classes[*label as usize];
@@ -38,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let copy = dst.join("folder").join(&name);
         fs::create_dir_all(copy.parent().expect("has a class dir"))?;
         fs::write(&copy, &bytes)?;
-        csv.push_str(&format!("../folder/{name},{label}\n"));
+        csv.write_record([format!("../folder/{name}"), label.to_string()])?;
     }
     let plain = plain.into_inner()?;
     for dir in ["tfrecord", "gzip", "list"] {
@@ -48,7 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&plain)?;
     fs::write(dst.join("gzip/train-00000-of-00001"), gz.finish()?)?;
-    fs::write(dst.join("list/train.csv"), csv)?;
+    fs::write(dst.join("list/train.csv"), csv.into_inner()?)?;
     println!(
         "{} images of {} classes in 4 layouts under {}",
         folder.items.len(),

@@ -328,8 +328,13 @@ fn runs_and_diff_compare_runs_by_their_params_sources_and_metrics() {
         (2.into(), 3.into())
     );
     assert_eq!((col(0, "c.bytes"), col(1, "c.bytes")), (2.into(), 5.into()));
-    assert_eq!(col(2, "state"), "ok (5 ran)");
-    assert_eq!(col(1, "state"), "ok (2 ran)");
+    assert_eq!((col(2, "state"), col(2, "ran")), ("ok".into(), 5.into()));
+    assert_eq!((col(1, "state"), col(1, "ran")), ("ok".into(), 2.into()));
+    // Run ids compare as numbers, states as words.
+    let newer = p.ok(&[
+        "runs", "--where", "run>1", "--where", "state=ok", "--format", "csv",
+    ]);
+    assert_eq!(newer.lines().count(), 3, "{newer}");
 
     // Filters and sorting.
     let csv = p.ok(&[

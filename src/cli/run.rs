@@ -205,13 +205,10 @@ impl Session<'_> {
         if plan.variants.len() == 1 {
             print_reports(plan, &outcomes, store);
         }
-        match log.id.parse::<u64>() {
-            Ok(id) if id > 1 => eprintln!(
-                "logged as run {id}: `runner runs` lists the runs, `runner diff {} {id}` compares this one with the one before",
-                id - 1
-            ),
-            _ => eprintln!("logged as run {}: `runner runs` lists the runs", log.id),
-        }
+        eprintln!(
+            "logged as run {}: `runner runs` lists the runs, `runner diff A B` compares two",
+            log.id
+        );
         Ok((code, outcomes))
     }
 

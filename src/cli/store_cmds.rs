@@ -81,7 +81,7 @@ pub(super) fn run_gc(a: GcArgs, store_flag: Option<&Path>) -> Result<i32> {
             }
         }
     }
-    let store = existing_store(&store_root.unwrap_or_else(|| PathBuf::from("artifacts")))?;
+    let store = existing_store(&default_store(store_root))?;
     let _lock = store.use_lock(true)?;
     let r = gc::collect(&store, keep, a.keep_runs, a.dry_run)?;
     println!(

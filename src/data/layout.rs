@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 
 use super::dataset::Dataset;
 use super::error::{DataError, OnBadRecord, Result};
-use super::folder::scan_folder;
 use super::schema::ExampleSchema;
 use super::tfrecord::Compression;
 
@@ -122,7 +121,7 @@ fn check_folder_classes(dir: &Path, root: &Path, classes: &[String]) -> Result<(
     if root == train || !train.is_dir() {
         return Ok(());
     }
-    let train_classes = scan_folder(&train)?.classes;
+    let train_classes = class_dirs(&train)?;
     if train_classes != classes {
         let only = |a: &[String], b: &[String]| -> Vec<String> {
             a.iter()
@@ -141,6 +140,18 @@ fn check_folder_classes(dir: &Path, root: &Path, classes: &[String]) -> Result<(
         )));
     }
     Ok(())
+}
+
+/// The class directories of an ImageFolder root, sorted (without listing their images).
+fn class_dirs(root: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = fs::read_dir(root)
+        .map_err(|e| DataError::io(root, e))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 #[derive(serde::Deserialize)]
@@ -180,7 +191,7 @@ fn read_list(file: &Path) -> Result<Vec<(PathBuf, i64)>> {
         }
     }
     if rows.is_empty() {
-        return Err(DataError::NoFiles(format!(
+        return Err(DataError::Config(format!(
             "{} lists no images",
             file.display()
         )));

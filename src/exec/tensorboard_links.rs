@@ -95,7 +95,12 @@ fn point_label(plan: &Plan, j: usize) -> Option<String> {
         .collect::<Vec<_>>()
         .join(",")
         .replace('/', "_");
-    (!label.is_empty()).then_some(label)
+    // Points that share this job but agree on no varying axis: name the job itself.
+    Some(if label.is_empty() {
+        format!("job-{j}")
+    } else {
+        label
+    })
 }
 
 /// Makes `link` (under `root`) a symlink to `target`. The latest run's layout wins: an
@@ -117,10 +122,10 @@ fn replace_symlink(root: &Path, target: &Path, link: &Path) -> std::io::Result<(
         std::fs::remove_dir_all(link)?;
     }
     std::fs::create_dir_all(parent)?;
+    // One temp name per link, so a leftover of a killed runner is replaced next time.
     let tmp = parent.join(format!(
-        ".{}.{}.tmp",
-        link.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
+        ".{}.tmp",
+        link.file_name().unwrap_or_default().to_string_lossy()
     ));
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp)?;

@@ -124,7 +124,11 @@ pub fn side<'a>(
             let found = records(prefix);
             match found.as_slice() {
                 [r] => Ok(Side {
-                    label: format!("record {} (stage `{}`)", &r.key[..12], r.stage),
+                    label: format!(
+                        "record {} (stage `{}`)",
+                        r.key.get(..12).unwrap_or(&r.key),
+                        r.stage
+                    ),
                     log: None,
                     stages: BTreeMap::from([(String::new(), StageView::from(r))]),
                 }),
@@ -140,8 +144,16 @@ pub fn side<'a>(
                 logs.first()
             } else {
                 logs.iter().find(|l| &l.id == id)
-            }
-            .ok_or_else(|| format!("no run {id} in the run history (`runner runs` lists them)"))?;
+            };
+            let Some(log) = log else {
+                // Eight or more digits and no such run: a key prefix of digits only.
+                if id.len() >= 8 && variant.is_none() && stage.is_none() {
+                    return side(&Selector::Record(id.clone()), logs, records);
+                }
+                return Err(format!(
+                    "no run {id} in the run history (`runner runs` lists them)"
+                ));
+            };
             let variant = match (variant, log.variants.len()) {
                 (_, 0) => {
                     return Err(format!(
@@ -293,13 +305,14 @@ pub fn diff(a: &Side, b: &Side) -> Diff {
                     v.and_then(|v| serde_json::to_value(v).ok())
                 };
                 let source = |s: &StageView, v: Option<_>| {
-                    let sources = s.sources.as_ref()?;
                     v?;
-                    Some(
-                        sources
+                    Some(match &s.sources {
+                        Some(sources) => sources
                             .get(p)
                             .map_or("kind default".into(), |x| x.to_string()),
-                    )
+                        // A record keeps no sources; only run logs do.
+                        None => "unknown (a record)".to_string(),
+                    })
                 };
                 d.params.push(ParamChange {
                     stage: stage.clone(),

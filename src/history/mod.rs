@@ -78,13 +78,13 @@ impl<'a> RunPoint<'a> {
     }
 
     /// ok, failed, interrupted or unfinished (the log was never closed: still running,
-    /// or killed), with how many stages ran.
-    pub fn state(&self) -> String {
+    /// or killed).
+    pub fn state(&self) -> &'static str {
         if self.log.finished.is_empty() {
-            return "unfinished".into();
+            return "unfinished";
         }
         let states: Vec<&str> = self.stages().map(|(_, s)| s.state.as_str()).collect();
-        let verdict = if states.contains(&"failed") {
+        if states.contains(&"failed") {
             "failed"
         } else if states.contains(&"interrupted") || self.log.exit_code == Some(130) {
             "interrupted"
@@ -92,16 +92,14 @@ impl<'a> RunPoint<'a> {
             "failed"
         } else {
             "ok"
-        };
-        let ran = states
-            .iter()
-            .filter(|s| matches!(**s, "ran" | "resumed"))
-            .count();
-        if states.is_empty() {
-            verdict.into()
-        } else {
-            format!("{verdict} ({ran} ran)")
         }
+    }
+
+    /// How many of its stages ran (or resumed) rather than came from the cache.
+    pub fn ran(&self) -> usize {
+        self.stages()
+            .filter(|(_, s)| matches!(s.state.as_str(), "ran" | "resumed"))
+            .count()
     }
 
     /// The commit, shortened, with `+` when the tree was dirty.

@@ -82,10 +82,11 @@ impl Filter {
         let Some(have) = cell(r, &self.column) else {
             return self.op == Op::Ne;
         };
-        let ord = match (json_number(&have), self.value.parse::<f64>()) {
-            (Some(a), Ok(b)) => a.partial_cmp(&b),
-            _ => Some(text(&have).as_str().cmp(self.value.as_str())),
+        let want = match self.value.parse::<f64>() {
+            Ok(x) => Json::from(x),
+            Err(_) => Json::String(self.value.clone()),
         };
+        let ord = order(&have, &want);
         match (self.op, ord) {
             (Op::Eq, o) => o == Some(Ordering::Equal),
             (Op::Ne, o) => o != Some(Ordering::Equal),
@@ -101,7 +102,7 @@ impl Filter {
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ColumnKind {
-    /// run, started, pipeline, state, commit.
+    /// run, started, pipeline, state, ran (stages that ran, not cached), commit.
     Run,
     Param,
     Metric,
@@ -144,11 +145,12 @@ pub fn select(points: &[RunPoint], q: &Query) -> RunsTable {
         })
         .filter(|r| q.filters.iter().all(|f| f.keeps(r)))
         .collect();
-    if let Some(col) = &q.sort {
-        rows.sort_by(|a, b| compare(cell(a, col).as_ref(), cell(b, col).as_ref()));
-    }
-    if q.reverse {
-        rows.reverse();
+    match &q.sort {
+        Some(col) => {
+            rows.sort_by(|a, b| compare(cell(a, col).as_ref(), cell(b, col).as_ref(), q.reverse))
+        }
+        None if q.reverse => rows.reverse(),
+        None => {}
     }
     let omitted = if q.limit > 0 && rows.len() > q.limit {
         let n = rows.len() - q.limit;
@@ -170,6 +172,7 @@ pub fn select(points: &[RunPoint], q: &Query) -> RunsTable {
         columns.push(run_column("pipeline"));
     }
     columns.push(run_column("state"));
+    columns.push(run_column("ran"));
     if distinct(&|p| p.commit()) {
         columns.push(run_column("commit"));
     }
@@ -279,7 +282,8 @@ fn run_cell(p: &RunPoint, name: &str) -> Option<Json> {
         "run" => p.id(),
         "started" => when(&p.log.started),
         "pipeline" => p.log.pipeline.clone(),
-        "state" => p.state(),
+        "state" => p.state().to_string(),
+        "ran" => return Some(Json::from(p.ran())),
         "commit" => p.commit(),
         _ => return None,
     }))
@@ -300,24 +304,38 @@ fn json_number(v: &Json) -> Option<f64> {
     }
 }
 
-/// Numbers by value, run ids (`5/2`) part by part, other text as text; missing last.
-fn compare(a: Option<&Json>, b: Option<&Json>) -> Ordering {
+/// Numbers by value, run ids (`5/2`, also against a number) part by part, other text as
+/// text; `None` for numbers that do not compare (NaN).
+fn order(a: &Json, b: &Json) -> Option<Ordering> {
+    let parts = |v: &Json| -> Option<Vec<u64>> {
+        match v {
+            Json::String(s) => s.split('/').map(|p| p.parse().ok()).collect(),
+            Json::Number(n) => {
+                let x = n.as_f64()?;
+                (x >= 0.0 && x.fract() == 0.0).then(|| vec![x as u64])
+            }
+            _ => None,
+        }
+    };
+    match (json_number(a), json_number(b)) {
+        (Some(x), Some(y)) => x.partial_cmp(&y),
+        _ => match (parts(a), parts(b)) {
+            (Some(x), Some(y)) => Some(x.cmp(&y)),
+            _ => Some(text(a).cmp(&text(b))),
+        },
+    }
+}
+
+/// [`order`] with missing values last, whichever the direction.
+fn compare(a: Option<&Json>, b: Option<&Json>, reverse: bool) -> Ordering {
     match (a, b) {
         (None, None) => Ordering::Equal,
         (None, Some(_)) => Ordering::Greater,
         (Some(_), None) => Ordering::Less,
-        (Some(a), Some(b)) => match (json_number(a), json_number(b)) {
-            (Some(x), Some(y)) => x.partial_cmp(&y).unwrap_or(Ordering::Equal),
-            _ => {
-                let parts = |v: &Json| -> Option<Vec<u64>> {
-                    text(v).split('/').map(|s| s.parse().ok()).collect()
-                };
-                match (parts(a), parts(b)) {
-                    (Some(x), Some(y)) => x.cmp(&y),
-                    _ => text(a).cmp(&text(b)),
-                }
-            }
-        },
+        (Some(a), Some(b)) => {
+            let o = order(a, b).unwrap_or(Ordering::Equal);
+            if reverse { o.reverse() } else { o }
+        }
     }
 }
 

@@ -237,16 +237,12 @@ impl EventWriter {
             }
         }
         let fresh = kept.is_empty();
-        let tmp = dir.join(".resume.tmp");
-        let mut out = RecordWriter::new(
-            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
-        );
+        let mut framed = RecordWriter::new(Vec::new());
         for r in &kept {
-            out.write_record(r)?;
+            framed.write_record(r)?;
         }
-        let inner = out.into_inner()?;
-        inner.sync_all()?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        crate::atomic::write(&path, &framed.into_inner()?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         let mut w = EventWriter {
             out: RecordWriter::new(std::fs::OpenOptions::new().append(true).open(&path)?),
         };

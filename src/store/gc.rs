@@ -27,7 +27,12 @@ pub fn collect(
     let mut report = GcReport::default();
     // Run logs stay (they are the run history, and small); only the keys of the newest
     // `keep_runs` keep records and objects alive.
-    for log in store.run_logs().into_iter().take(keep_runs) {
+    // A killed run's log was never closed and holds no keys: it does not take a place.
+    let finished = store
+        .run_logs()
+        .into_iter()
+        .filter(|l| !l.finished.is_empty());
+    for log in finished.take(keep_runs) {
         keep.extend(log.keys);
     }
 

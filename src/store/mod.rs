@@ -149,15 +149,24 @@ impl Store {
         Ok(Store { root })
     }
 
-    /// Records and failed attempts whose key starts with `prefix`.
+    /// Records (else failed attempts) whose key starts with `prefix`, one per key.
     pub fn records_with_prefix(&self, prefix: &str) -> Vec<Record> {
-        ["records", "failed"]
-            .iter()
-            .flat_map(|dir| fs::read_dir(self.root.join(dir)).into_iter().flatten())
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
-            .filter_map(|e| read_json(&e.path()))
-            .collect()
+        let mut by_key: BTreeMap<String, Record> = BTreeMap::new();
+        // `records/` last, so a success wins over an older failed attempt at its key.
+        for dir in ["failed", "records"] {
+            for e in fs::read_dir(self.root.join(dir))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if e.file_name().to_string_lossy().starts_with(prefix)
+                    && let Some(r) = read_json::<Record>(&e.path())
+                {
+                    by_key.insert(r.key.clone(), r);
+                }
+            }
+        }
+        by_key.into_values().collect()
     }
 
     /// Whether `root` holds a store (one [`Store::open`] made): commands that only read or
