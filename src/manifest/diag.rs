@@ -17,6 +17,16 @@ pub enum Origin {
     Nowhere,
 }
 
+impl Origin {
+    /// The manifest line, or 0 for a flag or the file as a whole.
+    pub fn line(&self) -> usize {
+        match self {
+            Origin::File { line, .. } => *line,
+            _ => 0,
+        }
+    }
+}
+
 /// Maps byte offsets of one manifest to line/column and source lines.
 #[derive(Debug, Clone)]
 pub struct SourceMap {

@@ -100,10 +100,7 @@ impl Loader<'_> {
                     };
                     let Some(raw) = self.value(v) else { continue };
                     let o = self.at(&v.span());
-                    let line = match o {
-                        Origin::File { line, .. } => line,
-                        _ => 0,
-                    };
+                    let line = o.line();
                     let source = match &raw {
                         Value::Str(s) => source::referenced_param(s).map(|n| ParamSource::Shared {
                             name: n.to_string(),
@@ -159,10 +156,7 @@ impl Loader<'_> {
             if let Some((v, o)) = defaults.get(spec.name) {
                 if let Some(val) = self.typed(o, &name, spec.name, &spec.ty, v.clone(), shared) {
                     params.insert(spec.name.to_string(), val);
-                    let line = match o {
-                        Origin::File { line, .. } => *line,
-                        _ => 0,
-                    };
+                    let line = o.line();
                     sources.insert(spec.name.to_string(), ParamSource::PipelineDefault { line });
                 }
                 continue;

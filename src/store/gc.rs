@@ -1,6 +1,6 @@
 //! `runner gc`: delete what neither the current manifests nor the last N runs reference.
 
-use super::{Record, Store, remove_tree, tree_size};
+use super::{Record, Store, remove_tree, stem, tree_size};
 use anyhow::Result;
 use std::collections::BTreeSet;
 use std::fs;
@@ -88,11 +88,5 @@ pub fn collect(
 fn entries(dir: &Path) -> Vec<PathBuf> {
     fs::read_dir(dir)
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default()
-}
-
-fn stem(p: &Path) -> String {
-    p.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
 }

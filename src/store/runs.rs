@@ -2,7 +2,7 @@
 //! what `runner runs` and `runner diff` compare (params and where they came from, input
 //! hashes, metrics), so history outlives `gc` of the records themselves.
 
-use super::{InputRecord, Store, read_json};
+use super::{InputRecord, Store, read_json, stem};
 use crate::atomic;
 use crate::manifest::value::Value;
 use crate::manifest::{ParamSource, Params};
@@ -162,12 +162,6 @@ impl Store {
         });
         logs
     }
-}
-
-fn stem(p: &Path) -> String {
-    p.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 fn numbered_logs(dir: &Path) -> impl Iterator<Item = (u64, PathBuf)> {
