@@ -1,5 +1,6 @@
 //! Just enough protobuf to decode TensorFlow's `BundleHeaderProto` and `BundleEntryProto`
-//! (tensorflow/core/protobuf/tensor_bundle.proto); unknown fields are skipped.
+//! (tensorflow/core/protobuf/tensor_bundle.proto); unknown fields are skipped. The field
+//! reader also serves TensorBoard event files (`report::tensorboard`).
 
 /// Why a message could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,7 +23,8 @@ pub fn read_varint(buf: &mut &[u8]) -> Result<u64> {
     Err(ProtoError("varint longer than 10 bytes"))
 }
 
-enum Value<'a> {
+/// One field's value, by wire type (fixed64 contents are not kept).
+pub enum Value<'a> {
     Varint(u64),
     Fixed64,
     Bytes(&'a [u8]),
@@ -30,10 +32,10 @@ enum Value<'a> {
 }
 
 /// Iterates over the (field number, value) pairs of one message.
-struct Fields<'a>(&'a [u8]);
+pub struct Fields<'a>(pub &'a [u8]);
 
 impl<'a> Fields<'a> {
-    fn next_field(&mut self) -> Result<Option<(u64, Value<'a>)>> {
+    pub fn next_field(&mut self) -> Result<Option<(u64, Value<'a>)>> {
         if self.0.is_empty() {
             return Ok(None);
         }

@@ -7,6 +7,7 @@
 //! true. A resumed stage first drops what the interrupted attempt wrote past its last
 //! saved state, so every step appears once.
 
+use crate::ckpt::proto::{Fields, Value};
 use crate::data::{RecordReader, RecordWriter};
 use anyhow::{Context, Result};
 use serde_json::Value as Json;
@@ -139,20 +140,20 @@ fn scalar_summary<'a>(values: impl IntoIterator<Item = (&'a str, f64)>) -> Vec<u
 }
 
 /// The step of an encoded event, and whether it holds what [`EventWriter::finish`]
-/// writes (final metrics, the session end).
+/// writes (final metrics, the session end); `None` if it does not decode.
 fn step_and_finish(event: &[u8]) -> Option<(i64, bool)> {
     let mut fields = Fields(event);
     let (mut step, mut finish) = (0, false);
-    while let Some((field, value)) = fields.next_field()? {
+    while let Some((field, value)) = fields.next_field().ok()? {
         match (field, value) {
-            (2, Field::Varint(s)) => step = s as i64,
-            (5, Field::Bytes(summary)) => {
+            (2, Value::Varint(s)) => step = s as i64,
+            (5, Value::Bytes(summary)) => {
                 let mut values = Fields(summary);
-                while let Some((_, v)) = values.next_field()? {
-                    let Field::Bytes(v) = v else { continue };
+                while let Some((_, v)) = values.next_field().ok()? {
+                    let Value::Bytes(v) = v else { continue };
                     let mut parts = Fields(v);
-                    while let Some((f, tag)) = parts.next_field()? {
-                        if let (1, Field::Bytes(tag)) = (f, tag) {
+                    while let Some((f, tag)) = parts.next_field().ok()? {
+                        if let (1, Value::Bytes(tag)) = (f, tag) {
                             finish |= tag.starts_with(FINAL_PREFIX.as_bytes())
                                 || tag == SESSION_END_TAG.as_bytes();
                         }
@@ -163,54 +164,6 @@ fn step_and_finish(event: &[u8]) -> Option<(i64, bool)> {
         }
     }
     Some((step, finish))
-}
-
-enum Field<'a> {
-    Varint(u64),
-    Fixed,
-    Bytes(&'a [u8]),
-}
-
-/// Just enough protobuf reading to find an event's step and tags.
-struct Fields<'a>(&'a [u8]);
-
-impl<'a> Fields<'a> {
-    fn varint(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&b, rest) = self.0.split_first()?;
-            self.0 = rest;
-            v |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                return Some(v);
-            }
-        }
-        None
-    }
-
-    /// The next field, `Some(None)` at the end, `None` if malformed.
-    fn next_field(&mut self) -> Option<Option<(u64, Field<'a>)>> {
-        if self.0.is_empty() {
-            return Some(None);
-        }
-        let k = self.varint()?;
-        let value = match k & 7 {
-            0 => Field::Varint(self.varint()?),
-            1 | 5 => {
-                let n = if k & 7 == 1 { 8 } else { 4 };
-                self.0 = self.0.get(n..)?;
-                Field::Fixed
-            }
-            2 => {
-                let n = self.varint()? as usize;
-                let (data, rest) = (self.0.get(..n)?, self.0.get(n..)?);
-                self.0 = rest;
-                Field::Bytes(data)
-            }
-            _ => return None,
-        };
-        Some(Some((k >> 3, value)))
-    }
 }
 
 impl EventWriter {
