@@ -267,14 +267,88 @@ fn a_pytorch_training_checkpoint_reads_every_nested_tensor() {
     assert_eq!(got, want_sorted);
 }
 
-/// A state dict with a complex64 tensor: the pickle reader refuses the whole file, and the
-/// error names the file and the storage type (listing the rest is not done for PyTorch).
+/// A state dict with a complex64 tensor (`pytorch/make_training.py`): pytorch-reader
+/// refuses the whole file, so our own listing of the zip takes over. Every tensor is
+/// listed, the float32 ones loaded with their values and `spectrum` marked unreadable with
+/// torch's dtype, its shape and bytes, as TF bundles list theirs; reading the file whole
+/// names the tensor it cannot load.
 #[test]
 fn a_pytorch_file_with_a_complex_tensor_names_the_type() {
     let path = fixture("pytorch/exotic.zip.pth");
-    let e = ckpt::read(&path, Format::PyTorch).unwrap_err().to_string();
+    let expected: Value =
+        serde_json::from_slice(&fs::read(fixture("pytorch/expected_training.json")).unwrap())
+            .unwrap();
+    let listed: Vec<&str> = expected["files"]["exotic.zip.pth"]["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["weight", "spectrum", "bias"]);
+
+    let ins = ckpt::inspect(&path, None).unwrap();
+    assert_eq!(ins.format, Format::PyTorch);
+    let rows: Vec<(&str, DType, &[usize])> = ins
+        .rows
+        .iter()
+        .map(|r| (r.name.as_str(), r.dtype, r.shape.as_slice()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("bias", DType::F32, &[2][..]),
+            ("weight", DType::F32, &[2, 3][..])
+        ]
+    );
+    assert_eq!(
+        ins.unreadable,
+        [ckpt::Unreadable {
+            name: "spectrum".into(),
+            dtype: "complex64".into(),
+            shape: vec![2],
+            bytes: 16,
+            why: "unsupported dtype complex64 (torch.ComplexFloatStorage)".into(),
+        }]
+    );
+    assert_eq!(ins.bytes(), 24 + 16 + 8);
+
+    // torch.arange(6).reshape(2, 3) and [0.5, -0.5].
+    let contents = ckpt::read_contents(&path, Format::PyTorch).unwrap();
+    assert_eq!(
+        contents.tensors["weight"].to_f32_vec().unwrap(),
+        [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    );
+    assert_eq!(contents.tensors["bias"].to_f32_vec().unwrap(), [0.5, -0.5]);
+
+    let e = ckpt::read(&path, Format::PyTorch).unwrap_err();
     assert!(
-        e.contains("exotic.zip.pth") && e.contains("ComplexFloatStorage"),
+        matches!(&e, CkptError::UnsupportedDtype { name, dtype, .. }
+            if name == "spectrum" && dtype == "complex64"),
         "{e}"
+    );
+    assert!(e.to_string().contains("exotic.zip.pth"), "{e}");
+}
+
+/// `runner inspect-ckpt` lists the complex tensor as one it cannot load, and succeeds.
+#[test]
+fn inspect_ckpt_marks_an_unloadable_pytorch_tensor() {
+    let pth = fixture("pytorch/exotic.zip.pth");
+    let (ok, stdout, stderr) = runner(&["inspect-ckpt", pth.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let row = stdout
+        .lines()
+        .find(|l| l.contains("spectrum"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        row.contains("complex64")
+            && row.contains("[2]")
+            && row.contains(
+                "cannot be loaded: unsupported dtype complex64 (torch.ComplexFloatStorage)"
+            ),
+        "{row}"
+    );
+    assert!(
+        stdout.contains("pytorch: 3 tensors (1 cannot be loaded), 8 parameters"),
+        "{stdout}"
     );
 }

@@ -3,6 +3,7 @@
 //! `runner inspect-ckpt`.
 
 mod error;
+mod pickle_scan;
 pub mod proto;
 pub mod pytorch;
 pub mod safetensors;
@@ -112,16 +113,13 @@ pub struct Contents {
 }
 
 /// Reads every tensor that can be loaded and lists the others (see [`Unreadable`]); a
-/// damaged file is still an error. TensorFlow bundles and safetensors files list their
-/// unloadable tensors; a PyTorch file's are an error as in [`read`].
+/// damaged file is still an error. Every format lists its unloadable tensors, PyTorch only
+/// in its zip container (see [`pytorch`]).
 pub fn read_contents(path: &Path, format: Format) -> Result<Contents> {
     match format {
         Format::TfBundle => tf_bundle::read_contents(path),
         Format::Safetensors => safetensors::read_contents(path),
-        Format::PyTorch => Ok(Contents {
-            tensors: pytorch::read(path)?,
-            unreadable: Vec::new(),
-        }),
+        Format::PyTorch => pytorch::read_contents(path),
     }
 }
 
