@@ -5,8 +5,8 @@ use crate::ckpt;
 use crate::data::image::decode;
 use crate::data::rng::{Purpose, Rng};
 use crate::data::{Normalization, Preprocess, Resize};
-use crate::model::import;
-use crate::model::{Activation, EfficientNet, EfficientNetConfig};
+use crate::model::import::{self, Naming};
+use crate::model::{EfficientNet, EfficientNetConfig};
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
@@ -44,13 +44,6 @@ struct ModelJson {
 struct PreprocessingJson {
     resolution: usize,
     normalization: String,
-}
-
-fn normalization_for(activation: Activation) -> Normalization {
-    match activation {
-        Activation::Swish => Normalization::B0,
-        Activation::Relu6 => Normalization::Lite,
-    }
 }
 
 fn class_names(kind: &str, n: usize) -> Vec<String> {
@@ -93,13 +86,19 @@ impl Classifier {
                 })?;
                 let format = ckpt::detect_format(path)?;
                 let shapes_of = EfficientNet::new(&config, device);
-                let canon = import::canonicalize(
-                    &ckpt::read(path, format)?,
-                    &shapes_of,
-                    &import::auto_naming(format, preset),
-                )
-                .map_err(|m| anyhow!("{}: {m}", path.display()))?;
-                let norm = normalization_for(config.activation);
+                let tensors = ckpt::read(path, format)?;
+                let naming = import::auto_naming(format, preset, &tensors);
+                if naming == Naming::Timm {
+                    bail!(
+                        "{}: a timm checkpoint; convert it with a `convert` stage and its \
+                         `timm_model` param first (timm's tf_* ports and its own models hold the \
+                         same tensors but pad differently), then predict with that stage",
+                        path.display()
+                    );
+                }
+                let canon = import::canonicalize(&tensors, &shapes_of, &naming)
+                    .map_err(|m| anyhow!("{}: {m}", path.display()))?;
+                let norm = config.input_normalization();
                 let names = class_names("imagenet", config.num_classes);
                 let res = config.resolution;
                 (config, canon, norm, res, names)

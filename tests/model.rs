@@ -3,6 +3,7 @@
 mod common;
 
 use adjq::ckpt::{self, Format, Tensor as CkptTensor};
+use adjq::model::config::Padding;
 use adjq::model::import::{self, Naming};
 use adjq::model::layers::{ConvBn, ConvSpec, conv};
 use adjq::model::{EfficientNet, EfficientNetConfig};
@@ -52,33 +53,42 @@ fn small_preset_maps_32x32_images_to_10_logits() {
     );
 }
 
+/// TF-same pads out = ceil(in / s) with total pad max((out − 1)·s + k − in, 0), the extra
+/// on the bottom/right; symmetric pads k/2 on every side (PyTorch's, timm's own models).
 #[test]
-fn same_padding_is_tensorflow_s_asymmetric_padding() {
+fn same_padding_is_tensorflow_s_asymmetric_padding_and_symmetric_is_pytorch_s() {
     let dev = device();
-    for size in [7usize, 8, 112] {
-        let c = conv(
-            ConvSpec {
-                cin: 2,
-                cout: 3,
-                kernel: 3,
-                stride: 2,
-                groups: 1,
-            },
-            false,
-            &dev,
-        );
-        let x = Tensor::<4>::random([1, 2, size, size], Distribution::Normal(0.0, 1.0), &dev);
-        // TF: out = ceil(in / s); total pad = max((out − 1)·s + k − in, 0), the extra on the
-        // bottom/right.
-        let out = size.div_ceil(2);
-        let total = ((out - 1) * 2 + 3).saturating_sub(size);
-        let pad = (total / 2, total - total / 2);
-        let opts = ConvOptions::new_with_padding([2, 2], [pad, pad], [1, 1], 1);
-        let want = conv2d(x.clone(), c.weight.val(), None, opts);
-        let got = c.forward(x);
-        assert_eq!(got.dims(), [1, 3, out, out]);
-        let diff = (got - want).abs().max().into_scalar::<f32>();
-        assert!(diff < 1e-6, "size {size}: max diff {diff}");
+    for padding in [Padding::Same, Padding::Symmetric] {
+        for size in [7usize, 8, 112] {
+            let c = conv(
+                ConvSpec {
+                    cin: 2,
+                    cout: 3,
+                    kernel: 3,
+                    stride: 2,
+                    groups: 1,
+                    padding,
+                },
+                false,
+                &dev,
+            );
+            let x = Tensor::<4>::random([1, 2, size, size], Distribution::Normal(0.0, 1.0), &dev);
+            let out = size.div_ceil(2);
+            let pad = match padding {
+                Padding::Same => {
+                    let total = ((out - 1) * 2 + 3).saturating_sub(size);
+                    (total / 2, total - total / 2)
+                }
+                Padding::Symmetric => (1, 1),
+            };
+            assert_eq!(padding.pads(size, 3, 2), pad);
+            let opts = ConvOptions::new_with_padding([2, 2], [pad, pad], [1, 1], 1);
+            let want = conv2d(x.clone(), c.weight.val(), None, opts);
+            let got = c.forward(x);
+            assert_eq!(got.dims(), [1, 3, out, out]);
+            let diff = (got - want).abs().max().into_scalar::<f32>();
+            assert!(diff < 1e-6, "{padding:?}, size {size}: max diff {diff}");
+        }
     }
 }
 
@@ -422,5 +432,168 @@ fn a_nested_state_dict_is_found_under_its_prefix() {
     assert!(
         err.to_string().contains("its top-level entries: optimizer"),
         "{err}"
+    );
+}
+
+fn timm_fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/timm")
+        .join(name)
+}
+
+/// timm's logits for the fixture input (`expected.safetensors`, written by timm itself).
+fn timm_expected(name: &str) -> (Tensor<4>, Vec<f32>) {
+    let e = ckpt::read(&timm_fixture("expected.safetensors"), Format::Safetensors).unwrap();
+    let x = &e["input"];
+    let shape: [usize; 4] = x.shape.clone().try_into().unwrap();
+    let input = Tensor::<4>::from_data(TensorData::new(x.to_f32_vec().unwrap(), shape), &device());
+    (input, e[name].to_f32_vec().unwrap())
+}
+
+fn assert_logits_close(ours: Tensor<2>, theirs: &[f32], what: &str) {
+    let ours = ours
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap();
+    assert_eq!(ours.len(), theirs.len(), "{what}");
+    let scale = theirs.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let diff = ours
+        .iter()
+        .zip(theirs)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        diff <= 1e-4 * scale,
+        "{what}: max diff {diff} (logit scale {scale})\nours   {ours:?}\ntheirs {theirs:?}"
+    );
+}
+
+/// State dicts timm itself wrote (random weights and batch-norm statistics, see
+/// tests/fixtures/timm/PROVENANCE.md): its TF port of B0 at efficientnet-tiny's width and
+/// depth, from .safetensors and from .pth, through `convert` stages that find timm's names
+/// by themselves; our forward of the converted model equals timm's eval forward. Without
+/// `timm_model` the stage says what to set; a family mismatch is refused.
+#[test]
+fn timm_checkpoints_convert_and_forward_as_timm_does() {
+    let (input, theirs) = timm_expected("tf_efficientnet_b0_tiny");
+    let p = common::Project::new();
+    let stage = |name: &str, file: &str, timm: &str| {
+        format!(
+            "[stages.{name}]\nkind = \"convert\"\nmodel = \"efficientnet-tiny\"\n{timm}inputs.checkpoint = {:?}\n",
+            timm_fixture(file).display().to_string()
+        )
+    };
+    let timm_b0 = "timm_model = \"tf_efficientnet_b0.in1k\"\n";
+    p.write(
+        "m.toml",
+        &format!(
+            "[pipeline]\nname = \"timm\"\n{}{}",
+            stage("st", "tf_efficientnet_b0_tiny.safetensors", timm_b0),
+            stage("pth", "tf_efficientnet_b0_tiny.pth", timm_b0),
+        ),
+    );
+    p.ok(&["run", "m.toml"]);
+    for name in ["st", "pth"] {
+        let rec: serde_json::Value =
+            serde_json::from_str(&p.ok(&["show", "m.toml", name, "--json"])).unwrap();
+        let h = rec["outputs"]["model"]["hash"].as_str().unwrap();
+        let dir = p.path(&format!("artifacts/objects/{}/{h}", &h[..2]));
+        let (model, info) = adjq::artifacts::model_dir::load_float(&dir, &device()).unwrap();
+        assert_eq!(info.config.padding, Padding::Same, "{name}");
+        assert_logits_close(model.valid().forward(input.clone()), &theirs, name);
+    }
+
+    // Without timm_model: what to set and why; a Lite name for a B preset: refused.
+    p.write(
+        "bad.toml",
+        &format!(
+            "[pipeline]\nname = \"bad\"\n{}{}",
+            stage("plain", "tf_efficientnet_b0_tiny.safetensors", ""),
+            stage(
+                "lite",
+                "tf_efficientnet_b0_tiny.pth",
+                "timm_model = \"efficientnet_lite0\"\n"
+            ),
+        ),
+    );
+    let out = p.runner(&["run", "bad.toml", "--keep-going"]);
+    let text = format!("{}{}", common::stdout(&out), common::stderr(&out));
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("timm's names") && text.contains("set `timm_model`"),
+        "{text}"
+    );
+    assert!(text.contains("EfficientNet-Lite"), "{text}");
+
+    // predict cannot tell a raw timm file's padding: it says to convert it first.
+    let out = p.runner(&[
+        "predict",
+        "--model",
+        timm_fixture("tf_efficientnet_b0_tiny.safetensors")
+            .to_str()
+            .unwrap(),
+        "--preset",
+        "efficientnet-tiny",
+        "--image",
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/photos/coffee.png")
+            .to_str()
+            .unwrap(),
+    ]);
+    let text = common::stderr(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("timm checkpoint") && text.contains("timm_model"),
+        "{text}"
+    );
+}
+
+/// timm's own Lite0 (symmetric padding, ε 1e-5, ReLU6, stem and head unscaled), reduced
+/// to width and depth 0.25: the name map and `timm::config_for` give timm's forward.
+#[test]
+fn timm_s_own_lite0_loads_with_symmetric_padding_and_forwards_as_timm_does() {
+    let (input, theirs) = timm_expected("efficientnet_lite0_tiny");
+    let base = EfficientNetConfig {
+        width: 0.25,
+        depth: 0.25,
+        num_classes: 10,
+        resolution: 32,
+        ..EfficientNetConfig::preset("efficientnet-lite0").unwrap()
+    };
+    let cfg = adjq::model::timm::config_for(&base, "efficientnet_lite0.ra_in1k").unwrap();
+    assert_eq!((cfg.padding, cfg.bn_eps), (Padding::Symmetric, 1e-5));
+    let path = timm_fixture("efficientnet_lite0_tiny.safetensors");
+    let contents = ckpt::read_contents(&path, Format::Safetensors).unwrap();
+    assert_eq!(
+        import::auto_naming(Format::Safetensors, "efficientnet-lite0", &contents.tensors),
+        Naming::Timm
+    );
+    let shapes_of = EfficientNet::new(&cfg, &device());
+    let canon = import::canonicalize_contents(&contents, &shapes_of, &Naming::Timm).unwrap();
+    let model = import::load(EfficientNet::new(&cfg, &device()), &canon)
+        .unwrap()
+        .valid();
+    assert_logits_close(model.forward(input.clone()), &theirs, "lite0");
+    // The same weights padded the TF way are another function: padding is what the
+    // timm model name decides.
+    let tf_padded = EfficientNetConfig {
+        padding: Padding::Same,
+        ..cfg
+    };
+    let model = import::load(EfficientNet::new(&tf_padded, &device()), &canon)
+        .unwrap()
+        .valid();
+    let ours = model
+        .forward(input)
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let diff = ours
+        .iter()
+        .zip(&theirs)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        diff > 1e-2,
+        "TF padding should change the logits (diff {diff})"
     );
 }

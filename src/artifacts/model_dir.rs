@@ -4,7 +4,7 @@
 //! preprocessing, class names, and for quantized models their bit settings).
 
 use crate::ckpt::{self, TensorMap};
-use crate::model::config::Activation;
+use crate::data::Normalization;
 use crate::model::import;
 use crate::model::{EfficientNet, EfficientNetConfig};
 use crate::quant::{QConfig, QEfficientNet};
@@ -48,9 +48,9 @@ impl ModelInfo {
             preprocessing: Preprocessing {
                 resolution: config.resolution,
                 eval_crop: "center s/(s+32)·min(h,w), bicubic".into(),
-                normalization: match config.activation {
-                    Activation::Swish => "b0",
-                    Activation::Relu6 => "lite",
+                normalization: match config.input_normalization() {
+                    Normalization::B0 => "b0",
+                    Normalization::Lite => "lite",
                 }
                 .into(),
             },

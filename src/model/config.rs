@@ -1,5 +1,6 @@
 //! EfficientNet configurations: the block table, width/depth scaling and presets.
 
+use crate::data::preprocess::Normalization;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -9,6 +10,37 @@ pub enum Activation {
     Swish,
     /// min(max(x, 0), 6) (EfficientNet-Lite*).
     Relu6,
+}
+
+/// How convolutions pad their input.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Padding {
+    /// TensorFlow's "same": out = ceil(in/stride), the odd pixel after (asymmetric at
+    /// stride 2). The original's, and timm's `tf_*` models'.
+    #[default]
+    Same,
+    /// kernel/2 on every side, as PyTorch convs pad (timm's own models, e.g.
+    /// `efficientnet_lite0`). Same output size as `Same` for odd kernels.
+    Symmetric,
+}
+
+impl Padding {
+    /// (before, after) padding of one spatial axis of `size` pixels.
+    pub fn pads(self, size: usize, kernel: usize, stride: usize) -> (usize, usize) {
+        match self {
+            Padding::Same => {
+                let out = size.div_ceil(stride);
+                let total = ((out - 1) * stride + kernel).saturating_sub(size);
+                (total / 2, total - total / 2)
+            }
+            Padding::Symmetric => (kernel / 2, kernel / 2),
+        }
+    }
+
+    pub fn is_same(&self) -> bool {
+        *self == Padding::Same
+    }
 }
 
 /// One row of the block table (`r1_k3_s11_e1_i32_o16_se0.25` in the TF code), before
@@ -74,6 +106,14 @@ pub struct EfficientNetConfig {
     pub bn_eps: f64,
     /// TF-style momentum: running = momentum·running + (1 − momentum)·batch.
     pub bn_momentum: f64,
+    /// Left out of model.json when `Same`, so the files (and cache keys) of every
+    /// TF-padded model read as before the field existed.
+    #[serde(default, skip_serializing_if = "Padding::is_same")]
+    pub padding: Padding,
+    /// The input normalization the weights expect, where it is not the family's
+    /// ([`Self::input_normalization`]); timm's own Lite models take ImageNet's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<Normalization>,
     /// Lite models keep stem (32) and head (1280) filters, and the first and last block
     /// groups' repeats, unscaled.
     pub fix_stem_head: bool,
@@ -102,6 +142,8 @@ impl EfficientNetConfig {
             bn_eps: 1e-3,
             bn_momentum: 0.99,
             fix_stem_head: false,
+            padding: Padding::Same,
+            normalization: None,
             blocks: b0_blocks(),
         };
         Some(match name {
@@ -133,6 +175,15 @@ impl EfficientNetConfig {
                 ..b0
             },
             _ => return None,
+        })
+    }
+
+    /// The input normalization: as set, else the family's (B*: ImageNet mean and std;
+    /// Lite*: (x − 127)/128, as the TF Lite models were trained).
+    pub fn input_normalization(&self) -> Normalization {
+        self.normalization.unwrap_or(match self.activation {
+            Activation::Swish => Normalization::B0,
+            Activation::Relu6 => Normalization::Lite,
         })
     }
 
@@ -175,28 +226,40 @@ impl EfficientNetConfig {
 
     /// Every block after scaling, in order.
     pub fn expanded_blocks(&self) -> Vec<BlockArgs> {
+        self.stages().into_iter().flatten().collect()
+    }
+
+    /// The blocks after scaling, grouped by the row of the block table they come from
+    /// (timm names blocks by stage and index within it).
+    pub fn stages(&self) -> Vec<Vec<BlockArgs>> {
         let last = self.blocks.len().saturating_sub(1);
-        let mut out = Vec::new();
+        let mut stages = Vec::new();
         for (i, b) in self.blocks.iter().enumerate() {
             let repeats = if self.fix_stem_head && (i == 0 || i == last) {
                 b.repeats
             } else {
                 self.round_repeats(b.repeats)
             };
-            let input = self.round_filters(b.input_filters);
+            // With the stem unscaled, the first block reads its channels (TF and timm).
+            let input = if self.fix_stem_head && i == 0 {
+                self.stem_filters()
+            } else {
+                self.round_filters(b.input_filters)
+            };
             let output = self.round_filters(b.output_filters);
-            for r in 0..repeats {
-                out.push(BlockArgs {
+            let stage = (0..repeats)
+                .map(|r| BlockArgs {
                     repeats: 1,
                     stride: if r == 0 { b.stride } else { 1 },
                     input_filters: if r == 0 { input } else { output },
                     output_filters: output,
                     se_ratio: if self.se { b.se_ratio } else { 0.0 },
                     ..b.clone()
-                });
-            }
+                })
+                .collect();
+            stages.push(stage);
         }
-        out
+        stages
     }
 }
 

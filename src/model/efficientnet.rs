@@ -68,6 +68,7 @@ impl EfficientNet {
                     kernel,
                     stride,
                     groups,
+                    padding: config.padding,
                 },
                 eps,
                 mom,

@@ -17,17 +17,27 @@ pub enum Naming {
     TensorFlow { scope: String },
     /// The `efficientnet_pytorch`-style state dict (the Lite0 port).
     PyTorch,
+    /// timm's EfficientNet state dict (`conv_stem`, `blocks.S.J.*`), from `.pth` or
+    /// `.safetensors`; its padding and ε come from the timm model name ([`super::timm`]).
+    Timm,
     /// Our own paths (our safetensors checkpoints).
     Ours,
 }
 
-/// The naming a checkpoint of `format` uses unless told otherwise: the official TF names
-/// under the preset's scope, the PyTorch port's names, or ours for safetensors.
-pub fn auto_naming(format: Format, preset: &str) -> Naming {
+/// The naming a checkpoint of `format` holding `tensors` uses unless told otherwise: the
+/// official TF names under the preset's scope; timm's where its stem is found (at the top
+/// or under a prefix); else the PyTorch port's for PyTorch files and ours for safetensors.
+pub fn auto_naming(format: Format, preset: &str, tensors: &TensorMap) -> Naming {
+    let timm = || {
+        tensors
+            .keys()
+            .any(|k| k == "conv_stem.weight" || k.ends_with(".conv_stem.weight"))
+    };
     match format {
         Format::TfBundle => Naming::TensorFlow {
             scope: preset.to_string(),
         },
+        _ if timm() => Naming::Timm,
         Format::PyTorch => Naming::PyTorch,
         Format::Safetensors => Naming::Ours,
     }
@@ -218,6 +228,7 @@ fn mappings(model: &EfficientNet, naming: &Naming) -> Vec<Mapping> {
     match naming {
         Naming::TensorFlow { scope } => names::tensorflow(&model.config, scope),
         Naming::PyTorch => names::pytorch(&model.config),
+        Naming::Timm => names::timm(&model.config),
         Naming::Ours => shapes(model)
             .into_iter()
             .map(|(k, _)| Mapping {

@@ -1,6 +1,7 @@
 //! Building blocks: conv + (optional) batch norm with BN folding, squeeze-excitation.
 
-use super::config::Activation;
+use super::config::{Activation, Padding};
+use super::depthwise;
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
@@ -14,7 +15,7 @@ pub fn activate(x: Tensor<4>, act: Activation) -> Tensor<4> {
     }
 }
 
-/// A convolution with TF "same" padding (asymmetric for stride 2, as TensorFlow pads),
+/// A convolution (padded as its [`ConvSpec`] says: TF "same" for the original's models),
 /// followed by batch norm until [`ConvBn::fold_bn`] folds it into the weights and a bias.
 #[derive(Module, Debug)]
 pub struct ConvBn {
@@ -28,6 +29,7 @@ pub struct ConvSpec {
     pub kernel: usize,
     pub stride: usize,
     pub groups: usize,
+    pub padding: Padding,
 }
 
 impl ConvBn {
@@ -46,7 +48,7 @@ impl ConvBn {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.conv.forward(x);
+        let y = conv_forward(&self.conv, x);
         match &self.bn {
             Some(bn) => bn.forward(y),
             None => y,
@@ -72,14 +74,46 @@ impl ConvBn {
     }
 }
 
-/// A conv with TF-same padding, optionally with a bias.
+/// A conv padded as `spec` says, optionally with a bias.
 pub fn conv(spec: ConvSpec, bias: bool, device: &Device) -> Conv2d {
+    let padding = match spec.padding {
+        // burn's Same is TensorFlow's (the odd pixel after).
+        Padding::Same => PaddingConfig2d::Same,
+        Padding::Symmetric => {
+            let p = spec.kernel / 2;
+            PaddingConfig2d::Explicit(p, p, p, p)
+        }
+    };
     Conv2dConfig::new([spec.cin, spec.cout], [spec.kernel, spec.kernel])
         .with_stride([spec.stride, spec.stride])
         .with_groups(spec.groups)
-        .with_padding(PaddingConfig2d::Same)
+        .with_padding(padding)
         .with_bias(bias)
         .init(device)
+}
+
+/// `c.forward(x)`, through our depthwise op where it applies (see [`depthwise`]).
+pub fn conv_forward(c: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let weight = c.weight.val();
+    let [_, _, kh, kw] = weight.dims();
+    let square = kh == kw && c.stride[0] == c.stride[1] && c.dilation == [1, 1];
+    if c.groups == 1 || !square || !depthwise::supports(&x, &weight) {
+        return c.forward(x);
+    }
+    let [_, _, h, w] = x.dims();
+    let pads = match c.padding {
+        PaddingConfig2d::Same => [
+            Padding::Same.pads(h, kh, c.stride[0]),
+            Padding::Same.pads(w, kw, c.stride[1]),
+        ],
+        PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
+        PaddingConfig2d::Valid => [(0, 0); 2],
+    };
+    let bias = match &c.bias {
+        Some(b) => b.val(),
+        None => Tensor::zeros([weight.dims()[0]], &x.device()),
+    };
+    depthwise::conv(x, weight, bias, c.stride[0], pads)
 }
 
 /// Squeeze-excitation: global average pool, reduce (1×1 conv + bias), activation,
@@ -98,6 +132,8 @@ impl SqueezeExcite {
             kernel: 1,
             stride: 1,
             groups: 1,
+            // A 1×1 conv pads nothing either way.
+            padding: Padding::Same,
         };
         SqueezeExcite {
             reduce: conv(spec(channels, reduced), true, device),

@@ -1,10 +1,12 @@
 //! Models: the EfficientNet family (config, layers, network) in burn.
 
 pub mod config;
+pub mod depthwise;
 pub mod efficientnet;
 pub mod import;
 pub mod layers;
 pub mod names;
+pub mod timm;
 
 pub use config::{Activation, EfficientNetConfig};
 pub use efficientnet::{EfficientNet, MbConv};

@@ -7,6 +7,11 @@
 //! - PyTorch (the `efficientnet_pytorch` / Lite0 port): `_conv_stem.weight`, `_bn0.*`,
 //!   `_blocks.N._expand_conv.weight`, `_bn0/_bn1/_bn2`, `_depthwise_conv`, `_se_reduce`,
 //!   `_se_expand`, `_project_conv`, `_conv_head`, `_bn1` (head), `_fc`.
+//! - timm (`tf_efficientnet_b0`, `efficientnet_lite0`, ...): `conv_stem`, `bn1`, blocks by
+//!   stage and index `blocks.S.J.*` (the first stage's blocks, without expansion:
+//!   `conv_dw`, `bn1`, `se.conv_reduce`, `se.conv_expand`, `conv_pw`, `bn2`; the others:
+//!   `conv_pw`, `bn1`, `conv_dw`, `bn2`, `se.*`, `conv_pwl`, `bn3`), `conv_head`, `bn2`,
+//!   `classifier`.
 
 use super::config::EfficientNetConfig;
 
@@ -240,6 +245,75 @@ pub fn pytorch(cfg: &EfficientNetConfig) -> Vec<Mapping> {
     out
 }
 
+/// Every parameter of `cfg` with its name in a timm EfficientNet state dict.
+pub fn timm(cfg: &EfficientNetConfig) -> Vec<Mapping> {
+    let mut out = Vec::new();
+    let bn = |out: &mut Vec<Mapping>, ours: &str, theirs: &str| {
+        push_bn(out, ours, theirs, '.', &BN_TORCH)
+    };
+    let same = |ours: String, theirs: String| map(ours, theirs, Layout::Same);
+    out.push(same("stem.conv.weight".into(), "conv_stem.weight".into()));
+    bn(&mut out, "stem", "bn1");
+    let blocks = cfg
+        .stages()
+        .into_iter()
+        .enumerate()
+        .flat_map(|(s, stage)| (0..stage.len()).map(move |j| format!("blocks.{s}.{j}")));
+    for (i, (b, t)) in cfg.expanded_blocks().iter().zip(blocks).enumerate() {
+        let o = format!("blocks.{i}");
+        // timm's depthwise-separable block (no expansion) numbers its BNs from the
+        // depthwise conv and calls its projection `conv_pw`; the inverted residual
+        // calls its expansion `conv_pw` and its projection `conv_pwl`.
+        let (depthwise_bn, project, project_bn) = if b.expand_ratio != 1 {
+            out.push(same(
+                format!("{o}.expand.conv.weight"),
+                format!("{t}.conv_pw.weight"),
+            ));
+            bn(&mut out, &format!("{o}.expand"), &format!("{t}.bn1"));
+            ("bn2", "conv_pwl", "bn3")
+        } else {
+            ("bn1", "conv_pw", "bn2")
+        };
+        out.push(same(
+            format!("{o}.depthwise.conv.weight"),
+            format!("{t}.conv_dw.weight"),
+        ));
+        bn(
+            &mut out,
+            &format!("{o}.depthwise"),
+            &format!("{t}.{depthwise_bn}"),
+        );
+        if b.se_ratio > 0.0 {
+            for (ours, theirs) in [("reduce", "conv_reduce"), ("expand", "conv_expand")] {
+                for p in ["weight", "bias"] {
+                    out.push(same(
+                        format!("{o}.se.{ours}.{p}"),
+                        format!("{t}.se.{theirs}.{p}"),
+                    ));
+                }
+            }
+        }
+        out.push(same(
+            format!("{o}.project.conv.weight"),
+            format!("{t}.{project}.weight"),
+        ));
+        bn(
+            &mut out,
+            &format!("{o}.project"),
+            &format!("{t}.{project_bn}"),
+        );
+    }
+    out.push(same("head.conv.weight".into(), "conv_head.weight".into()));
+    bn(&mut out, "head", "bn2");
+    out.push(map(
+        "classifier.weight".into(),
+        "classifier.weight".into(),
+        Layout::Transpose2d,
+    ));
+    out.push(same("classifier.bias".into(), "classifier.bias".into()));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,5 +359,36 @@ mod tests {
         );
         assert_eq!(find("head.bn.beta"), Some("_bn1.bias"));
         assert!(m.iter().all(|x| !x.ours.contains(".se.")));
+    }
+
+    #[test]
+    fn timm_names_of_b0_count_stages_and_blocks() {
+        let cfg = EfficientNetConfig::preset("efficientnet-b0").unwrap();
+        let m = timm(&cfg);
+        let find = |ours: &str| m.iter().find(|x| x.ours == ours).map(|x| x.theirs.as_str());
+        // Block 0 is the first stage's depthwise-separable block; block 3 is stage 2's first.
+        assert_eq!(
+            find("blocks.0.project.conv.weight"),
+            Some("blocks.0.0.conv_pw.weight")
+        );
+        assert_eq!(
+            find("blocks.0.depthwise.bn.gamma"),
+            Some("blocks.0.0.bn1.weight")
+        );
+        assert_eq!(
+            find("blocks.3.expand.conv.weight"),
+            Some("blocks.2.0.conv_pw.weight")
+        );
+        assert_eq!(
+            find("blocks.3.project.bn.running_var"),
+            Some("blocks.2.0.bn3.running_var")
+        );
+        assert_eq!(
+            find("blocks.15.se.expand.bias"),
+            Some("blocks.6.0.se.conv_expand.bias")
+        );
+        assert_eq!(find("head.bn.beta"), Some("bn2.bias"));
+        // Every parameter but nothing else: the TF map's 311 (global_step aside).
+        assert_eq!(m.len(), tensorflow(&cfg, "b0").len());
     }
 }

@@ -19,7 +19,8 @@
 
 use super::adjustable::{AdjQuant, ClipGrad, QuantSpec, RangePreset};
 use super::thresholds::Thresholds;
-use crate::model::config::{Activation, EfficientNetConfig};
+use crate::model::config::{Activation, EfficientNetConfig, Padding};
+use crate::model::depthwise;
 use crate::model::{ConvBn, EfficientNet, MbConv};
 use anyhow::Result;
 use burn::module::Param;
@@ -74,6 +75,9 @@ pub struct QLayer {
     pub out_size: usize,
     /// A swish follows this layer (its output is a swish input).
     pub swish: bool,
+    /// The model's padding; left out of quant_info.json when `Same`, as before it existed.
+    #[serde(default, skip_serializing_if = "Padding::is_same")]
+    pub padding: Padding,
 }
 
 impl QLayer {
@@ -237,9 +241,12 @@ impl QConv {
             .reshape([l.cout]);
         let [_, _, h, wd] = x.dims();
         let pads = [
-            same_padding(h, l.kernel, l.stride),
-            same_padding(wd, l.kernel, l.stride),
+            l.padding.pads(h, l.kernel, l.stride),
+            l.padding.pads(wd, l.kernel, l.stride),
         ];
+        if l.depthwise() && depthwise::supports(&x, &w) {
+            return depthwise::conv(x, w, b, l.stride, pads);
+        }
         let opts = ConvOptions::new_with_padding([l.stride; 2], pads, [1, 1], l.groups);
         conv2d(x, w, Some(b), opts)
     }
@@ -277,14 +284,6 @@ impl QConv {
             None => x,
         }
     }
-}
-
-/// TensorFlow "same" padding (before, after) of one spatial axis: out = ceil(in/stride),
-/// the odd pixel of padding goes after (asymmetric for stride 2).
-pub fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize) {
-    let out = size.div_ceil(stride);
-    let total = ((out - 1) * stride + kernel).saturating_sub(size);
-    (total / 2, total - total / 2)
 }
 
 #[derive(Module, Debug)]
@@ -334,6 +333,7 @@ struct Builder<'a> {
     q: &'a QConfig,
     ranges: Ranges<'a>,
     act: Activation,
+    padding: Padding,
     device: Device,
 }
 
@@ -418,6 +418,7 @@ impl Builder<'_> {
             in_size,
             out_size: in_size.div_ceil(stride),
             swish,
+            padding: self.padding,
         };
         let bias = match &c.bias {
             Some(b) => b.val(),
@@ -454,6 +455,7 @@ impl Builder<'_> {
             in_size: 1,
             out_size: 1,
             swish: false,
+            padding: Padding::Same,
         };
         let weight = w.transpose().reshape([cout, cin, 1, 1]);
         let bias = match &l.bias {
@@ -579,6 +581,7 @@ impl QEfficientNet {
             q,
             ranges,
             act: model.config.activation,
+            padding: model.config.padding,
             device: model.classifier.weight.val().device(),
         };
         let mut size = model.config.resolution;

@@ -11,7 +11,8 @@ use crate::manifest::schema::StageParams;
 use crate::manifest::schema::{InputSpec, InputsSpec, KindSchema, ParamSpec};
 use crate::model::EfficientNet;
 use crate::model::import::{self, Naming};
-use anyhow::{Context, Result, anyhow};
+use crate::model::timm;
+use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::Device;
 
 pub struct Convert;
@@ -34,6 +35,7 @@ crate::param_choice! {
         Auto = "auto",
         Tensorflow = "tensorflow",
         Pytorch = "pytorch",
+        Timm = "timm",
         Ours = "ours",
     }
 }
@@ -45,10 +47,12 @@ crate::stage_params! {
         pub model: ModelPreset,
         /// checkpoint format (auto detects it)
         pub format: FormatParam = FormatParam::Auto,
-        /// tensor naming: the official TF EfficientNet, the efficientnet_pytorch port, or ours (auto follows the format)
+        /// tensor naming: the official TF EfficientNet, the efficientnet_pytorch port, timm's, or ours (auto: TF for TF checkpoints, timm's where its names are found, else the port's for PyTorch files and ours for safetensors)
         pub naming: NamingParam = NamingParam::Auto,
         /// variable scope of a TF checkpoint (empty: the model preset's name, e.g. efficientnet-b0)
         pub tf_scope: String = "",
+        /// the timm model a timm checkpoint was saved from, e.g. tf_efficientnet_b0.aa_in1k or efficientnet_lite0.ra_in1k (needed for timm checkpoints: timm's tf_* ports pad like TensorFlow, its own models symmetrically with another batch-norm epsilon)
+        pub timm_model: String = "",
     }
 }
 
@@ -70,7 +74,7 @@ impl KindSchema for Convert {
     fn doc(&self) -> &'static str {
         "Reads a float checkpoint (TensorFlow V2 bundle with the official EfficientNet names, \
          preferring ExponentialMovingAverage shadows; PyTorch efficientnet_pytorch-style state \
-         dict; or our safetensors), maps names and layouts to our model, checks every tensor \
+         dict; timm's EfficientNet state dict, from .pth or .safetensors; or our safetensors), maps names and layouts to our model, checks every tensor \
          (missing, unexpected and mis-shaped ones are listed), and writes model.safetensors \
          and model.json (config, preprocessing, class names) into the output directory `model`."
     }
@@ -92,7 +96,6 @@ impl StageKind for Convert {
     fn run(&self, ctx: &mut StageContext) -> Result<()> {
         let path = ctx.input("checkpoint")?.to_path_buf();
         let p: ConvertParams = ctx.params()?;
-        let config = p.model.config()?;
         let format = match p.format {
             FormatParam::Tf => Format::TfBundle,
             FormatParam::Pytorch => Format::PyTorch,
@@ -103,16 +106,34 @@ impl StageKind for Convert {
             "" => p.model.0.clone(),
             s => s.to_string(),
         };
-        let naming = match p.naming {
-            NamingParam::Tensorflow => Naming::TensorFlow { scope },
-            NamingParam::Pytorch => Naming::PyTorch,
-            NamingParam::Ours => Naming::Ours,
-            NamingParam::Auto => import::auto_naming(format, &scope),
-        };
         ctx.progress(0, Some(3), format!("reading {format} checkpoint"));
         // Tensors it cannot load are an error only if the model needs them.
         let source = ckpt::read_contents(&path, format)
             .with_context(|| format!("cannot read {}", path.display()))?;
+        let naming = match p.naming {
+            NamingParam::Tensorflow => Naming::TensorFlow { scope },
+            NamingParam::Pytorch => Naming::PyTorch,
+            NamingParam::Timm => Naming::Timm,
+            NamingParam::Ours => Naming::Ours,
+            NamingParam::Auto if !p.timm_model.is_empty() => Naming::Timm,
+            NamingParam::Auto => import::auto_naming(format, &scope, &source.tensors),
+        };
+        let config = match (&naming, p.timm_model.as_str()) {
+            (Naming::Timm, "") => bail!(
+                "{}: a checkpoint with timm's names: set `timm_model` to the timm model it was \
+                 saved from (e.g. \"tf_efficientnet_b0.aa_in1k\" or \"efficientnet_lite0.ra_in1k\"); \
+                 timm's tf_* ports pad like TensorFlow, its own models pad symmetrically with \
+                 another batch-norm epsilon, and the tensors do not tell which",
+                path.display()
+            ),
+            (Naming::Timm, name) => timm::config_for(&p.model.config()?, name)
+                .map_err(|e| anyhow!("param `timm_model`: {e}"))?,
+            (_, "") => p.model.config()?,
+            (other, _) => bail!(
+                "param `timm_model` is set, but the naming is {other:?}: timm_model goes with \
+                 naming = \"timm\" (or \"auto\")"
+            ),
+        };
         ctx.progress(1, Some(3), "mapping names");
         // A model of the preset's architecture gives every parameter's path and shape.
         let model = EfficientNet::new(&config, &Device::flex());

@@ -1,0 +1,534 @@
+//! Depthwise convolution (one k×k filter per channel) as one op on the CPU backend,
+//! forward and backward, with any (asymmetric) padding done by index arithmetic.
+//!
+//! Why our own: burn's generic path, which flex takes for the backward, pads a TF-same
+//! input with a copy, takes the input gradient through a grouped transposed conv, and the
+//! weight gradient through one conv plus a slice-assign per channel (1,152 of them in
+//! B0's widest layer). Here each pass is one walk over the planes. burn's `conv2d` stays
+//! the definition, the test reference and the path of every other backend.
+
+use burn::backend::autodiff::{
+    Autodiff,
+    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
+    grads::Gradients,
+    ops::{Backward, Ops, OpsKind},
+};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{
+    Backend as BackendOps, ExtensionType, Flex, backend_extension, tensor::FloatTensor,
+};
+use burn::prelude::*;
+use burn::tensor::{DType, TensorData};
+use rayon::prelude::*;
+
+/// Where the filter sits: stride, padding before each axis (top, left) and the output
+/// size (the padding after follows from it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub stride: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+}
+
+#[backend_extension(Flex, Autodiff)]
+pub trait DepthwiseOps: BackendOps {
+    /// y[n, c] = x[n, c] ⋆ w[c] + b[c] for x `[N, C, H, W]`, w `[C, 1, k, k]`, b `[C]`.
+    fn depthwise_conv(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        window: Window,
+    ) -> FloatTensor<Self>;
+
+    /// Gradients of x, w and b for the upstream gradient `grad`.
+    fn depthwise_conv_backward(
+        grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        window: Window,
+    ) -> DepthwiseGrads<Self>;
+}
+
+/// The gradients of the op's inputs.
+#[derive(ExtensionType)]
+pub struct DepthwiseGrads<B: BackendOps> {
+    pub x: FloatTensor<B>,
+    pub weight: FloatTensor<B>,
+    pub bias: FloatTensor<B>,
+}
+
+/// Whether a conv of `x` with `weight` can take the op: f32 on the CPU backend (with or
+/// without autodiff), one filter per channel.
+pub fn supports(x: &Tensor<4>, weight: &Tensor<4>) -> bool {
+    let [cout, cin_per_group, ..] = weight.dims();
+    x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && x.device().inner() == Device::flex()
+        && cin_per_group == 1
+        && cout == x.dims()[1]
+}
+
+/// The depthwise conv of `x` (`[N, C, H, W]`) with `weight` (`[C, 1, k, k]`) and `bias`
+/// (`[C]`) at `stride`, padded (before, after) per spatial axis as in burn's
+/// `ConvOptions`; callers check [`supports`] first.
+pub fn conv(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    stride: usize,
+    pads: [(usize, usize); 2],
+) -> Tensor<4> {
+    let [_, _, h, w] = x.dims();
+    let k = weight.dims()[2];
+    let out =
+        |size: usize, (before, after): (usize, usize)| (size + before + after - k) / stride + 1;
+    let window = Window {
+        stride,
+        pad_top: pads[0].0,
+        pad_left: pads[1].0,
+        out_h: out(h, pads[0]),
+        out_w: out(w, pads[1]),
+    };
+    Tensor::from_dispatch(<burn::backend::Dispatch as DepthwiseOps>::depthwise_conv(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        window,
+    ))
+}
+
+/// The span of output columns `ox` whose input column `ox·s + kx − pad` lies in `0..w`.
+#[inline]
+fn columns(kx: usize, w: usize, win: &Window) -> std::ops::Range<usize> {
+    let s = win.stride;
+    let lo = win.pad_left.saturating_sub(kx).div_ceil(s);
+    let hi = (w + win.pad_left)
+        .saturating_sub(kx)
+        .div_ceil(s)
+        .min(win.out_w);
+    lo..hi
+}
+
+/// The input row an output row `oy` reads through filter row `ky`, if inside.
+#[inline]
+fn input_row(oy: usize, ky: usize, h: usize, win: &Window) -> Option<usize> {
+    (oy * win.stride + ky)
+        .checked_sub(win.pad_top)
+        .filter(|&iy| iy < h)
+}
+
+/// Shapes of one call: x `[N, C, H, W]`, filter side k.
+struct Dims {
+    planes: usize,
+    channels: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+}
+
+impl Dims {
+    fn of(x: &FlexTensor, weight: &FlexTensor) -> Dims {
+        let [n, c, h, w]: [usize; 4] = x.layout().shape().dims();
+        let [cw, one, k, k2]: [usize; 4] = weight.layout().shape().dims();
+        assert!(
+            cw == c && one == 1 && k == k2,
+            "depthwise conv: weight {:?} does not fit input {:?}",
+            [cw, one, k, k2],
+            [n, c, h, w]
+        );
+        Dims {
+            planes: n * c,
+            channels: c,
+            h,
+            w,
+            k,
+        }
+    }
+}
+
+fn contiguous_f32(t: &FlexTensor) -> FlexTensor {
+    assert_eq!(t.dtype(), DType::F32, "the depthwise op takes f32 tensors");
+    t.to_contiguous()
+}
+
+/// One output plane: bias, then each filter tap added over the rows and columns it
+/// reaches (unit stride: contiguous slices the compiler vectorizes).
+fn forward_plane(x: &[f32], filter: &[f32], bias: f32, d: &Dims, win: &Window, out: &mut [f32]) {
+    out.fill(bias);
+    let (s, k) = (win.stride, d.k);
+    for (oy, row) in out.chunks_exact_mut(win.out_w).enumerate() {
+        for ky in 0..k {
+            let Some(iy) = input_row(oy, ky, d.h, win) else {
+                continue;
+            };
+            let xrow = &x[iy * d.w..(iy + 1) * d.w];
+            for kx in 0..k {
+                let f = filter[ky * k + kx];
+                let cols = columns(kx, d.w, win);
+                if cols.is_empty() {
+                    continue;
+                }
+                let first = cols.start * s + kx - win.pad_left;
+                if s == 1 {
+                    let n = cols.len();
+                    for (y, &v) in row[cols].iter_mut().zip(&xrow[first..first + n]) {
+                        *y += f * v;
+                    }
+                } else {
+                    for (y, &v) in row[cols].iter_mut().zip(xrow[first..].iter().step_by(s)) {
+                        *y += f * v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One plane's input gradient: each output gradient spread back over the taps.
+fn input_grad_plane(g: &[f32], filter: &[f32], d: &Dims, win: &Window, dx: &mut [f32]) {
+    dx.fill(0.0);
+    let (s, k) = (win.stride, d.k);
+    for (oy, grow) in g.chunks_exact(win.out_w).enumerate() {
+        for ky in 0..k {
+            let Some(iy) = input_row(oy, ky, d.h, win) else {
+                continue;
+            };
+            let dxrow = &mut dx[iy * d.w..(iy + 1) * d.w];
+            for kx in 0..k {
+                let f = filter[ky * k + kx];
+                let cols = columns(kx, d.w, win);
+                if cols.is_empty() {
+                    continue;
+                }
+                let first = cols.start * s + kx - win.pad_left;
+                if s == 1 {
+                    let n = cols.len();
+                    for (v, &gv) in dxrow[first..first + n].iter_mut().zip(&grow[cols]) {
+                        *v += f * gv;
+                    }
+                } else {
+                    for (v, &gv) in dxrow[first..].iter_mut().step_by(s).zip(&grow[cols]) {
+                        *v += f * gv;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One plane's contribution to its channel's filter gradient (k·k sums) and bias
+/// gradient, added into `acc` (f64: a channel sums N·Ho·Wo terms).
+fn filter_grad_plane(g: &[f32], x: &[f32], d: &Dims, win: &Window, acc: &mut [f64]) {
+    let (s, k) = (win.stride, d.k);
+    for (oy, grow) in g.chunks_exact(win.out_w).enumerate() {
+        acc[k * k] += grow.iter().map(|&v| f64::from(v)).sum::<f64>();
+        for ky in 0..k {
+            let Some(iy) = input_row(oy, ky, d.h, win) else {
+                continue;
+            };
+            let xrow = &x[iy * d.w..(iy + 1) * d.w];
+            for kx in 0..k {
+                let cols = columns(kx, d.w, win);
+                if cols.is_empty() {
+                    continue;
+                }
+                let first = cols.start * s + kx - win.pad_left;
+                let dot: f32 = if s == 1 {
+                    dot(&grow[cols.clone()], &xrow[first..first + cols.len()])
+                } else {
+                    grow[cols]
+                        .iter()
+                        .zip(xrow[first..].iter().step_by(s))
+                        .map(|(a, b)| a * b)
+                        .sum()
+                };
+                acc[ky * k + kx] += f64::from(dot);
+            }
+        }
+    }
+}
+
+/// A dot product in eight lanes (a plain `sum` is one serial chain the compiler may not
+/// reorder, so it does not vectorize).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (xa, xb) in ca.zip(cb) {
+        for i in 0..8 {
+            lanes[i] += xa[i] * xb[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+impl DepthwiseOps for Flex {
+    fn depthwise_conv(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        win: Window,
+    ) -> FlexTensor {
+        let (x, weight, bias) = (
+            contiguous_f32(&x),
+            contiguous_f32(&weight),
+            contiguous_f32(&bias),
+        );
+        let d = Dims::of(&x, &weight);
+        let n = x.layout().shape().dims::<4>()[0];
+        let mut out = FlexTensor::empty([n, d.channels, win.out_h, win.out_w].into(), DType::F32);
+        let (xs, ws, bs) = (
+            x.as_slice::<f32>().expect("contiguous f32"),
+            weight.as_slice::<f32>().expect("contiguous f32"),
+            bias.as_slice::<f32>().expect("contiguous f32"),
+        );
+        let (plane_in, plane_out, kk) = (d.h * d.w, win.out_h * win.out_w, d.k * d.k);
+        if plane_out > 0 && d.planes > 0 {
+            out.storage_mut::<f32>()
+                .par_chunks_mut(plane_out)
+                .enumerate()
+                .for_each(|(p, out)| {
+                    let c = p % d.channels;
+                    let x = &xs[p * plane_in..(p + 1) * plane_in];
+                    forward_plane(x, &ws[c * kk..(c + 1) * kk], bs[c], &d, &win, out);
+                });
+        }
+        out
+    }
+
+    fn depthwise_conv_backward(
+        grad: FlexTensor,
+        x: FlexTensor,
+        weight: FlexTensor,
+        win: Window,
+    ) -> DepthwiseGrads<Flex> {
+        let (grad, x, weight) = (
+            contiguous_f32(&grad),
+            contiguous_f32(&x),
+            contiguous_f32(&weight),
+        );
+        let d = Dims::of(&x, &weight);
+        let (gs, xs, ws) = (
+            grad.as_slice::<f32>().expect("contiguous f32"),
+            x.as_slice::<f32>().expect("contiguous f32"),
+            weight.as_slice::<f32>().expect("contiguous f32"),
+        );
+        let (plane_in, plane_out, kk) = (d.h * d.w, win.out_h * win.out_w, d.k * d.k);
+        let mut grad_x = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
+        if plane_in > 0 && d.planes > 0 {
+            grad_x
+                .storage_mut::<f32>()
+                .par_chunks_mut(plane_in)
+                .enumerate()
+                .for_each(|(p, dx)| {
+                    let c = p % d.channels;
+                    let g = &gs[p * plane_out..(p + 1) * plane_out];
+                    input_grad_plane(g, &ws[c * kk..(c + 1) * kk], &d, &win, dx);
+                });
+        }
+        // One task per channel, its planes in batch order: the same sums for any thread
+        // count (training is deterministic on CPU).
+        let batch = d.planes / d.channels.max(1);
+        let sums: Vec<Vec<f64>> = (0..d.channels)
+            .into_par_iter()
+            .map(|c| {
+                let mut acc = vec![0f64; kk + 1];
+                for n in 0..batch {
+                    let p = n * d.channels + c;
+                    let g = &gs[p * plane_out..(p + 1) * plane_out];
+                    let x = &xs[p * plane_in..(p + 1) * plane_in];
+                    filter_grad_plane(g, x, &d, &win, &mut acc);
+                }
+                acc
+            })
+            .collect();
+        let filter: Vec<f32> = sums
+            .iter()
+            .flat_map(|s| s[..kk].iter().map(|&v| v as f32))
+            .collect();
+        let bias: Vec<f32> = sums.iter().map(|s| s[kk] as f32).collect();
+        DepthwiseGrads {
+            x: grad_x,
+            weight: FlexTensor::from_data(TensorData::new(filter, [d.channels, 1, d.k, d.k])),
+            bias: FlexTensor::from_data(TensorData::new(bias, [d.channels])),
+        }
+    }
+}
+
+/// The autodiff node: forward on the inner backend, backward through its
+/// `depthwise_conv_backward`.
+impl<B: BackendOps + DepthwiseOps, C: CheckpointStrategy> DepthwiseOps for Autodiff<B, C> {
+    fn depthwise_conv(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        window: Window,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct DepthwiseBackward;
+
+        impl<B: BackendOps + DepthwiseOps> Backward<B, 3> for DepthwiseBackward {
+            type State = (FloatTensor<B>, FloatTensor<B>, Window);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let (x, weight, window) = ops.state;
+                let grad = grads.consume::<B>(&ops.node);
+                let g = B::depthwise_conv_backward(grad, x, weight, window);
+                for (parent, g) in ops.parents.into_iter().zip([g.x, g.weight, g.bias]) {
+                    if let Some(parent) = parent {
+                        grads.register::<B>(parent.id, g);
+                    }
+                }
+            }
+        }
+
+        let parents = [x.node(), weight.node(), bias.node()];
+        let (x, weight, bias) = (
+            x.into_primitive(),
+            weight.into_primitive(),
+            bias.into_primitive(),
+        );
+        let y = B::depthwise_conv(x.clone(), weight.clone(), bias, window);
+        match DepthwiseBackward
+            .prepare::<C>(parents)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((x, weight, window), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
+    fn depthwise_conv_backward(
+        _grad: FloatTensor<Self>,
+        _x: FloatTensor<Self>,
+        _weight: FloatTensor<Self>,
+        _window: Window,
+    ) -> DepthwiseGrads<Self> {
+        unreachable!("the depthwise conv's backward is not itself differentiated")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+
+    /// Values spread over [lo, hi) from a fixed hash of their index (tests run in
+    /// parallel, so the backend's global RNG could be reseeded midway).
+    fn spread(n: usize, salt: f32, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let h = ((i as f32 + salt) * 12.9898).sin() * 43_758.547;
+                lo + (hi - lo) * (h - h.floor())
+            })
+            .collect()
+    }
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
+    }
+
+    fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
+        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+
+    /// y, ∂x, ∂w, ∂b of sum(y · probe), by our op or by burn's grouped conv2d.
+    fn run(
+        shape: [usize; 4],
+        k: usize,
+        stride: usize,
+        pads: [(usize, usize); 2],
+        ours: bool,
+    ) -> [Vec<f32>; 4] {
+        let device = Device::flex().autodiff();
+        let c = shape[1];
+        let tensor = |n: usize, salt: f32, dims: [usize; 4]| {
+            Tensor::<4>::from_data(TensorData::new(spread(n, salt, -1.0, 1.0), dims), &device)
+        };
+        let x = tensor(shape.iter().product(), 0.5, shape).require_grad();
+        let w = tensor(c * k * k, 3.25, [c, 1, k, k]).require_grad();
+        let b = Tensor::<1>::from_data(TensorData::new(spread(c, 9.5, -1.0, 1.0), [c]), &device)
+            .require_grad();
+        let y = if ours {
+            assert!(supports(&x, &w));
+            conv(x.clone(), w.clone(), b.clone(), stride, pads)
+        } else {
+            let opts = ConvOptions::new_with_padding([stride; 2], pads, [1, 1], c);
+            conv2d(x.clone(), w.clone(), Some(b.clone()), opts)
+        };
+        let probe = tensor(y.dims().iter().product(), 7.75, y.dims());
+        let grads = (y.clone() * probe).sum().backward();
+        [
+            values(y),
+            values(x.grad(&grads).unwrap()),
+            values(w.grad(&grads).unwrap()),
+            values(b.grad(&grads).unwrap()),
+        ]
+    }
+
+    fn check(shape: [usize; 4], k: usize, stride: usize, pads: [(usize, usize); 2]) {
+        let ours = run(shape, k, stride, pads, true);
+        let burn = run(shape, k, stride, pads, false);
+        for (what, (a, b)) in ["y", "∂x", "∂w", "∂b"].iter().zip(ours.iter().zip(&burn)) {
+            let d = rel_diff(a, b);
+            assert!(
+                d < 1e-5,
+                "{shape:?} k{k} s{stride} {pads:?}: {what} differs by {d}"
+            );
+        }
+    }
+
+    #[test]
+    fn equals_burn_s_conv_forward_and_every_gradient() {
+        use crate::model::config::Padding;
+        for (k, stride) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
+            for size in [1, 2, 7, 8, 13] {
+                for padding in [Padding::Same, Padding::Symmetric] {
+                    let pads = [padding.pads(size, k, stride); 2];
+                    check([2, 3, size, size], k, stride, pads);
+                }
+            }
+        }
+        // Non-square, unpadded and lopsided windows.
+        check([1, 4, 9, 6], 3, 2, [(1, 1), (0, 1)]);
+        check([3, 2, 6, 11], 5, 1, [(0, 0), (0, 0)]);
+        check([2, 2, 10, 10], 3, 2, [(0, 1), (2, 0)]);
+    }
+
+    #[test]
+    fn without_autodiff_gives_the_same_values() {
+        let device = Device::flex();
+        let x = Tensor::<4>::from_data(
+            TensorData::new(spread(2 * 3 * 8 * 8, 1.5, -2.0, 2.0), [2, 3, 8, 8]),
+            &device,
+        );
+        let w = Tensor::<4>::from_data(
+            TensorData::new(spread(27, 2.5, -1.0, 1.0), [3, 1, 3, 3]),
+            &device,
+        );
+        let b = Tensor::<1>::from_floats([0.5, -0.25, 0.0], &device);
+        let ours = conv(x.clone(), w.clone(), b.clone(), 2, [(0, 1), (0, 1)]);
+        let opts = ConvOptions::new_with_padding([2, 2], [(0, 1), (0, 1)], [1, 1], 3);
+        let burn = conv2d(x, w, Some(b), opts);
+        assert!(rel_diff(&values(ours), &values(burn)) < 1e-6);
+    }
+}
