@@ -7,7 +7,7 @@ channel, every conv input but the stem's per channel, every swish input, every b
 tensor), the float teacher's forward, the paper metric with the straight-through max, the
 loss, and two Adams.
 
-    python3 benches/torch_adjq_step.py --threads 2 [--channels-last]
+    python3 benches/torch_adjq_step.py --threads 2 [--channels-last] [--compile]
     python3 benches/torch_adjq_step.py --device cuda      # the GPU peer of `-- wgpu`
 """
 import argparse, math, time
@@ -163,6 +163,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the student and the teacher (what a PyTorch user would run; "
+                         "the first steps compile for minutes)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -183,6 +186,8 @@ def main():
     bit_params = [p for n, p in student.named_parameters() if n.endswith(".k")]
     other = [p for n, p in student.named_parameters() if not n.endswith(".k")]
     opt_w, opt_k = torch.optim.Adam(other, lr=3e-6), torch.optim.Adam(bit_params, lr=1e-3)
+    if a.compile:
+        student, teacher = torch.compile(student), torch.compile(teacher)
 
     def step():
         with torch.no_grad():
@@ -199,8 +204,14 @@ def main():
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
+    t_first = time.perf_counter()
     step()
     sync()
+    if a.compile:
+        # A second warm-up: the backward graph compiles on the first backward.
+        step()
+        sync()
+    first = time.perf_counter() - t_first
     iters = 3 if dev.type == "cpu" else 20
     t0 = time.perf_counter()
     for _ in range(iters):
@@ -208,8 +219,9 @@ def main():
     sync()
     ms = (time.perf_counter() - t0) * 1000 / iters
     layout = "channels_last" if a.channels_last else "contiguous"
+    mode = f"torch.compile, warm-up {first:.0f} s" if a.compile else "eager"
     where = f"cpu, {a.threads} threads" if dev.type == "cpu" else torch.cuda.get_device_name(dev)
-    print(f"| adjq step, torch {torch.__version__} eager ({layout}) | {where} | {ms:.0f} | {25 * 1000 / ms:.1f} |")
+    print(f"| adjq step, torch {torch.__version__} {mode} ({layout}) | {where} | {ms:.0f} | {25 * 1000 / ms:.1f} |")
 
 
 if __name__ == "__main__":

@@ -144,6 +144,20 @@ fn round_even(v: f32) -> f32 {
     }
 }
 
+/// u clipped to [0, l], as `u.clamp(0.0, l)` for every finite u and l ≥ 0, but without
+/// its panic when a non-finite update has made l NaN: the step then runs on, and the
+/// trainer's read-back of the loss reports it (a NaN u stays NaN).
+#[inline(always)]
+fn clip(u: f32, l: f32) -> f32 {
+    if u < 0.0 {
+        0.0
+    } else if u > l {
+        l
+    } else {
+        u
+    }
+}
+
 fn host(t: &FlexTensor) -> Vec<f32> {
     t.to_contiguous()
         .as_slice::<f32>()
@@ -193,7 +207,7 @@ impl AdjQuantOps for Flex {
                 let (s, z, l, inv) = (r.step_inv[c], r.zero[c], r.levels[c], r.inv[c]);
                 for (y, &v) in ys.iter_mut().zip(xs) {
                     let u = round_even(v * s) - z;
-                    *y = (u.clamp(0.0, l) + z) * inv;
+                    *y = (clip(u, l) + z) * inv;
                 }
             });
         out
@@ -244,7 +258,7 @@ impl AdjQuantOps for Flex {
                                 dl += f64::from(gi);
                             }
                         }
-                        dinv += f64::from(g * (u.clamp(0.0, l) + z));
+                        dinv += f64::from(g * (clip(u, l) + z));
                     }
                     [ds, dz, dl, dinv]
                 })

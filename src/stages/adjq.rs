@@ -15,7 +15,7 @@ use crate::quant::info::QuantInfo;
 use crate::quant::{ClipGrad, QConfig, QEfficientNet, RangePreset, Thresholds};
 use crate::report::tensorboard::{self, EventWriter};
 use crate::score::metric::{MetricConfig, MetricRule, Pairing, metric};
-use crate::train::adjq::{AdjqConfig, AdjqTrainer};
+use crate::train::adjq::{AdjqConfig, AdjqTrainer, TermLog};
 use crate::train::loss::LossTerms;
 use crate::train::schedule::{LrSchedule, MINI_EPOCHS, PrecisionSchedule, SwaSchedule};
 use crate::train::swa::Swa;
@@ -24,6 +24,9 @@ use burn::module::Module;
 use serde::{Deserialize, Serialize};
 
 pub struct Adjq;
+
+/// How often the training loop reads its loss terms back for the progress message.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub const MODEL: &str = dir::OUTPUT;
 pub const CHECKPOINTS: &str = "checkpoints";
@@ -313,39 +316,42 @@ impl StageKind for Adjq {
             let end = Cursor::at_tenths(t as u64 + 1, batches_per_epoch);
             let n = ((end.epoch * batches_per_epoch + end.batch)
                 - (start.epoch * batches_per_epoch + start.batch)) as usize;
-            let mut sum = LossTerms::default();
+            // The loss terms stay on the device, summed there: reading them back is a
+            // device sync (a GPU stall), done for the progress message at most every
+            // PROGRESS_EVERY and once at the end, where non-finite terms stop the stage.
+            let mut log = TermLog::default();
             let mut steps = 0usize;
+            let mut msg = String::new();
             let t0 = std::time::Instant::now();
+            let mut shown: Option<std::time::Instant> = None;
             for b in Loader::new(train.clone(), train_cfg.clone(), start)?.take(n) {
                 ctx.check_interrupted()?;
                 let (x, y) = b?.to_tensors(&device);
-                let s = trainer.step(x, y, train_bits)?;
+                log.add(&trainer.step(x, y, train_bits));
                 steps += 1;
-                sum.total += s.terms.total;
-                sum.distill += s.terms.distill;
-                sum.cross_entropy += s.terms.cross_entropy;
-                sum.metric = s.terms.metric;
-                sum.sign = s.terms.sign;
-                let ips = (steps * batch) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-                ctx.progress(
-                    steps as u64,
-                    Some(n as u64),
-                    format!(
+                if shown.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY) {
+                    let last = log.read()?.last;
+                    shown = Some(std::time::Instant::now());
+                    let ips = (steps * batch) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+                    msg = format!(
                         "epoch {epoch}.{k} loss {:.4} (kd {:.4} ce {:.4} metric {:.4}){} {ips:.0} img/s",
-                        s.terms.total,
-                        s.terms.distill,
-                        s.terms.cross_entropy,
-                        s.terms.metric,
+                        last.total,
+                        last.distill,
+                        last.cross_entropy,
+                        last.metric,
                         if train_bits { " +bits" } else { "" }
-                    ),
-                );
+                    );
+                }
+                ctx.progress(steps as u64, Some(n as u64), msg.clone());
             }
+            // Before validation and the checkpoint: none is written after a non-finite loss.
+            let read = log.read()?;
             let avg = |v: f32| v / steps.max(1) as f32;
             let loss = LossTerms {
-                total: avg(sum.total),
-                distill: avg(sum.distill),
-                cross_entropy: avg(sum.cross_entropy),
-                ..sum
+                total: avg(read.sums.total),
+                distill: avg(read.sums.distill),
+                cross_entropy: avg(read.sums.cross_entropy),
+                ..read.last
             };
             let record = validate(
                 &trainer,

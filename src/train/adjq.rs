@@ -3,7 +3,7 @@
 //! (lr_bits) on the bit scales (`trainer.py:163-176`), the signed metric term; state that
 //! can be saved and resumed exactly.
 
-use super::loss::{LossTerms, adjq_loss};
+use super::loss::{LossTerms, TERMS, adjq_loss};
 use super::params::{self, is_bit_scale, is_constant, param_ids, stable_ids};
 use super::schedule::LrSchedule;
 use super::tf_adam::TfAdam;
@@ -32,12 +32,94 @@ pub struct AdjqConfig {
 }
 
 /// What one step did.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct StepStats {
     pub step: usize,
-    pub terms: LossTerms,
+    /// The loss terms `[total, distill, cross_entropy, metric, sign]`, detached on the
+    /// inner device. Reading them back is a device sync (a GPU stall), so a training loop
+    /// sums them in a [`TermLog`] and reads that only now and then.
+    pub terms: Tensor<1>,
     pub lr: f64,
     pub trained_bits: bool,
+}
+
+impl StepStats {
+    /// This step's terms on the host: a device sync.
+    pub fn read_terms(&self) -> LossTerms {
+        let v = crate::quant::host_f32(self.terms.clone());
+        LossTerms::from_values(v.try_into().expect("a terms tensor holds TERMS values"))
+    }
+}
+
+/// The loss terms of a run of steps, summed on the device and read back only when asked:
+/// every read is a device sync (a GPU stall), where a read per step would stall every step.
+#[derive(Default)]
+pub struct TermLog {
+    /// Every term summed over the steps in step order: f32 adds from 0, the same values
+    /// as host `+=` of each step's terms.
+    sums: Option<Tensor<1>>,
+    /// The last step's terms.
+    last: Option<Tensor<1>>,
+    /// The first and last trainer steps added since the last read that found them finite.
+    unread: Option<(usize, usize)>,
+}
+
+/// A [`TermLog`] read back.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TermsRead {
+    /// Each term summed over the steps (the metric too: a non-finite metric of any step
+    /// shows in its sum; the sum of signs means nothing).
+    pub sums: LossTerms,
+    /// The last step's terms.
+    pub last: LossTerms,
+}
+
+impl TermLog {
+    /// Adds a step's terms (on the device: no sync).
+    pub fn add(&mut self, s: &StepStats) {
+        let sums = self.sums.take().unwrap_or_else(|| s.terms.zeros_like());
+        self.sums = Some(sums + s.terms.clone());
+        self.last = Some(s.terms.clone());
+        let first = self.unread.map_or(s.step, |(first, _)| first);
+        self.unread = Some((first, s.step));
+    }
+
+    /// The sums and the last step's terms (zeros before any step), in one device sync;
+    /// an error naming the steps since the last good read if any sum is not finite.
+    pub fn read(&mut self) -> Result<TermsRead> {
+        let (Some(sums), Some(last)) = (&self.sums, &self.last) else {
+            return Ok(TermsRead::default());
+        };
+        let v = crate::quant::host_f32(Tensor::cat(vec![sums.clone(), last.clone()], 0));
+        let terms = |v: &[f32]| {
+            LossTerms::from_values(v.try_into().expect("a terms tensor holds TERMS values"))
+        };
+        let read = TermsRead {
+            sums: terms(&v[..TERMS]),
+            last: terms(&v[TERMS..]),
+        };
+        for (name, v) in [
+            ("total", read.sums.total),
+            ("distillation", read.sums.distill),
+            ("cross entropy", read.sums.cross_entropy),
+            ("metric", read.sums.metric),
+        ] {
+            if !v.is_finite() {
+                // A finite read leaves finite sums: some step came since.
+                let (first, last) = self.unread.expect("a step since the last finite read");
+                let steps = if first < last {
+                    format!("steps {first}–{last}")
+                } else {
+                    format!("step {first}")
+                };
+                bail!(
+                    "{steps}: the {name} loss term is not finite (summed: {v}); stopping (the last checkpoint is intact)"
+                );
+            }
+        }
+        self.unread = None;
+        Ok(read)
+    }
 }
 
 pub struct AdjqTrainer {
@@ -86,12 +168,14 @@ impl AdjqTrainer {
     }
 
     /// One optimisation step on a batch; precision is trained only when `train_bits`.
+    /// Nothing is read back from the device: a non-finite loss shows when the returned
+    /// terms are read (see [`TermLog`]), and the update it caused must not be saved.
     pub fn step(
         &mut self,
         images: Tensor<4>,
         labels: Tensor<1, Int>,
         train_bits: bool,
-    ) -> Result<StepStats> {
+    ) -> StepStats {
         let (lr, reset) = self.cfg.lr.at(self.step);
         if reset {
             // The original re-initialises every optimizer variable, both Adams' slots
@@ -112,20 +196,6 @@ impl AdjqTrainer {
             self.cfg.beta,
             self.cfg.target,
         );
-        for (name, v) in [
-            ("total", terms.total),
-            ("distillation", terms.distill),
-            ("cross entropy", terms.cross_entropy),
-            ("metric", terms.metric),
-        ] {
-            if !v.is_finite() {
-                self.model = Some(model);
-                bail!(
-                    "step {}: the {name} loss term is {v}; stopping (the last checkpoint is intact)",
-                    self.step
-                );
-            }
-        }
         let mut grads = loss.backward();
         let gw = GradientsParams::from_params(&mut grads, &model, &self.w_ids);
         let gk = GradientsParams::from_params(&mut grads, &model, &self.k_ids);
@@ -141,7 +211,7 @@ impl AdjqTrainer {
             trained_bits: train_bits,
         };
         self.step += 1;
-        Ok(stats)
+        stats
     }
 
     /// Every value of the student by path (weights, ranges, bit scales, constants).
