@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """PyTorch eager CPU peer of benches/model_forward.rs: EfficientNet-B0 (same architecture:
 TF-same padding, SE, swish, BN eps 1e-3), float, eval mode, 224x224, batch 1 and 16.
+With --train, the peer of benches/quant_step.rs's float row instead: forward + backward of
+mean(logits) at batch 8 (batch norm in eval mode, an affine map like our folded one),
+median of 5 after a warm-up.
 
-    python3 benches/torch_b0_forward.py --threads 2
+    python3 benches/torch_b0_forward.py --threads 2 [--train]
 """
 import argparse, math, time
 import torch
@@ -71,11 +74,23 @@ class B0(nn.Module):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--train", action="store_true", help="time forward + backward at batch 8")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     m = B0().eval()
     n = sum(p.numel() for p in m.parameters())
     print(f"torch {torch.__version__}, {a.threads} threads, {n} parameters")
+    if a.train:
+        x = torch.randn(8, 3, 224, 224)
+        m(x).mean().backward()
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            m.zero_grad(set_to_none=True)
+            m(x).mean().backward()
+            times.append((time.perf_counter() - t0) * 1000)
+        print(f"| torch eager, forward + backward | 8 | median {sorted(times)[2]:.0f} ms |")
+        return
     print("| backend | batch | ms / forward | images/s |\n|---|---|---|---|")
     with torch.inference_mode():
         for batch, iters in [(1, 20), (16, 5)]:

@@ -7,6 +7,11 @@
 //! B0's widest layer). Here each pass is one walk over the planes. burn's `conv2d` stays
 //! the definition, the test reference and the path of every other backend.
 
+pub use adjq_kernels::depthwise::Window;
+use adjq_kernels::depthwise::{
+    Plane, filter_grad_plane, forward_plane, from_phases, input_grad_plane, phase_len,
+    phased as phased_plane,
+};
 use burn::backend::autodiff::{
     Autodiff,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -20,17 +25,6 @@ use burn::backend::{
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
-
-/// Where the filter sits: stride, padding before each axis (top, left) and the output
-/// size (the padding after follows from it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Window {
-    pub stride: usize,
-    pub pad_top: usize,
-    pub pad_left: usize,
-    pub out_h: usize,
-    pub out_w: usize,
-}
 
 #[backend_extension(Flex, Autodiff)]
 pub trait DepthwiseOps: BackendOps {
@@ -99,26 +93,6 @@ pub fn conv(
     ))
 }
 
-/// The span of output columns `ox` whose input column `ox·s + kx − pad` lies in `0..w`.
-#[inline]
-fn columns(kx: usize, w: usize, win: &Window) -> std::ops::Range<usize> {
-    let s = win.stride;
-    let lo = win.pad_left.saturating_sub(kx).div_ceil(s);
-    let hi = (w + win.pad_left)
-        .saturating_sub(kx)
-        .div_ceil(s)
-        .min(win.out_w);
-    lo..hi
-}
-
-/// The input row an output row `oy` reads through filter row `ky`, if inside.
-#[inline]
-fn input_row(oy: usize, ky: usize, h: usize, win: &Window) -> Option<usize> {
-    (oy * win.stride + ky)
-        .checked_sub(win.pad_top)
-        .filter(|&iy| iy < h)
-}
-
 /// Shapes of one call: x `[N, C, H, W]`, filter side k.
 struct Dims {
     planes: usize,
@@ -148,125 +122,19 @@ impl Dims {
     }
 }
 
+impl Dims {
+    fn plane(&self) -> Plane {
+        Plane {
+            h: self.h,
+            w: self.w,
+            k: self.k,
+        }
+    }
+}
+
 fn contiguous_f32(t: &FlexTensor) -> FlexTensor {
     assert_eq!(t.dtype(), DType::F32, "the depthwise op takes f32 tensors");
     t.to_contiguous()
-}
-
-/// One output plane: bias, then each filter tap added over the rows and columns it
-/// reaches (unit stride: contiguous slices the compiler vectorizes).
-fn forward_plane(x: &[f32], filter: &[f32], bias: f32, d: &Dims, win: &Window, out: &mut [f32]) {
-    out.fill(bias);
-    let (s, k) = (win.stride, d.k);
-    for (oy, row) in out.chunks_exact_mut(win.out_w).enumerate() {
-        for ky in 0..k {
-            let Some(iy) = input_row(oy, ky, d.h, win) else {
-                continue;
-            };
-            let xrow = &x[iy * d.w..(iy + 1) * d.w];
-            for kx in 0..k {
-                let f = filter[ky * k + kx];
-                let cols = columns(kx, d.w, win);
-                if cols.is_empty() {
-                    continue;
-                }
-                let first = cols.start * s + kx - win.pad_left;
-                if s == 1 {
-                    let n = cols.len();
-                    for (y, &v) in row[cols].iter_mut().zip(&xrow[first..first + n]) {
-                        *y += f * v;
-                    }
-                } else {
-                    for (y, &v) in row[cols].iter_mut().zip(xrow[first..].iter().step_by(s)) {
-                        *y += f * v;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// One plane's input gradient: each output gradient spread back over the taps.
-fn input_grad_plane(g: &[f32], filter: &[f32], d: &Dims, win: &Window, dx: &mut [f32]) {
-    dx.fill(0.0);
-    let (s, k) = (win.stride, d.k);
-    for (oy, grow) in g.chunks_exact(win.out_w).enumerate() {
-        for ky in 0..k {
-            let Some(iy) = input_row(oy, ky, d.h, win) else {
-                continue;
-            };
-            let dxrow = &mut dx[iy * d.w..(iy + 1) * d.w];
-            for kx in 0..k {
-                let f = filter[ky * k + kx];
-                let cols = columns(kx, d.w, win);
-                if cols.is_empty() {
-                    continue;
-                }
-                let first = cols.start * s + kx - win.pad_left;
-                if s == 1 {
-                    let n = cols.len();
-                    for (v, &gv) in dxrow[first..first + n].iter_mut().zip(&grow[cols]) {
-                        *v += f * gv;
-                    }
-                } else {
-                    for (v, &gv) in dxrow[first..].iter_mut().step_by(s).zip(&grow[cols]) {
-                        *v += f * gv;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// One plane's contribution to its channel's filter gradient (k·k sums) and bias
-/// gradient, added into `acc` (f64: a channel sums N·Ho·Wo terms).
-fn filter_grad_plane(g: &[f32], x: &[f32], d: &Dims, win: &Window, acc: &mut [f64]) {
-    let (s, k) = (win.stride, d.k);
-    for (oy, grow) in g.chunks_exact(win.out_w).enumerate() {
-        acc[k * k] += grow.iter().map(|&v| f64::from(v)).sum::<f64>();
-        for ky in 0..k {
-            let Some(iy) = input_row(oy, ky, d.h, win) else {
-                continue;
-            };
-            let xrow = &x[iy * d.w..(iy + 1) * d.w];
-            for kx in 0..k {
-                let cols = columns(kx, d.w, win);
-                if cols.is_empty() {
-                    continue;
-                }
-                let first = cols.start * s + kx - win.pad_left;
-                let dot: f32 = if s == 1 {
-                    dot(&grow[cols.clone()], &xrow[first..first + cols.len()])
-                } else {
-                    grow[cols]
-                        .iter()
-                        .zip(xrow[first..].iter().step_by(s))
-                        .map(|(a, b)| a * b)
-                        .sum()
-                };
-                acc[ky * k + kx] += f64::from(dot);
-            }
-        }
-    }
-}
-
-/// A dot product in eight lanes (a plain `sum` is one serial chain the compiler may not
-/// reorder, so it does not vectorize).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (xa, xb) in ca.zip(cb) {
-        for i in 0..8 {
-            lanes[i] += xa[i] * xb[i];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 impl DepthwiseOps for Flex {
@@ -282,6 +150,7 @@ impl DepthwiseOps for Flex {
             contiguous_f32(&bias),
         );
         let d = Dims::of(&x, &weight);
+        let plane = d.plane();
         let n = x.layout().shape().dims::<4>()[0];
         let mut out = FlexTensor::empty([n, d.channels, win.out_h, win.out_w].into(), DType::F32);
         let (xs, ws, bs) = (
@@ -294,10 +163,15 @@ impl DepthwiseOps for Flex {
             out.storage_mut::<f32>()
                 .par_chunks_mut(plane_out)
                 .enumerate()
-                .for_each(|(p, out)| {
+                .for_each_init(Vec::new, |phased, (p, out)| {
                     let c = p % d.channels;
-                    let x = &xs[p * plane_in..(p + 1) * plane_in];
-                    forward_plane(x, &ws[c * kk..(c + 1) * kk], bs[c], &d, &win, out);
+                    let x = phased_plane(
+                        &xs[p * plane_in..(p + 1) * plane_in],
+                        &plane,
+                        win.stride,
+                        phased,
+                    );
+                    forward_plane(x, &ws[c * kk..(c + 1) * kk], bs[c], &plane, &win, out);
                 });
         }
         out
@@ -315,6 +189,7 @@ impl DepthwiseOps for Flex {
             contiguous_f32(&weight),
         );
         let d = Dims::of(&x, &weight);
+        let plane = d.plane();
         let (gs, xs, ws) = (
             grad.as_slice::<f32>().expect("contiguous f32"),
             x.as_slice::<f32>().expect("contiguous f32"),
@@ -327,10 +202,17 @@ impl DepthwiseOps for Flex {
                 .storage_mut::<f32>()
                 .par_chunks_mut(plane_in)
                 .enumerate()
-                .for_each(|(p, dx)| {
+                .for_each_init(Vec::new, |phased, (p, dx)| {
                     let c = p % d.channels;
                     let g = &gs[p * plane_out..(p + 1) * plane_out];
-                    input_grad_plane(g, &ws[c * kk..(c + 1) * kk], &d, &win, dx);
+                    let f = &ws[c * kk..(c + 1) * kk];
+                    if win.stride == 1 {
+                        input_grad_plane(g, f, &plane, &win, dx);
+                    } else {
+                        phased.resize(win.stride * d.h * phase_len(d.w, win.stride), 0.0);
+                        input_grad_plane(g, f, &plane, &win, phased);
+                        from_phases(phased, d.h, d.w, win.stride, dx);
+                    }
                 });
         }
         // One task per channel, its planes in batch order: the same sums for any thread
@@ -338,13 +220,18 @@ impl DepthwiseOps for Flex {
         let batch = d.planes / d.channels.max(1);
         let sums: Vec<Vec<f64>> = (0..d.channels)
             .into_par_iter()
-            .map(|c| {
+            .map_init(Vec::new, |phased, c| {
                 let mut acc = vec![0f64; kk + 1];
                 for n in 0..batch {
                     let p = n * d.channels + c;
                     let g = &gs[p * plane_out..(p + 1) * plane_out];
-                    let x = &xs[p * plane_in..(p + 1) * plane_in];
-                    filter_grad_plane(g, x, &d, &win, &mut acc);
+                    let x = phased_plane(
+                        &xs[p * plane_in..(p + 1) * plane_in],
+                        &plane,
+                        win.stride,
+                        phased,
+                    );
+                    filter_grad_plane(g, x, &plane, &win, &mut acc);
                 }
                 acc
             })

@@ -1,16 +1,17 @@
 //! Building blocks: conv + (optional) batch norm with BN folding, squeeze-excitation.
 
 use super::config::{Activation, Padding};
-use super::depthwise;
+use super::swish::swish;
+use super::{depthwise, pointwise};
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::{relu6, sigmoid, silu};
+use burn::tensor::activation::{relu6, sigmoid};
 
 pub fn activate(x: Tensor<4>, act: Activation) -> Tensor<4> {
     match act {
-        Activation::Swish => silu(x),
+        Activation::Swish => swish(x),
         Activation::Relu6 => relu6(x),
     }
 }
@@ -92,9 +93,13 @@ pub fn conv(spec: ConvSpec, bias: bool, device: &Device) -> Conv2d {
         .init(device)
 }
 
-/// `c.forward(x)`, through our depthwise op where it applies (see [`depthwise`]).
+/// `c.forward(x)`, through our depthwise op or 1×1 matrix product where they apply (see
+/// [`depthwise`], [`pointwise`]).
 pub fn conv_forward(c: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let weight = c.weight.val();
+    if c.stride == [1, 1] && pointwise::supports(&x, &weight, 1, c.groups) {
+        return pointwise::conv(x, weight, c.bias.as_ref().map(|b| b.val()));
+    }
     let [_, _, kh, kw] = weight.dims();
     let square = kh == kw && c.stride[0] == c.stride[1] && c.dilation == [1, 1];
     if c.groups == 1 || !square || !depthwise::supports(&x, &weight) {

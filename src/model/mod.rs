@@ -6,6 +6,8 @@ pub mod efficientnet;
 pub mod import;
 pub mod layers;
 pub mod names;
+pub mod pointwise;
+pub mod swish;
 pub mod timm;
 
 pub use config::{Activation, EfficientNetConfig};

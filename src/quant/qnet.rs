@@ -20,14 +20,15 @@
 use super::adjustable::{AdjQuant, ClipGrad, QuantSpec, RangePreset};
 use super::thresholds::Thresholds;
 use crate::model::config::{Activation, EfficientNetConfig, Padding};
-use crate::model::depthwise;
+use crate::model::swish::swish;
 use crate::model::{ConvBn, EfficientNet, MbConv};
+use crate::model::{depthwise, pointwise};
 use anyhow::Result;
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
-use burn::tensor::activation::{relu6, sigmoid, silu};
+use burn::tensor::activation::{relu6, sigmoid};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use serde::{Deserialize, Serialize};
@@ -244,6 +245,9 @@ impl QConv {
             l.padding.pads(h, l.kernel, l.stride),
             l.padding.pads(wd, l.kernel, l.stride),
         ];
+        if pointwise::supports(&x, &w, l.stride, l.groups) {
+            return pointwise::conv(x, w, Some(b));
+        }
         if l.depthwise() && depthwise::supports(&x, &w) {
             return depthwise::conv(x, w, b, l.stride, pads);
         }
@@ -255,8 +259,8 @@ impl QConv {
     fn conv_act(&self, x: Tensor<4>, act: Activation, pts: &mut dyn Points) -> Tensor<4> {
         let y = self.conv(x, pts);
         match (&self.swish_q, act) {
-            (Some(q), _) => silu(pts.apply(&self.layer, Point::Swish, q, y, 1)),
-            (None, Activation::Swish) => silu(y),
+            (Some(q), _) => swish(pts.apply(&self.layer, Point::Swish, q, y, 1)),
+            (None, Activation::Swish) => swish(y),
             (None, Activation::Relu6) => relu6(y),
         }
     }

@@ -155,7 +155,9 @@ impl AdjqTrainer {
             w_ids: group(false),
             k_ids: group(true),
             model: Some(model),
-            teacher,
+            // Its batch norms folded into its convs: the same function in eval mode (to
+            // float rounding) in fewer passes; the teacher is never trained.
+            teacher: teacher.fold_bn(),
             opt_w: TfAdam::default().init(),
             opt_k: TfAdam::default().init(),
             step: 0,

@@ -1,0 +1,160 @@
+//! Swish, x·σ(x), and its gradient over slices, with a vectorised exp. The loops are
+//! compiled for AVX2 too and that copy is picked at run time; without fused
+//! multiply-adds both give the same bits.
+
+/// Eight lanes at a time, so the compiler vectorises the loops.
+const LANES: usize = 8;
+
+/// e^x for eight lanes, to about 1 ulp (Cephes' `expf`: x = n·ln 2 + r, a degree-6
+/// polynomial in r, 2^n put into the exponent bits). Branch-free, so it vectorises; no
+/// fused multiply-adds, so every SIMD width gives the same bits. NaN stays NaN; below
+/// −87.3 the result is 2^−126-ish (σ rounds it away), above 88.7 infinity.
+///
+/// Why our own: no crate gives a vector exp chosen at run time on stable Rust (`wide`
+/// fixes its SIMD width at compile time, and our portable builds target baseline x86-64).
+#[inline(always)]
+fn exp8(x: [f32; LANES]) -> [f32; LANES] {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so n·C1 is exact.
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    // 1.5·2^23: adding it rounds to an integer and leaves that integer in the low bits.
+    const SHIFT: f32 = 12_582_912.0;
+    const P: [f32; 6] = [
+        1.987_569_2e-4,
+        1.398_2e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ];
+    let mut out = [0f32; LANES];
+    for i in 0..LANES {
+        let v = x[i];
+        let v = v.clamp(-87.336_55, 88.722_83);
+        let t = v * LOG2E + SHIFT;
+        let n = t - SHIFT;
+        let r = v - n * C1 - n * C2;
+        let mut p = P[0];
+        for c in &P[1..] {
+            p = p * r + c;
+        }
+        let e = p * (r * r) + r + 1.0;
+        // n sits in t's low mantissa bits; 2^n has exponent bits n + 127.
+        let n_int = t.to_bits().wrapping_sub(SHIFT.to_bits());
+        let two_n = f32::from_bits(n_int.wrapping_add(127) << 23);
+        out[i] = e * two_n;
+    }
+    out
+}
+
+/// σ(x) for eight lanes.
+#[inline(always)]
+fn sigmoid8(x: [f32; LANES]) -> [f32; LANES] {
+    let e = exp8(x.map(|v| -v));
+    e.map(|e| 1.0 / (1.0 + e))
+}
+
+/// Calls `f(start, x, σ(x), len)` for each run of eight elements of `x` from `start`
+/// (`len` of them real: the last run is zero-padded).
+#[inline(always)]
+fn for_each8(x: &[f32], mut f: impl FnMut(usize, &[f32; LANES], &[f32; LANES], usize)) {
+    let full = x.len() / LANES * LANES;
+    for start in (0..full).step_by(LANES) {
+        let xs: [f32; LANES] = x[start..start + LANES].try_into().expect("a full run");
+        f(start, &xs, &sigmoid8(xs), LANES);
+    }
+    let len = x.len() - full;
+    if len > 0 {
+        let mut xs = [0f32; LANES];
+        xs[..len].copy_from_slice(&x[full..]);
+        f(full, &xs, &sigmoid8(xs), len);
+    }
+}
+
+#[inline(always)]
+fn forward_portable(x: &[f32], y: &mut [f32]) {
+    for_each8(x, |start, x, s, len| {
+        for i in 0..len {
+            y[start + i] = x[i] * s[i];
+        }
+    });
+}
+
+#[inline(always)]
+fn backward_portable(g: &[f32], x: &[f32], dx: &mut [f32]) {
+    for_each8(x, |start, x, s, len| {
+        for i in 0..len {
+            dx[start + i] = g[start + i] * (s[i] * (1.0 + x[i] * (1.0 - s[i])));
+        }
+    });
+}
+
+/// The same loops compiled for AVX2 (eight f32 lanes per instruction), picked at run
+/// time; without FMA they give the baseline build's bits.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    #[target_feature(enable = "avx2")]
+    pub fn forward(x: &[f32], y: &mut [f32]) {
+        super::forward_portable(x, y)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub fn backward(g: &[f32], x: &[f32], dx: &mut [f32]) {
+        super::backward_portable(g, x, dx)
+    }
+}
+
+/// y = x·σ(x), elementwise.
+pub fn forward_slice(x: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2::forward(x, y) };
+    }
+    forward_portable(x, y)
+}
+
+/// dx = g·σ(x)·(1 + x·(1 − σ(x))), elementwise: swish's gradient for the upstream `g`.
+pub fn backward_slice(g: &[f32], x: &[f32], dx: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2::backward(g, x, dx) };
+    }
+    backward_portable(g, x, dx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp8_is_within_two_ulps_of_libm() {
+        let mut worst = 0f64;
+        for i in 0..200_000 {
+            let x = -87.0 + 175.0 * i as f32 / 200_000.0;
+            let ours = exp8([x; LANES])[0];
+            let want = (x as f64).exp();
+            let ulp = f64::from(f32::EPSILON) * want.abs();
+            worst = worst.max((f64::from(ours) - want).abs() / ulp);
+        }
+        assert!(worst <= 2.0, "worst error {worst} ulp");
+        assert!(exp8([f32::NAN; LANES])[0].is_nan());
+        assert_eq!(exp8([0.0; LANES])[0], 1.0);
+    }
+
+    /// The AVX2 copy and the baseline loops give the same bits (no FMA contraction).
+    #[test]
+    fn every_simd_width_gives_the_same_bits() {
+        let x: Vec<f32> = (0..1003).map(|i| (i as f32 - 500.0) / 17.0).collect();
+        let g: Vec<f32> = (0..1003).map(|i| ((i % 11) as f32 - 5.0) / 5.0).collect();
+        let (mut a, mut b) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+        forward_slice(&x, &mut a);
+        forward_portable(&x, &mut b);
+        assert_eq!(a, b);
+        backward_slice(&g, &x, &mut a);
+        backward_portable(&g, &x, &mut b);
+        assert_eq!(a, b);
+    }
+}
