@@ -8,6 +8,8 @@ pub mod layers;
 pub mod names;
 pub mod pointwise;
 pub mod swish;
+#[cfg(test)]
+pub mod testing;
 pub mod timm;
 
 pub use config::{Activation, EfficientNetConfig};

@@ -41,31 +41,10 @@ pub fn conv(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>) -> Tensor<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::testing::{rel_diff, spread, values};
     use burn::tensor::TensorData;
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
-
-    fn spread(n: usize, salt: f32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                let h = ((i as f32 + salt) * 12.9898).sin() * 43_758.547;
-                2.0 * (h - h.floor()) - 1.0
-            })
-            .collect()
-    }
-
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .unwrap()
-    }
-
-    fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
-        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-    }
 
     /// Forward and the gradients of x, W and b equal burn's conv2d's.
     #[test]
@@ -81,10 +60,17 @@ mod tests {
                 Tensor::<4>::from_data(TensorData::new(v, dims), &device)
             };
             let run = |ours: bool| {
-                let x = t(spread(shape.iter().product(), 0.5), shape.to_vec()).require_grad();
-                let w = t(spread(cout * cin, 3.5), vec![cout, cin, 1, 1]).require_grad();
-                let b = Tensor::<1>::from_data(TensorData::new(spread(cout, 7.5), [cout]), &device)
-                    .require_grad();
+                let x = t(
+                    spread(shape.iter().product(), 0.5, -1.0, 1.0),
+                    shape.to_vec(),
+                )
+                .require_grad();
+                let w = t(spread(cout * cin, 3.5, -1.0, 1.0), vec![cout, cin, 1, 1]).require_grad();
+                let b = Tensor::<1>::from_data(
+                    TensorData::new(spread(cout, 7.5, -1.0, 1.0), [cout]),
+                    &device,
+                )
+                .require_grad();
                 let b_used = bias.then(|| b.clone());
                 let y = if ours {
                     assert!(supports(&x, &w, 1, 1));
@@ -97,7 +83,10 @@ mod tests {
                         ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
                     )
                 };
-                let probe = t(spread(y.dims().iter().product(), 9.25), y.dims().to_vec());
+                let probe = t(
+                    spread(y.dims().iter().product(), 9.25, -1.0, 1.0),
+                    y.dims().to_vec(),
+                );
                 let grads = (y.clone() * probe).sum().backward();
                 let mut out = vec![
                     values(y),

@@ -119,17 +119,11 @@ impl<B: BackendOps + SwishOps, C: CheckpointStrategy> SwishOps for Autodiff<B, C
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::testing::values;
     use burn::tensor::TensorData;
 
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .unwrap()
-    }
-
     /// Largest |a − b| relative to max(|b|, 1).
-    fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    fn elementwise_rel_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
         a.iter()
             .zip(b)
@@ -165,8 +159,8 @@ mod tests {
         };
         let (y, dx) = run(true);
         let (y_ref, dx_ref) = run(false);
-        assert!(rel_diff(&y, &y_ref) < 1e-6, "forward");
-        assert!(rel_diff(&dx, &dx_ref) < 1e-6, "gradient");
+        assert!(elementwise_rel_diff(&y, &y_ref) < 1e-6, "forward");
+        assert!(elementwise_rel_diff(&dx, &dx_ref) < 1e-6, "gradient");
         let plain = Tensor::<1>::from_data(TensorData::new(v.clone(), [len]), &Device::flex());
         assert_eq!(values(swish(plain)), y);
     }

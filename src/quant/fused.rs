@@ -372,16 +372,10 @@ impl<B: BackendOps + AdjQuantOps, C: CheckpointStrategy> AdjQuantOps for Autodif
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::testing::{rel_diff, spread};
     use crate::quant::adjustable::quantize_composed;
     use crate::quant::host_f32;
     use crate::quant::ste::round;
-
-    /// Largest |a − b| relative to the largest |b| (1 when b is all zeros).
-    fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
-        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-    }
 
     struct Outcome {
         y: Vec<f32>,
@@ -389,17 +383,6 @@ mod tests {
         dlo: Vec<f32>,
         dwidth: Vec<f32>,
         dlevels: Vec<f32>,
-    }
-
-    /// Values spread over [lo, hi) from a fixed hash of their index: tests run in
-    /// parallel, so the backend's global RNG could be reseeded by another test midway.
-    fn spread(n: usize, salt: f32, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                let h = ((i as f32 + salt) * 12.9898).sin() * 43_758.547;
-                lo + (hi - lo) * (h - h.floor())
-            })
-            .collect()
     }
 
     fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
