@@ -44,7 +44,7 @@ fn input_row(oy: usize, ky: usize, h: usize, win: &Window) -> Option<usize> {
 }
 
 /// Phase length of a row of `w` columns at stride `s`.
-pub fn phase_len(w: usize, s: usize) -> usize {
+fn phase_len(w: usize, s: usize) -> usize {
     w.div_ceil(s)
 }
 
@@ -68,7 +68,7 @@ fn to_phases(x: &[f32], h: usize, w: usize, s: usize, buf: &mut Vec<f32>) {
 }
 
 /// Plane `x` phased for `stride` ([`to_phases`]) in `buf`, or `x` itself at stride 1.
-pub fn phased<'a>(x: &'a [f32], d: &Plane, stride: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
+fn phased<'a>(x: &'a [f32], d: &Plane, stride: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
     if stride == 1 {
         return x;
     }
@@ -77,7 +77,7 @@ pub fn phased<'a>(x: &'a [f32], d: &Plane, stride: usize, buf: &'a mut Vec<f32>)
 }
 
 /// The inverse of [`to_phases`]: the phased plane `buf` back into `x`.
-pub fn from_phases(buf: &[f32], h: usize, w: usize, s: usize, x: &mut [f32]) {
+fn from_phases(buf: &[f32], h: usize, w: usize, s: usize, x: &mut [f32]) {
     let pw = phase_len(w, s);
     for p in 0..s {
         for iy in 0..h {
@@ -201,8 +201,7 @@ fn avx2() -> bool {
     false
 }
 
-/// One output plane from its phased input plane ([`phased`]), filter `f` and bias `b`.
-pub fn forward_plane(x: &[f32], f: &[f32], b: f32, d: &Plane, w: &Window, out: &mut [f32]) {
+fn forward_phased(x: &[f32], f: &[f32], b: f32, d: &Plane, w: &Window, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx2() {
         // SAFETY: the CPU has AVX2, checked just above.
@@ -211,9 +210,7 @@ pub fn forward_plane(x: &[f32], f: &[f32], b: f32, d: &Plane, w: &Window, out: &
     forward_plane_impl(x, f, b, d, w, out)
 }
 
-/// One plane's input gradient, phased (undo with [`from_phases`]), for the output
-/// gradient `g`.
-pub fn input_grad_plane(g: &[f32], f: &[f32], d: &Plane, w: &Window, dx: &mut [f32]) {
+fn input_grad_phased(g: &[f32], f: &[f32], d: &Plane, w: &Window, dx: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx2() {
         // SAFETY: the CPU has AVX2, checked just above.
@@ -222,15 +219,61 @@ pub fn input_grad_plane(g: &[f32], f: &[f32], d: &Plane, w: &Window, dx: &mut [f
     input_grad_plane_impl(g, f, d, w, dx)
 }
 
-/// Adds one plane's filter gradient (k·k sums) and bias gradient (the last of `acc`) for
-/// the output gradient `g` and the phased input `x`.
-pub fn filter_grad_plane(g: &[f32], x: &[f32], d: &Plane, w: &Window, acc: &mut [f64]) {
+fn filter_grad_phased(g: &[f32], x: &[f32], d: &Plane, w: &Window, acc: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
     if avx2() {
         // SAFETY: the CPU has AVX2, checked just above.
         return unsafe { avx2::filter_grad(g, x, d, w, acc) };
     }
     filter_grad_plane_impl(g, x, d, w, acc)
+}
+
+/// One output plane from input plane `x`, filter `f` and bias `b`; `scratch` holds the
+/// phased input at stride > 1 (reuse it across planes).
+pub fn forward(
+    x: &[f32],
+    f: &[f32],
+    b: f32,
+    d: &Plane,
+    w: &Window,
+    scratch: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let x = phased(x, d, w.stride, scratch);
+    forward_phased(x, f, b, d, w, out)
+}
+
+/// One plane's input gradient `dx` for the output gradient `g` and filter `f`; `scratch`
+/// holds it phased at stride > 1.
+pub fn input_grad(
+    g: &[f32],
+    f: &[f32],
+    d: &Plane,
+    w: &Window,
+    scratch: &mut Vec<f32>,
+    dx: &mut [f32],
+) {
+    if w.stride == 1 {
+        return input_grad_phased(g, f, d, w, dx);
+    }
+    scratch.clear();
+    scratch.resize(w.stride * d.h * phase_len(d.w, w.stride), 0.0);
+    input_grad_phased(g, f, d, w, scratch);
+    from_phases(scratch, d.h, d.w, w.stride, dx);
+}
+
+/// Adds one plane's filter gradient (k·k sums) and bias gradient (the last of `acc`) for
+/// the output gradient `g` and the input plane `x`; `scratch` as for [`forward`].
+pub fn filter_grad(
+    g: &[f32],
+    x: &[f32],
+    d: &Plane,
+    w: &Window,
+    scratch: &mut Vec<f32>,
+    acc: &mut [f64],
+) {
+    let x = phased(x, d, w.stride, scratch);
+    filter_grad_phased(g, x, d, w, acc)
 }
 
 /// A dot product in eight lanes (a plain `sum` is one serial chain the compiler may not
@@ -277,15 +320,15 @@ mod tests {
         let mut buf = Vec::new();
         let xp = phased(&x, &d, win.stride, &mut buf).to_vec();
         let (mut a, mut b) = (vec![0f32; g.len()], vec![0f32; g.len()]);
-        forward_plane(&xp, &f, 0.5, &d, &win, &mut a);
+        forward_phased(&xp, &f, 0.5, &d, &win, &mut a);
         forward_plane_impl(&xp, &f, 0.5, &d, &win, &mut b);
         assert_eq!(a, b);
         let (mut a, mut b) = (vec![0f32; xp.len()], vec![0f32; xp.len()]);
-        input_grad_plane(&g, &f, &d, &win, &mut a);
+        input_grad_phased(&g, &f, &d, &win, &mut a);
         input_grad_plane_impl(&g, &f, &d, &win, &mut b);
         assert_eq!(a, b);
         let (mut a, mut b) = (vec![0f64; 26], vec![0f64; 26]);
-        filter_grad_plane(&g, &xp, &d, &win, &mut a);
+        filter_grad_phased(&g, &xp, &d, &win, &mut a);
         filter_grad_plane_impl(&g, &xp, &d, &win, &mut b);
         assert_eq!(a, b);
     }

@@ -8,10 +8,7 @@
 //! the definition, the test reference and the path of every other backend.
 
 pub use adjq_kernels::depthwise::Window;
-use adjq_kernels::depthwise::{
-    Plane, filter_grad_plane, forward_plane, from_phases, input_grad_plane, phase_len,
-    phased as phased_plane,
-};
+use adjq_kernels::depthwise::{self as kernels, Plane};
 use burn::backend::autodiff::{
     Autodiff,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -95,11 +92,9 @@ pub fn conv(
 
 /// Shapes of one call: x `[N, C, H, W]`, filter side k.
 struct Dims {
-    planes: usize,
+    batch: usize,
     channels: usize,
-    h: usize,
-    w: usize,
-    k: usize,
+    plane: Plane,
 }
 
 impl Dims {
@@ -113,28 +108,26 @@ impl Dims {
             [n, c, h, w]
         );
         Dims {
-            planes: n * c,
+            batch: n,
             channels: c,
-            h,
-            w,
-            k,
+            plane: Plane { h, w, k },
         }
     }
-}
 
-impl Dims {
-    fn plane(&self) -> Plane {
-        Plane {
-            h: self.h,
-            w: self.w,
-            k: self.k,
-        }
+    /// Elements of an input plane, an output plane and a filter.
+    fn sizes(&self, win: &Window) -> (usize, usize, usize) {
+        let Plane { h, w, k } = self.plane;
+        (h * w, win.out_h * win.out_w, k * k)
     }
 }
 
 fn contiguous_f32(t: &FlexTensor) -> FlexTensor {
     assert_eq!(t.dtype(), DType::F32, "the depthwise op takes f32 tensors");
     t.to_contiguous()
+}
+
+fn f32s(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32")
 }
 
 impl DepthwiseOps for Flex {
@@ -150,28 +143,19 @@ impl DepthwiseOps for Flex {
             contiguous_f32(&bias),
         );
         let d = Dims::of(&x, &weight);
-        let plane = d.plane();
-        let n = x.layout().shape().dims::<4>()[0];
-        let mut out = FlexTensor::empty([n, d.channels, win.out_h, win.out_w].into(), DType::F32);
-        let (xs, ws, bs) = (
-            x.as_slice::<f32>().expect("contiguous f32"),
-            weight.as_slice::<f32>().expect("contiguous f32"),
-            bias.as_slice::<f32>().expect("contiguous f32"),
-        );
-        let (plane_in, plane_out, kk) = (d.h * d.w, win.out_h * win.out_w, d.k * d.k);
-        if plane_out > 0 && d.planes > 0 {
+        let shape = [d.batch, d.channels, win.out_h, win.out_w];
+        let mut out = FlexTensor::empty(shape.into(), DType::F32);
+        let (xs, ws, bs) = (f32s(&x), f32s(&weight), f32s(&bias));
+        let (plane_in, plane_out, kk) = d.sizes(&win);
+        if plane_out > 0 && !xs.is_empty() {
             out.storage_mut::<f32>()
                 .par_chunks_mut(plane_out)
+                .zip(xs.par_chunks(plane_in))
                 .enumerate()
-                .for_each_init(Vec::new, |phased, (p, out)| {
+                .for_each_init(Vec::new, |scratch, (p, (out, x))| {
                     let c = p % d.channels;
-                    let x = phased_plane(
-                        &xs[p * plane_in..(p + 1) * plane_in],
-                        &plane,
-                        win.stride,
-                        phased,
-                    );
-                    forward_plane(x, &ws[c * kk..(c + 1) * kk], bs[c], &plane, &win, out);
+                    let f = &ws[c * kk..(c + 1) * kk];
+                    kernels::forward(x, f, bs[c], &d.plane, &win, scratch, out);
                 });
         }
         out
@@ -189,49 +173,34 @@ impl DepthwiseOps for Flex {
             contiguous_f32(&weight),
         );
         let d = Dims::of(&x, &weight);
-        let plane = d.plane();
-        let (gs, xs, ws) = (
-            grad.as_slice::<f32>().expect("contiguous f32"),
-            x.as_slice::<f32>().expect("contiguous f32"),
-            weight.as_slice::<f32>().expect("contiguous f32"),
-        );
-        let (plane_in, plane_out, kk) = (d.h * d.w, win.out_h * win.out_w, d.k * d.k);
+        let (gs, xs, ws) = (f32s(&grad), f32s(&x), f32s(&weight));
+        let (plane_in, plane_out, kk) = d.sizes(&win);
         let mut grad_x = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
-        if plane_in > 0 && d.planes > 0 {
+        if plane_out > 0 && !xs.is_empty() {
             grad_x
                 .storage_mut::<f32>()
                 .par_chunks_mut(plane_in)
+                .zip(gs.par_chunks(plane_out))
                 .enumerate()
-                .for_each_init(Vec::new, |phased, (p, dx)| {
+                .for_each_init(Vec::new, |scratch, (p, (dx, g))| {
                     let c = p % d.channels;
-                    let g = &gs[p * plane_out..(p + 1) * plane_out];
                     let f = &ws[c * kk..(c + 1) * kk];
-                    if win.stride == 1 {
-                        input_grad_plane(g, f, &plane, &win, dx);
-                    } else {
-                        phased.resize(win.stride * d.h * phase_len(d.w, win.stride), 0.0);
-                        input_grad_plane(g, f, &plane, &win, phased);
-                        from_phases(phased, d.h, d.w, win.stride, dx);
-                    }
+                    kernels::input_grad(g, f, &d.plane, &win, scratch, dx);
                 });
         }
         // One task per channel, its planes in batch order: the same sums for any thread
         // count (training is deterministic on CPU).
-        let batch = d.planes / d.channels.max(1);
         let sums: Vec<Vec<f64>> = (0..d.channels)
             .into_par_iter()
-            .map_init(Vec::new, |phased, c| {
+            .map_init(Vec::new, |scratch, c| {
                 let mut acc = vec![0f64; kk + 1];
-                for n in 0..batch {
-                    let p = n * d.channels + c;
-                    let g = &gs[p * plane_out..(p + 1) * plane_out];
-                    let x = phased_plane(
-                        &xs[p * plane_in..(p + 1) * plane_in],
-                        &plane,
-                        win.stride,
-                        phased,
-                    );
-                    filter_grad_plane(g, x, &plane, &win, &mut acc);
+                if plane_out > 0 {
+                    for n in 0..d.batch {
+                        let p = n * d.channels + c;
+                        let g = &gs[p * plane_out..(p + 1) * plane_out];
+                        let x = &xs[p * plane_in..(p + 1) * plane_in];
+                        kernels::filter_grad(g, x, &d.plane, &win, scratch, &mut acc);
+                    }
                 }
                 acc
             })
@@ -241,9 +210,10 @@ impl DepthwiseOps for Flex {
             .flat_map(|s| s[..kk].iter().map(|&v| v as f32))
             .collect();
         let bias: Vec<f32> = sums.iter().map(|s| s[kk] as f32).collect();
+        let k = d.plane.k;
         DepthwiseGrads {
             x: grad_x,
-            weight: FlexTensor::from_data(TensorData::new(filter, [d.channels, 1, d.k, d.k])),
+            weight: FlexTensor::from_data(TensorData::new(filter, [d.channels, 1, k, k])),
             bias: FlexTensor::from_data(TensorData::new(bias, [d.channels])),
         }
     }
