@@ -194,16 +194,9 @@ mod avx2 {
     }
 }
 
-fn avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
 fn forward_phased(x: &[f32], f: &[f32], b: f32, d: &Plane, w: &Window, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if avx2() {
+    if crate::avx2() {
         // SAFETY: the CPU has AVX2, checked just above.
         return unsafe { avx2::forward(x, f, b, d, w, out) };
     }
@@ -212,7 +205,7 @@ fn forward_phased(x: &[f32], f: &[f32], b: f32, d: &Plane, w: &Window, out: &mut
 
 fn input_grad_phased(g: &[f32], f: &[f32], d: &Plane, w: &Window, dx: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if avx2() {
+    if crate::avx2() {
         // SAFETY: the CPU has AVX2, checked just above.
         return unsafe { avx2::input_grad(g, f, d, w, dx) };
     }
@@ -221,7 +214,7 @@ fn input_grad_phased(g: &[f32], f: &[f32], d: &Plane, w: &Window, dx: &mut [f32]
 
 fn filter_grad_phased(g: &[f32], x: &[f32], d: &Plane, w: &Window, acc: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
-    if avx2() {
+    if crate::avx2() {
         // SAFETY: the CPU has AVX2, checked just above.
         return unsafe { avx2::filter_grad(g, x, d, w, acc) };
     }
@@ -277,7 +270,8 @@ pub fn filter_grad(
 }
 
 /// A dot product in eight lanes (a plain `sum` is one serial chain the compiler may not
-/// reorder, so it does not vectorize).
+/// reorder, so it does not vectorize). Inlined so the AVX2 copies get an AVX2 dot.
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));

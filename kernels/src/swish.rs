@@ -108,7 +108,7 @@ mod avx2 {
 /// y = x·σ(x), elementwise.
 pub fn forward_slice(x: &[f32], y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if crate::avx2() {
         // SAFETY: the CPU has AVX2, checked just above.
         return unsafe { avx2::forward(x, y) };
     }
@@ -118,7 +118,7 @@ pub fn forward_slice(x: &[f32], y: &mut [f32]) {
 /// dx = g·σ(x)·(1 + x·(1 − σ(x))), elementwise: swish's gradient for the upstream `g`.
 pub fn backward_slice(g: &[f32], x: &[f32], dx: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if crate::avx2() {
         // SAFETY: the CPU has AVX2, checked just above.
         return unsafe { avx2::backward(g, x, dx) };
     }

@@ -7,6 +7,7 @@
 //! B0's widest layer). Here each pass is one walk over the planes. burn's `conv2d` stays
 //! the definition, the test reference and the path of every other backend.
 
+use super::flex_io::{contiguous_f32, dims, f32s, from_vec, output};
 pub use adjq_kernels::depthwise::Window;
 use adjq_kernels::depthwise::{self as kernels, Plane};
 use burn::backend::autodiff::{
@@ -20,8 +21,11 @@ use burn::backend::{
     Backend as BackendOps, ExtensionType, Flex, backend_extension, tensor::FloatTensor,
 };
 use burn::prelude::*;
-use burn::tensor::{DType, TensorData};
+use burn::tensor::DType;
 use rayon::prelude::*;
+
+/// The op's name in messages.
+const OP: &str = "depthwise";
 
 #[backend_extension(Flex, Autodiff)]
 pub trait DepthwiseOps: BackendOps {
@@ -121,15 +125,6 @@ impl Dims {
     }
 }
 
-fn contiguous_f32(t: &FlexTensor) -> FlexTensor {
-    assert_eq!(t.dtype(), DType::F32, "the depthwise op takes f32 tensors");
-    t.to_contiguous()
-}
-
-fn f32s(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32")
-}
-
 impl DepthwiseOps for Flex {
     fn depthwise_conv(
         x: FlexTensor,
@@ -138,27 +133,26 @@ impl DepthwiseOps for Flex {
         win: Window,
     ) -> FlexTensor {
         let (x, weight, bias) = (
-            contiguous_f32(&x),
-            contiguous_f32(&weight),
-            contiguous_f32(&bias),
+            contiguous_f32(&x, OP),
+            contiguous_f32(&weight, OP),
+            contiguous_f32(&bias, OP),
         );
         let d = Dims::of(&x, &weight);
         let shape = [d.batch, d.channels, win.out_h, win.out_w];
-        let mut out = FlexTensor::empty(shape.into(), DType::F32);
         let (xs, ws, bs) = (f32s(&x), f32s(&weight), f32s(&bias));
         let (plane_in, plane_out, kk) = d.sizes(&win);
-        if plane_out > 0 && !xs.is_empty() {
-            out.storage_mut::<f32>()
-                .par_chunks_mut(plane_out)
-                .zip(xs.par_chunks(plane_in))
-                .enumerate()
-                .for_each_init(Vec::new, |scratch, (p, (out, x))| {
-                    let c = p % d.channels;
-                    let f = &ws[c * kk..(c + 1) * kk];
-                    kernels::forward(x, f, bs[c], &d.plane, &win, scratch, out);
-                });
-        }
-        out
+        output(&shape, |out| {
+            if plane_out > 0 && !xs.is_empty() {
+                out.par_chunks_mut(plane_out)
+                    .zip(xs.par_chunks(plane_in))
+                    .enumerate()
+                    .for_each_init(Vec::new, |scratch, (p, (out, x))| {
+                        let c = p % d.channels;
+                        let f = &ws[c * kk..(c + 1) * kk];
+                        kernels::forward(x, f, bs[c], &d.plane, &win, scratch, out);
+                    });
+            }
+        })
     }
 
     fn depthwise_conv_backward(
@@ -168,26 +162,26 @@ impl DepthwiseOps for Flex {
         win: Window,
     ) -> DepthwiseGrads<Flex> {
         let (grad, x, weight) = (
-            contiguous_f32(&grad),
-            contiguous_f32(&x),
-            contiguous_f32(&weight),
+            contiguous_f32(&grad, OP),
+            contiguous_f32(&x, OP),
+            contiguous_f32(&weight, OP),
         );
         let d = Dims::of(&x, &weight);
         let (gs, xs, ws) = (f32s(&grad), f32s(&x), f32s(&weight));
         let (plane_in, plane_out, kk) = d.sizes(&win);
-        let mut grad_x = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
-        if plane_out > 0 && !xs.is_empty() {
-            grad_x
-                .storage_mut::<f32>()
-                .par_chunks_mut(plane_in)
-                .zip(gs.par_chunks(plane_out))
-                .enumerate()
-                .for_each_init(Vec::new, |scratch, (p, (dx, g))| {
-                    let c = p % d.channels;
-                    let f = &ws[c * kk..(c + 1) * kk];
-                    kernels::input_grad(g, f, &d.plane, &win, scratch, dx);
-                });
-        }
+        let grad_x = output(&dims(&x), |grad_x| {
+            if plane_out > 0 && !xs.is_empty() {
+                grad_x
+                    .par_chunks_mut(plane_in)
+                    .zip(gs.par_chunks(plane_out))
+                    .enumerate()
+                    .for_each_init(Vec::new, |scratch, (p, (dx, g))| {
+                        let c = p % d.channels;
+                        let f = &ws[c * kk..(c + 1) * kk];
+                        kernels::input_grad(g, f, &d.plane, &win, scratch, dx);
+                    });
+            }
+        });
         // One task per channel, its planes in batch order: the same sums for any thread
         // count (training is deterministic on CPU).
         let sums: Vec<Vec<f64>> = (0..d.channels)
@@ -213,8 +207,8 @@ impl DepthwiseOps for Flex {
         let k = d.plane.k;
         DepthwiseGrads {
             x: grad_x,
-            weight: FlexTensor::from_data(TensorData::new(filter, [d.channels, 1, k, k])),
-            bias: FlexTensor::from_data(TensorData::new(bias, [d.channels])),
+            weight: from_vec(filter, &[d.channels, 1, k, k]),
+            bias: from_vec(bias, &[d.channels]),
         }
     }
 }
@@ -282,6 +276,7 @@ impl<B: BackendOps + DepthwiseOps, C: CheckpointStrategy> DepthwiseOps for Autod
 mod tests {
     use super::*;
     use crate::model::testing::{rel_diff, spread, values};
+    use burn::tensor::TensorData;
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
 

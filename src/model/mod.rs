@@ -3,6 +3,7 @@
 pub mod config;
 pub mod depthwise;
 pub mod efficientnet;
+pub mod flex_io;
 pub mod import;
 pub mod layers;
 pub mod names;

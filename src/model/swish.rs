@@ -4,6 +4,7 @@
 //! B0 training step that exp alone took a seventh of the time. burn's `silu` stays the
 //! definition, the test reference and the path of every other backend.
 
+use super::flex_io::{contiguous_f32, dims, f32s, output};
 use adjq_kernels::swish::{backward_slice, forward_slice};
 use burn::backend::autodiff::{
     Autodiff,
@@ -42,35 +43,27 @@ pub fn swish<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// B0's smallest activations between two threads.
 const CHUNK: usize = 1 << 14;
 
-fn contiguous_f32(t: &FlexTensor) -> FlexTensor {
-    assert_eq!(t.dtype(), DType::F32, "the swish op takes f32 tensors");
-    t.to_contiguous()
-}
-
 impl SwishOps for Flex {
     fn swish(x: FlexTensor) -> FlexTensor {
-        let x = contiguous_f32(&x);
-        let xs = x.as_slice::<f32>().expect("contiguous f32");
-        let mut out = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
-        out.storage_mut::<f32>()
-            .par_chunks_mut(CHUNK)
-            .zip(xs.par_chunks(CHUNK))
-            .for_each(|(y, x)| forward_slice(x, y));
-        out
+        let x = contiguous_f32(&x, "swish");
+        output(&dims(&x), |out| {
+            out.par_chunks_mut(CHUNK)
+                .zip(f32s(&x).par_chunks(CHUNK))
+                .for_each(|(y, x)| forward_slice(x, y))
+        })
     }
 
     fn swish_backward(grad: FlexTensor, x: FlexTensor) -> FlexTensor {
-        let (grad, x) = (contiguous_f32(&grad), contiguous_f32(&x));
-        let (gs, xs) = (
-            grad.as_slice::<f32>().expect("contiguous f32"),
-            x.as_slice::<f32>().expect("contiguous f32"),
-        );
-        let mut dx = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
-        dx.storage_mut::<f32>()
-            .par_chunks_mut(CHUNK)
-            .zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
-            .for_each(|(d, (x, g))| backward_slice(g, x, d));
-        dx
+        let (grad, x) = (contiguous_f32(&grad, "swish"), contiguous_f32(&x, "swish"));
+        output(&dims(&x), |dx| {
+            dx.par_chunks_mut(CHUNK)
+                .zip(
+                    f32s(&x)
+                        .par_chunks(CHUNK)
+                        .zip(f32s(&grad).par_chunks(CHUNK)),
+                )
+                .for_each(|(d, (x, g))| backward_slice(g, x, d))
+        })
     }
 }
 

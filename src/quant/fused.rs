@@ -12,6 +12,8 @@
 //! ∂L = Σ (round(x·S) − z > L)·g·inv, ∂inv = Σ g·(clip(..) + z), the sums per channel.
 
 use super::adjustable::Step;
+use crate::model::flex_io::{contiguous_f32, dims, f32s, from_vec, output};
+use adjq_kernels::quant::{self as kernels, Range, RangeGrads};
 use burn::backend::autodiff::{
     Autodiff,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -23,8 +25,11 @@ use burn::backend::{
     Backend as BackendOps, ExtensionType, Flex, backend_extension, tensor::FloatTensor,
 };
 use burn::prelude::*;
-use burn::tensor::{DType, TensorData};
+use burn::tensor::DType;
 use rayon::prelude::*;
+
+/// The op's name in messages.
+const OP: &str = "fused quantizer";
 
 #[backend_extension(Flex, Autodiff)]
 pub trait AdjQuantOps: BackendOps {
@@ -80,12 +85,7 @@ pub fn quantize<const D: usize>(x: Tensor<D>, step: Step, axis: usize) -> Tensor
 }
 
 /// Per-channel constants of one quantization point, on the host.
-struct Ranges {
-    step_inv: Vec<f32>,
-    zero: Vec<f32>,
-    levels: Vec<f32>,
-    inv: Vec<f32>,
-}
+struct Ranges(Vec<Range>);
 
 impl Ranges {
     fn read(
@@ -94,16 +94,21 @@ impl Ranges {
         levels: &FlexTensor,
         inv: &FlexTensor,
     ) -> Self {
-        Ranges {
-            step_inv: host(step_inv),
-            zero: host(zero),
-            levels: host(levels),
-            inv: host(inv),
-        }
+        let [s, z, l, i] = [step_inv, zero, levels, inv].map(|t| contiguous_f32(t, OP));
+        let ranges = (f32s(&s).iter().zip(f32s(&z)))
+            .zip(f32s(&l).iter().zip(f32s(&i)))
+            .map(|((&step_inv, &zero), (&levels, &inv))| Range {
+                step_inv,
+                zero,
+                levels,
+                inv,
+            })
+            .collect();
+        Ranges(ranges)
     }
 
     fn channels(&self) -> usize {
-        self.step_inv.len()
+        self.0.len()
     }
 
     /// Run length and runs per task for `x` of `shape` with channels along `axis`: a run is
@@ -124,59 +129,15 @@ impl Ranges {
         (run, (4096 / run).max(1))
     }
 
-    fn channel(&self, run_index: usize) -> usize {
-        run_index % self.channels()
+    /// The range of the `run_index`-th run.
+    fn of_run(&self, run_index: usize) -> &Range {
+        &self.0[run_index % self.channels()]
     }
-}
-
-/// Round half to even, like burn's `round`, without the libm call that
-/// `f32::round_ties_even` becomes on baseline x86-64 (no SSE4.1): adding and removing
-/// 2^23 (with v's sign) leaves the nearest integer under the default rounding mode;
-/// from 2^23 up every f32 is an integer already.
-#[inline(always)]
-fn round_even(v: f32) -> f32 {
-    const TWO_23: f32 = 8_388_608.0;
-    if v.abs() >= TWO_23 {
-        v
-    } else {
-        let m = TWO_23.copysign(v);
-        (v + m) - m
-    }
-}
-
-/// u clipped to [0, l], as `u.clamp(0.0, l)` for every finite u and l ≥ 0, but without
-/// its panic when a non-finite update has made l NaN: the step then runs on, and the
-/// trainer's read-back of the loss reports it (a NaN u stays NaN).
-#[inline(always)]
-fn clip(u: f32, l: f32) -> f32 {
-    if u < 0.0 {
-        0.0
-    } else if u > l {
-        l
-    } else {
-        u
-    }
-}
-
-fn host(t: &FlexTensor) -> Vec<f32> {
-    t.to_contiguous()
-        .as_slice::<f32>()
-        .expect("quantizer ranges are f32")
-        .to_vec()
-}
-
-fn contiguous_f32(t: &FlexTensor) -> FlexTensor {
-    assert_eq!(
-        t.dtype(),
-        DType::F32,
-        "the fused quantizer takes f32 tensors"
-    );
-    t.to_contiguous()
 }
 
 fn channel_vector(values: Vec<f32>) -> FlexTensor {
     let n = values.len();
-    FlexTensor::from_data(TensorData::new(values, [n]))
+    from_vec(values, &[n])
 }
 
 impl AdjQuantOps for Flex {
@@ -189,28 +150,16 @@ impl AdjQuantOps for Flex {
         axis: usize,
     ) -> FlexTensor {
         let r = Ranges::read(&step_inv, &zero, &levels, &inv);
-        let x = contiguous_f32(&x);
-        let shape = x.layout().shape().clone();
+        let x = contiguous_f32(&x, OP);
+        let shape = dims(&x);
         let (run, per_task) = r.runs(&shape, axis);
-        let xs = x.as_slice::<f32>().expect("contiguous f32");
-        let mut out = FlexTensor::empty(shape, DType::F32);
-        if xs.is_empty() {
-            return out;
-        }
-        out.storage_mut::<f32>()
-            .par_chunks_mut(run)
-            .zip(xs.par_chunks(run))
-            .with_min_len(per_task)
-            .enumerate()
-            .for_each(|(i, (ys, xs))| {
-                let c = r.channel(i);
-                let (s, z, l, inv) = (r.step_inv[c], r.zero[c], r.levels[c], r.inv[c]);
-                for (y, &v) in ys.iter_mut().zip(xs) {
-                    let u = round_even(v * s) - z;
-                    *y = (clip(u, l) + z) * inv;
-                }
-            });
-        out
+        output(&shape, |out| {
+            out.par_chunks_mut(run)
+                .zip(f32s(&x).par_chunks(run))
+                .with_min_len(per_task)
+                .enumerate()
+                .for_each(|(i, (ys, xs))| kernels::forward(xs, r.of_run(i), ys))
+        })
     }
 
     fn adj_quant_backward(
@@ -223,61 +172,33 @@ impl AdjQuantOps for Flex {
         axis: usize,
     ) -> QuantGrads<Flex> {
         let r = Ranges::read(&step_inv, &zero, &levels, &inv);
-        let x = contiguous_f32(&x);
-        let grad = contiguous_f32(&grad);
-        let shape = x.layout().shape().clone();
+        let (x, grad) = (contiguous_f32(&x, OP), contiguous_f32(&grad, OP));
+        let shape = dims(&x);
         let (run, per_task) = r.runs(&shape, axis);
-        let xs = x.as_slice::<f32>().expect("contiguous f32");
-        let gs = grad.as_slice::<f32>().expect("contiguous f32");
-        let mut grad_x = FlexTensor::empty(shape, DType::F32);
         // Per-run partial sums, added up in run order below: the same result for any
         // thread count (training is deterministic on CPU).
-        let partial: Vec<[f64; 4]> = if xs.is_empty() {
-            Vec::new()
-        } else {
-            grad_x
-                .storage_mut::<f32>()
+        let mut partial: Vec<RangeGrads> = Vec::new();
+        let grad_x = output(&shape, |dx| {
+            partial = dx
                 .par_chunks_mut(run)
-                .zip(xs.par_chunks(run).zip(gs.par_chunks(run)))
+                .zip(f32s(&x).par_chunks(run).zip(f32s(&grad).par_chunks(run)))
                 .with_min_len(per_task)
                 .enumerate()
-                .map(|(i, (dxs, (xs, gs)))| {
-                    let c = r.channel(i);
-                    let (s, z, l, inv) = (r.step_inv[c], r.zero[c], r.levels[c], r.inv[c]);
-                    let (mut ds, mut dz, mut dl, mut dinv) = (0f64, 0f64, 0f64, 0f64);
-                    for ((dx, &v), &g) in dxs.iter_mut().zip(xs).zip(gs) {
-                        let u = round_even(v * s) - z;
-                        let gi = g * inv;
-                        if (0.0..=l).contains(&u) {
-                            *dx = gi * s;
-                            ds += f64::from(gi * v);
-                        } else {
-                            *dx = 0.0;
-                            dz += f64::from(gi);
-                            if u > l {
-                                dl += f64::from(gi);
-                            }
-                        }
-                        dinv += f64::from(g * (clip(u, l) + z));
-                    }
-                    [ds, dz, dl, dinv]
-                })
-                .collect()
-        };
-        let mut sums = vec![[0f64; 4]; r.channels()];
-        for (i, p) in partial.iter().enumerate() {
-            let acc = &mut sums[r.channel(i)];
-            for k in 0..4 {
-                acc[k] += p[k];
-            }
+                .map(|(i, (dxs, (xs, gs)))| kernels::backward(gs, xs, r.of_run(i), dxs))
+                .collect();
+        });
+        let mut sums = vec![RangeGrads::default(); r.channels()];
+        for (i, p) in partial.into_iter().enumerate() {
+            sums[i % r.channels()] += p;
         }
-        let column = |k: usize| channel_vector(sums.iter().map(|s| s[k] as f32).collect());
+        let column =
+            |f: fn(&RangeGrads) -> f64| channel_vector(sums.iter().map(|s| f(s) as f32).collect());
         QuantGrads {
             x: grad_x,
-            step_inv: column(0),
-            zero: column(1),
-            levels: column(2),
-            inv: column(3),
+            step_inv: column(|s| s.step_inv),
+            zero: column(|s| s.zero),
+            levels: column(|s| s.levels),
+            inv: column(|s| s.inv),
         }
     }
 }
@@ -376,6 +297,7 @@ mod tests {
     use crate::quant::adjustable::quantize_composed;
     use crate::quant::host_f32;
     use crate::quant::ste::round;
+    use burn::tensor::TensorData;
 
     struct Outcome {
         y: Vec<f32>,
@@ -473,32 +395,6 @@ mod tests {
         check([3, 5, 1, 1], 1, 5); // SE vectors: runs of one element
         check([40_000], 0, 1); // per tensor, several pieces
         check([4, 9], 1, 1); // per tensor on a 2-D tensor
-    }
-
-    #[test]
-    fn round_even_is_half_to_even_everywhere() {
-        for v in [
-            0.5f32,
-            1.5,
-            2.5,
-            -0.5,
-            -1.5,
-            -2.5,
-            0.49999997,
-            3.7,
-            -3.7,
-            4_194_303.5,
-            4_194_304.5,
-            8_388_609.0,
-            1e20,
-            -1e20,
-            0.0,
-            -0.0,
-        ] {
-            assert_eq!(round_even(v), v.round_ties_even(), "{v}");
-        }
-        assert!(round_even(f32::NAN).is_nan());
-        assert_eq!(round_even(f32::INFINITY), f32::INFINITY);
     }
 
     #[test]

@@ -1,0 +1,283 @@
+//! The adjustable quantizer's per-element step over one channel's run of elements,
+//! y = (clip(round(x·S) − z, 0, L) + z)·inv, and its gradients. Eight lanes at a time and
+//! branch-free, so the loops vectorise; compiled for AVX2 too and that copy picked at run
+//! time (no fused multiply-adds: both give the same bits).
+
+/// Eight lanes at a time, so the compiler vectorises the loops.
+const LANES: usize = 8;
+
+/// One channel's constants: S = L / W, z = round(lo·S), L = 2^b − 1 and inv = 1 / S.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Range {
+    pub step_inv: f32,
+    pub zero: f32,
+    pub levels: f32,
+    pub inv: f32,
+}
+
+/// The sums of one run's backward, in f64: ∂S, ∂z, ∂L and ∂inv.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RangeGrads {
+    pub step_inv: f64,
+    pub zero: f64,
+    pub levels: f64,
+    pub inv: f64,
+}
+
+impl std::ops::AddAssign for RangeGrads {
+    fn add_assign(&mut self, o: Self) {
+        self.step_inv += o.step_inv;
+        self.zero += o.zero;
+        self.levels += o.levels;
+        self.inv += o.inv;
+    }
+}
+
+/// Round half to even, like burn's `round`, without the libm call that
+/// `f32::round_ties_even` becomes on baseline x86-64 (no SSE4.1): adding and removing
+/// 2^23 (with v's sign) leaves the nearest integer under the default rounding mode;
+/// from 2^23 up every f32 is an integer already.
+#[inline(always)]
+fn round_even(v: f32) -> f32 {
+    const TWO_23: f32 = 8_388_608.0;
+    let m = TWO_23.copysign(v);
+    let r = (v + m) - m;
+    if v.abs() >= TWO_23 { v } else { r }
+}
+
+/// u clipped to [0, l], as `u.clamp(0.0, l)` for every finite u and l ≥ 0, but without
+/// its panic when a non-finite update has made l NaN (a NaN u stays NaN).
+#[inline(always)]
+fn clip(u: f32, l: f32) -> f32 {
+    let c = if u > l { l } else { u };
+    if u < 0.0 { 0.0 } else { c }
+}
+
+/// round(x·S) − z: the element's level before the clip.
+#[inline(always)]
+fn level(v: f32, r: &Range) -> f32 {
+    round_even(v * r.step_inv) - r.zero
+}
+
+#[inline(always)]
+fn forward_one(v: f32, r: &Range) -> f32 {
+    (clip(level(v, r), r.levels) + r.zero) * r.inv
+}
+
+/// One element's input gradient and its terms of the four sums, for upstream g. Inside
+/// 0 ≤ u ≤ L the gradient goes to x and S; outside, to z (and to L above it).
+#[inline(always)]
+fn backward_one(v: f32, g: f32, r: &Range) -> (f32, [f32; 4]) {
+    let u = level(v, r);
+    let gi = g * r.inv;
+    let inside = u >= 0.0 && u <= r.levels;
+    let dx = if inside { gi * r.step_inv } else { 0.0 };
+    let ds = if inside { gi * v } else { 0.0 };
+    let dz = if inside { 0.0 } else { gi };
+    let dl = if u > r.levels { gi } else { 0.0 };
+    let dinv = g * (clip(u, r.levels) + r.zero);
+    (dx, [ds, dz, dl, dinv])
+}
+
+#[inline(always)]
+fn forward_portable(x: &[f32], r: &Range, y: &mut [f32]) {
+    for (y, &v) in y.iter_mut().zip(x) {
+        *y = forward_one(v, r);
+    }
+}
+
+#[inline(always)]
+fn backward_portable(g: &[f32], x: &[f32], r: &Range, dx: &mut [f32]) -> RangeGrads {
+    // Lane i sums elements i, i + 8, …; the lanes are added in order at the end.
+    let mut lanes = [[0f64; LANES]; 4];
+    let full = x.len() / LANES * LANES;
+    for ((dx, x), g) in dx[..full]
+        .chunks_exact_mut(LANES)
+        .zip(x[..full].chunks_exact(LANES))
+        .zip(g[..full].chunks_exact(LANES))
+    {
+        for i in 0..LANES {
+            let (d, terms) = backward_one(x[i], g[i], r);
+            dx[i] = d;
+            for (lane, t) in lanes.iter_mut().zip(terms) {
+                lane[i] += f64::from(t);
+            }
+        }
+    }
+    let mut sums = lanes.map(|lane| lane.iter().sum::<f64>());
+    for ((dx, &v), &g) in dx[full..].iter_mut().zip(&x[full..]).zip(&g[full..]) {
+        let (d, terms) = backward_one(v, g, r);
+        *dx = d;
+        for (s, t) in sums.iter_mut().zip(terms) {
+            *s += f64::from(t);
+        }
+    }
+    let [step_inv, zero, levels, inv] = sums;
+    RangeGrads {
+        step_inv,
+        zero,
+        levels,
+        inv,
+    }
+}
+
+/// The loops compiled for AVX2, picked at run time; without FMA they give the baseline
+/// build's bits.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Range, RangeGrads};
+
+    #[target_feature(enable = "avx2")]
+    pub fn forward(x: &[f32], r: &Range, y: &mut [f32]) {
+        super::forward_portable(x, r, y)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub fn backward(g: &[f32], x: &[f32], r: &Range, dx: &mut [f32]) -> RangeGrads {
+        super::backward_portable(g, x, r, dx)
+    }
+}
+
+/// y = (clip(round(x·S) − z, 0, L) + z)·inv for one channel's run `x`.
+pub fn forward(x: &[f32], r: &Range, y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "quantizer input and output lengths");
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2::forward(x, r, y) };
+    }
+    forward_portable(x, r, y)
+}
+
+/// The gradient of one channel's run for the upstream `g`: ∂x into `dx` and the run's
+/// sums ∂S = Σ inside·g·inv·x, ∂z = Σ (1 − inside)·g·inv, ∂L = Σ (u > L)·g·inv and
+/// ∂inv = Σ g·(clip(u) + z), where u = round(x·S) − z and inside = 0 ≤ u ≤ L.
+pub fn backward(g: &[f32], x: &[f32], r: &Range, dx: &mut [f32]) -> RangeGrads {
+    assert!(
+        g.len() == x.len() && dx.len() == x.len(),
+        "quantizer gradient lengths"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2::backward(g, x, r, dx) };
+    }
+    backward_portable(g, x, r, dx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const R: Range = Range {
+        step_inv: 7.5,
+        zero: -3.0,
+        levels: 15.0,
+        inv: 1.0 / 7.5,
+    };
+
+    fn inputs(n: usize) -> (Vec<f32>, Vec<f32>) {
+        let x = (0..n).map(|i| (i as f32 - n as f32 / 2.0) / 13.0).collect();
+        let g = (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0).collect();
+        (x, g)
+    }
+
+    /// Each element by hand: the clip's three cases and their gradients.
+    #[test]
+    fn hand_worked_elements() {
+        // u = round(x·7.5) + 3: x = 0.2 → 5 (inside), x = −1 → −5 (below; −7.5 rounds
+        // to even −8), x = 2 → 18 (above L = 15).
+        let x = [0.2, -1.0, 2.0];
+        let mut y = [0f32; 3];
+        forward(&x, &R, &mut y);
+        assert_eq!(y, [2.0 * R.inv, -3.0 * R.inv, 12.0 * R.inv]);
+        let mut dx = [0f32; 3];
+        let s = backward(&[1.0, 1.0, 1.0], &x, &R, &mut dx);
+        let gi = R.inv;
+        assert_eq!(dx, [gi * 7.5, 0.0, 0.0]);
+        assert_eq!(s.step_inv, f64::from(gi * 0.2));
+        assert_eq!(s.zero, 2.0 * f64::from(gi));
+        assert_eq!(s.levels, f64::from(gi));
+        assert_eq!(s.inv, 2.0 + -3.0 + 12.0);
+    }
+
+    /// Ties round to even, as burn's `round` does, on both sides of 2^22 and 2^23.
+    #[test]
+    fn round_half_to_even_everywhere() {
+        for v in [
+            0.5f32,
+            1.5,
+            2.5,
+            -0.5,
+            -1.5,
+            -2.5,
+            0.49999997,
+            3.7,
+            -3.7,
+            4_194_303.5,
+            4_194_304.5,
+            8_388_609.0,
+            1e20,
+            -1e20,
+            0.0,
+            -0.0,
+            f32::INFINITY,
+        ] {
+            assert_eq!(round_even(v), v.round_ties_even(), "{v}");
+        }
+        assert!(round_even(f32::NAN).is_nan());
+    }
+
+    /// A NaN bound (after a non-finite update) is no panic: nothing is clipped above it,
+    /// and a NaN input stays NaN, for the trainer's read-back of the loss to report.
+    #[test]
+    fn nan_levels_and_inputs_run_on() {
+        let r = Range {
+            levels: f32::NAN,
+            ..R
+        };
+        let x = [2.0, f32::NAN];
+        let mut y = [0f32; 2];
+        forward(&x, &r, &mut y);
+        assert_eq!(y[0], 15.0 * R.inv);
+        assert!(y[1].is_nan());
+        let mut dx = [0f32; 2];
+        let s = backward(&[1.0, 1.0], &x, &r, &mut dx);
+        assert!(s.inv.is_nan());
+    }
+
+    /// The lane sums equal one sequential f64 sum to f64 rounding, and the element
+    /// results are the scalar ones exactly.
+    #[test]
+    fn matches_the_scalar_definition() {
+        let (x, g) = inputs(1003);
+        let mut dx = vec![0f32; x.len()];
+        let s = backward(&g, &x, &R, &mut dx);
+        let mut want = [0f64; 4];
+        for (i, (&v, &gv)) in x.iter().zip(&g).enumerate() {
+            let (d, terms) = backward_one(v, gv, &R);
+            assert_eq!(dx[i], d);
+            for (w, t) in want.iter_mut().zip(terms) {
+                *w += f64::from(t);
+            }
+        }
+        let got = [s.step_inv, s.zero, s.levels, s.inv];
+        for (a, b) in got.iter().zip(want) {
+            assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+
+    /// The AVX2 copy and the baseline loops give the same bits.
+    #[test]
+    fn every_simd_width_gives_the_same_bits() {
+        let (x, g) = inputs(1003);
+        let (mut a, mut b) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+        forward(&x, &R, &mut a);
+        forward_portable(&x, &R, &mut b);
+        assert_eq!(a, b);
+        let sa = backward(&g, &x, &R, &mut a);
+        let sb = backward_portable(&g, &x, &R, &mut b);
+        assert_eq!(a, b);
+        assert_eq!(sa, sb);
+    }
+}
