@@ -11,6 +11,8 @@ use burn::tensor::Distribution;
 use std::time::Instant;
 
 fn main() {
+    // As `runner` does (see adjq::malloc).
+    adjq::malloc::keep_freed_blocks();
     println!("| backend | batch | ms / forward | images/s |\n|---|---|---|---|");
     for backend in Backend::from_bench_args().expect("backends to run") {
         bench(backend);

@@ -6,7 +6,8 @@
 //! `history` (comparing logged runs), `data` (datasets, decoding, preprocessing and batch loading), `ckpt` (TensorFlow,
 //! PyTorch and safetensors checkpoints into one tensor map), `model` (EfficientNet),
 //! `quant` (fake quant, the adjustable quantizer, the quantized network), `score` (the
-//! differentiable metric and the official MicroNet counter), `backend` (CPU/GPU choice).
+//! differentiable metric and the official MicroNet counter), `backend` (CPU/GPU choice),
+//! `malloc` (the allocator kept from unmapping freed activations).
 
 pub mod artifacts;
 pub mod atomic;
@@ -19,6 +20,7 @@ pub mod graph;
 pub mod history;
 #[cfg(test)]
 mod layers;
+pub mod malloc;
 pub mod manifest;
 pub mod model;
 pub mod predict;

@@ -5,6 +5,7 @@
 
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// The shape of one call: x `[batch, c_in, hw]`, W `[c_out, c_in]`, y `[batch, c_out, hw]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,40 +53,41 @@ impl View {
     }
 }
 
-/// dst (+)= lhs·rhs, checked against the slices' lengths; `accumulate` adds to dst's
-/// values instead of overwriting them.
+/// Where a product goes: over an uninitialized buffer, or added to initialized values.
+enum Dst<'a> {
+    Overwrite(&'a mut [MaybeUninit<f32>]),
+    Accumulate(&'a mut [f32]),
+}
+
+/// dst = lhs·rhs or dst += lhs·rhs, checked against the slices' lengths.
 fn matmul(
-    (dst, d): (&mut [f32], View),
-    accumulate: bool,
+    (dst, d): (Dst, View),
     (lhs, l): (&[f32], View),
     (rhs, r): (&[f32], View),
     parallelism: Parallelism,
 ) {
+    let (ptr, len, accumulate) = match dst {
+        Dst::Overwrite(s) => (s.as_mut_ptr().cast::<f32>(), s.len(), false),
+        Dst::Accumulate(s) => (s.as_mut_ptr(), s.len(), true),
+    };
     assert!(
         l.cols == r.rows && d.rows == l.rows && d.cols == r.cols,
         "matmul shapes"
     );
     assert!(
-        dst.len() >= d.len() && lhs.len() >= l.len() && rhs.len() >= r.len(),
+        len >= d.len() && lhs.len() >= l.len() && rhs.len() >= r.len(),
         "matmul views exceed their buffers"
     );
-    if d.rows == 0 || d.cols == 0 {
-        return;
-    }
-    if l.cols == 0 {
-        if !accumulate {
-            dst[..d.len()].fill(0.0);
-        }
-        return;
-    }
     // SAFETY: the three views lie inside their slices (asserted above), dst does not
-    // alias the inputs (it is a `&mut`), and the shapes agree.
+    // alias the inputs (it was a `&mut`), and the shapes agree. Without `accumulate` gemm
+    // only writes dst (its alpha is then zero and dst is never read), so dst may be
+    // uninitialized; with k = 0 it writes zeros.
     unsafe {
         gemm(
             d.rows,
             d.cols,
             l.cols,
-            dst.as_mut_ptr(),
+            ptr,
             d.col_stride,
             d.row_stride,
             accumulate,
@@ -108,7 +110,7 @@ fn matmul(
 /// Runs `f(n, out_n, parallelism)` for every batch item n and its part `out_n` of `out`
 /// (items of `len`): items in parallel, each GEMM on one thread, when there are enough of
 /// them; else in turn, each GEMM parallel inside.
-fn per_item(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32], Parallelism) + Sync) {
+fn per_item<T: Send>(out: &mut [T], len: usize, f: impl Fn(usize, &mut [T], Parallelism) + Sync) {
     if out.len() / len >= rayon::current_num_threads() {
         out.par_chunks_mut(len)
             .enumerate()
@@ -153,8 +155,8 @@ impl Dims {
     }
 }
 
-/// y[n] = b + W·x[n] for every batch item.
-pub fn forward(x: &[f32], w: &[f32], bias: &[f32], d: &Dims, y: &mut [f32]) {
+/// y[n] = b + W·x[n] for every batch item; writes every element of `y`.
+pub fn forward(x: &[f32], w: &[f32], bias: &[f32], d: &Dims, y: &mut [MaybeUninit<f32>]) {
     d.check(x.len(), w.len(), y.len());
     assert_eq!(bias.len(), d.c_out, "pointwise conv: bias length");
     let y_len = d.c_out * d.hw;
@@ -163,15 +165,19 @@ pub fn forward(x: &[f32], w: &[f32], bias: &[f32], d: &Dims, y: &mut [f32]) {
     }
     per_item(y, y_len, |n, yn, par| {
         for (row, &b) in yn.chunks_mut(d.hw).zip(bias) {
-            row.fill(b);
+            row.iter_mut().for_each(|v| {
+                v.write(b);
+            });
         }
+        // SAFETY: every row of yn was written just above.
+        let yn = unsafe { yn.assume_init_mut() };
         let xn = item(x, n, d.c_in * d.hw);
-        matmul((yn, d.y()), true, (w, d.w()), (xn, d.x()), par);
+        matmul((Dst::Accumulate(yn), d.y()), (w, d.w()), (xn, d.x()), par);
     });
 }
 
-/// ∂x[n] = Wᵀ·g[n] for every batch item.
-pub fn input_grad(g: &[f32], w: &[f32], d: &Dims, dx: &mut [f32]) {
+/// ∂x[n] = Wᵀ·g[n] for every batch item; writes every element of `dx`.
+pub fn input_grad(g: &[f32], w: &[f32], d: &Dims, dx: &mut [MaybeUninit<f32>]) {
     d.check(dx.len(), w.len(), g.len());
     let x_len = d.c_in * d.hw;
     if x_len == 0 {
@@ -179,7 +185,12 @@ pub fn input_grad(g: &[f32], w: &[f32], d: &Dims, dx: &mut [f32]) {
     }
     per_item(dx, x_len, |n, dxn, par| {
         let gn = item(g, n, d.c_out * d.hw);
-        matmul((dxn, d.x()), false, (w, d.w().t()), (gn, d.y()), par);
+        matmul(
+            (Dst::Overwrite(dxn), d.x()),
+            (w, d.w().t()),
+            (gn, d.y()),
+            par,
+        );
     });
 }
 
@@ -197,15 +208,8 @@ pub fn weight_grad(g: &[f32], x: &[f32], d: &Dims) -> Vec<f32> {
             for n in first..(first + per_group).min(d.batch) {
                 let gn = item(g, n, d.c_out * d.hw);
                 let xn = item(x, n, d.c_in * d.hw);
-                let accumulate = n > first;
-                let par = Parallelism::Rayon(0);
-                matmul(
-                    (&mut dw, d.w()),
-                    accumulate,
-                    (gn, d.y()),
-                    (xn, d.x().t()),
-                    par,
-                );
+                let (dst, par) = (Dst::Accumulate(&mut dw), Parallelism::Rayon(0));
+                matmul((dst, d.w()), (gn, d.y()), (xn, d.x().t()), par);
             }
             dw
         })
@@ -282,6 +286,16 @@ mod tests {
         [y, dx, dw, db]
     }
 
+    /// The output `f` writes into a buffer of `len` NaNs.
+    fn run(f: impl FnOnce(&mut [MaybeUninit<f32>]), len: usize) -> Vec<f32> {
+        let mut out = vec![MaybeUninit::new(f32::NAN); len];
+        f(&mut out);
+        // SAFETY: every element was initialized (to NaN) on creation.
+        out.into_iter()
+            .map(|v| unsafe { v.assume_init() })
+            .collect()
+    }
+
     fn close(ours: &[f32], want: &[f64], what: &str, d: &Dims) {
         assert_eq!(ours.len(), want.len());
         let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
@@ -326,11 +340,13 @@ mod tests {
             let b = values(d.c_out, 2.1);
             let g = values(d.batch * d.c_out * d.hw, 0.71);
             let [y_want, dx_want, dw_want, db_want] = naive(&x, &w, &b, &g, &d);
-            let mut y = vec![f32::NAN; y_want.len()];
-            forward(&x, &w, &b, &d, &mut y);
-            close(&y, &y_want, "y", &d);
-            let mut dx = vec![f32::NAN; dx_want.len()];
-            input_grad(&g, &w, &d, &mut dx);
+            close(
+                &run(|y| forward(&x, &w, &b, &d, y), y_want.len()),
+                &y_want,
+                "y",
+                &d,
+            );
+            let dx = run(|dx| input_grad(&g, &w, &d, dx), dx_want.len());
             close(&dx, &dx_want, "∂x", &d);
             close(&weight_grad(&g, &x, &d), &dw_want, "∂W", &d);
             close(&bias_grad(&g, &d), &db_want, "∂b", &d);
@@ -356,10 +372,8 @@ mod tests {
                 .build()
                 .unwrap();
             pool.install(|| {
-                let mut y = vec![0f32; g.len()];
-                forward(&x, &w, &b, &d, &mut y);
-                let mut dx = vec![0f32; x.len()];
-                input_grad(&g, &w, &d, &mut dx);
+                let y = run(|y| forward(&x, &w, &b, &d, y), g.len());
+                let dx = run(|dx| input_grad(&g, &w, &d, dx), x.len());
                 (y, dx, weight_grad(&g, &x, &d), bias_grad(&g, &d))
             })
         };

@@ -34,6 +34,7 @@ use std::time::Instant;
 
 /// Exit codes: 0 success, 1 a stage failed, 2 bad usage or manifest, 130 interrupted.
 pub fn main() -> i32 {
+    crate::malloc::keep_freed_blocks();
     let cli = Cli::parse();
     let child = matches!(cli.command, Command::ExecStage { .. });
     init_logging(cli.verbose, child);

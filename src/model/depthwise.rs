@@ -7,7 +7,7 @@
 //! B0's widest layer). Here each pass is one walk over the planes. burn's `conv2d` stays
 //! the definition, the test reference and the path of every other backend.
 
-use super::flex_io::{contiguous_f32, dims, f32s, from_vec, output};
+use super::flex_io::{contiguous_f32, dims, f32s, from_vec, output, zeroed};
 pub use adjq_kernels::depthwise::Window;
 use adjq_kernels::depthwise::{self as kernels, Plane};
 use burn::backend::autodiff::{
@@ -141,18 +141,25 @@ impl DepthwiseOps for Flex {
         let shape = [d.batch, d.channels, win.out_h, win.out_w];
         let (xs, ws, bs) = (f32s(&x), f32s(&weight), f32s(&bias));
         let (plane_in, plane_out, kk) = d.sizes(&win);
-        output(&shape, |out| {
-            if plane_out > 0 && !xs.is_empty() {
+        // SAFETY: the planes cover the output and each is zeroed, then written (or, with
+        // no input, the whole output is zeroed).
+        unsafe {
+            output(&shape, |out| {
+                if plane_out == 0 || xs.is_empty() {
+                    zeroed(out);
+                    return;
+                }
                 out.par_chunks_mut(plane_out)
                     .zip(xs.par_chunks(plane_in))
                     .enumerate()
                     .for_each_init(Vec::new, |scratch, (p, (out, x))| {
                         let c = p % d.channels;
                         let f = &ws[c * kk..(c + 1) * kk];
+                        let out = zeroed(out);
                         kernels::forward(x, f, bs[c], &d.plane, &win, scratch, out);
                     });
-            }
-        })
+            })
+        }
     }
 
     fn depthwise_conv_backward(
@@ -169,8 +176,14 @@ impl DepthwiseOps for Flex {
         let d = Dims::of(&x, &weight);
         let (gs, xs, ws) = (f32s(&grad), f32s(&x), f32s(&weight));
         let (plane_in, plane_out, kk) = d.sizes(&win);
-        let grad_x = output(&dims(&x), |grad_x| {
-            if plane_out > 0 && !xs.is_empty() {
+        // SAFETY: the planes cover the output and each is zeroed, then written. (With no
+        // output pixels there are no planes, and the input gradient is all zeros.)
+        let grad_x = unsafe {
+            output(&dims(&x), |grad_x| {
+                if plane_out == 0 || xs.is_empty() {
+                    zeroed(grad_x);
+                    return;
+                }
                 grad_x
                     .par_chunks_mut(plane_in)
                     .zip(gs.par_chunks(plane_out))
@@ -178,10 +191,10 @@ impl DepthwiseOps for Flex {
                     .for_each_init(Vec::new, |scratch, (p, (dx, g))| {
                         let c = p % d.channels;
                         let f = &ws[c * kk..(c + 1) * kk];
-                        kernels::input_grad(g, f, &d.plane, &win, scratch, dx);
+                        kernels::input_grad(g, f, &d.plane, &win, scratch, zeroed(dx));
                     });
-            }
-        });
+            })
+        };
         // One task per channel, its planes in batch order: the same sums for any thread
         // count (training is deterministic on CPU).
         let sums: Vec<Vec<f64>> = (0..d.channels)

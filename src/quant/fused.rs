@@ -12,7 +12,7 @@
 //! ∂L = Σ (round(x·S) − z > L)·g·inv, ∂inv = Σ g·(clip(..) + z), the sums per channel.
 
 use super::adjustable::Step;
-use crate::model::flex_io::{contiguous_f32, dims, f32s, from_vec, output};
+use crate::model::flex_io::{contiguous_f32, dims, f32s, from_vec, output, zeroed};
 use adjq_kernels::quant::{self as kernels, Range, RangeGrads};
 use burn::backend::autodiff::{
     Autodiff,
@@ -153,13 +153,16 @@ impl AdjQuantOps for Flex {
         let x = contiguous_f32(&x, OP);
         let shape = dims(&x);
         let (run, per_task) = r.runs(&shape, axis);
-        output(&shape, |out| {
-            out.par_chunks_mut(run)
-                .zip(f32s(&x).par_chunks(run))
-                .with_min_len(per_task)
-                .enumerate()
-                .for_each(|(i, (ys, xs))| kernels::forward(xs, r.of_run(i), ys))
-        })
+        // SAFETY: the runs cover the output and each is zeroed, then written.
+        unsafe {
+            output(&shape, |out| {
+                out.par_chunks_mut(run)
+                    .zip(f32s(&x).par_chunks(run))
+                    .with_min_len(per_task)
+                    .enumerate()
+                    .for_each(|(i, (ys, xs))| kernels::forward(xs, r.of_run(i), zeroed(ys)))
+            })
+        }
     }
 
     fn adj_quant_backward(
@@ -178,15 +181,18 @@ impl AdjQuantOps for Flex {
         // Per-run partial sums, added up in run order below: the same result for any
         // thread count (training is deterministic on CPU).
         let mut partial: Vec<RangeGrads> = Vec::new();
-        let grad_x = output(&shape, |dx| {
-            partial = dx
-                .par_chunks_mut(run)
-                .zip(f32s(&x).par_chunks(run).zip(f32s(&grad).par_chunks(run)))
-                .with_min_len(per_task)
-                .enumerate()
-                .map(|(i, (dxs, (xs, gs)))| kernels::backward(gs, xs, r.of_run(i), dxs))
-                .collect();
-        });
+        // SAFETY: the runs cover the output and each is zeroed, then written.
+        let grad_x = unsafe {
+            output(&shape, |dx| {
+                partial = dx
+                    .par_chunks_mut(run)
+                    .zip(f32s(&x).par_chunks(run).zip(f32s(&grad).par_chunks(run)))
+                    .with_min_len(per_task)
+                    .enumerate()
+                    .map(|(i, (dxs, (xs, gs)))| kernels::backward(gs, xs, r.of_run(i), zeroed(dxs)))
+                    .collect();
+            })
+        };
         let mut sums = vec![RangeGrads::default(); r.channels()];
         for (i, p) in partial.into_iter().enumerate() {
             sums[i % r.channels()] += p;
