@@ -8,6 +8,7 @@
 #[cfg(test)]
 const LAYERS: &[&str] = &[
     "atomic",
+    "malloc",
     "backend",
     "data",
     "ckpt",
