@@ -99,96 +99,31 @@ fn for_each_tap(
     win: &Window,
     mut f: impl FnMut(usize, usize, std::ops::Range<usize>, std::ops::Range<usize>),
 ) {
-    for oy in 0..win.out_h {
-        for_each_tap_of_row(oy, d, win, |tap, cols, input| f(oy, tap, cols, input));
-    }
-}
-
-/// [`for_each_tap`] for the one output row `oy`, taps in (ky, kx) order.
-#[inline(always)]
-fn for_each_tap_of_row(
-    oy: usize,
-    d: &Plane,
-    win: &Window,
-    mut f: impl FnMut(usize, std::ops::Range<usize>, std::ops::Range<usize>),
-) {
     let (s, k) = (win.stride, d.k);
     let pw = phase_len(d.w, s);
-    for ky in 0..k {
-        let Some(iy) = input_row(oy, ky, d.h, win) else {
-            continue;
-        };
-        for kx in 0..k {
-            let cols = columns(kx, d.w, win);
-            if cols.is_empty() {
+    for oy in 0..win.out_h {
+        for ky in 0..k {
+            let Some(iy) = input_row(oy, ky, d.h, win) else {
                 continue;
-            }
-            // Input column `first`, then every s-th: in phase first % s, from
-            // index first / s on.
-            let first = cols.start * s + kx - win.pad_left;
-            let start = ((first % s) * d.h + iy) * pw + first / s;
-            let input = start..start + cols.len();
-            f(ky * k + kx, cols, input);
-        }
-    }
-}
-
-/// The output columns every filter tap reaches (no padding read): the forward's register
-/// blocks run there; the edge columns outside go tap by tap.
-fn interior(d: &Plane, win: &Window) -> std::ops::Range<usize> {
-    let (lo, hi) = (0..d.k)
-        .map(|kx| columns(kx, d.w, win))
-        .fold((0, win.out_w), |(lo, hi), c| {
-            (lo.max(c.start), hi.min(c.end))
-        });
-    // A tap that reaches no column leaves no interior (its empty range may start past
-    // the row's end).
-    let lo = lo.min(win.out_w);
-    lo..hi.max(lo)
-}
-
-/// Most filter taps the register-blocked forward takes (7×7); larger filters go tap by
-/// tap over whole rows.
-const MAX_TAPS: usize = 49;
-
-/// Output columns per register block: four AVX2 registers of accumulators.
-const BLOCK: usize = 32;
-
-/// `out[j] = bias + Σ f·x[start + j]` over `taps` (f, start) in order, `BLOCK` outputs
-/// at a time held in registers: one load per multiply-add instead of the tap-by-tap
-/// pass's load, add and store of the output.
-#[inline(always)]
-fn blocked_row(out: &mut [f32], taps: &[(f32, usize)], x: &[f32], bias: f32) {
-    let mut blocks = out.chunks_exact_mut(BLOCK);
-    let mut done = 0;
-    for block in &mut blocks {
-        let mut acc = [bias; BLOCK];
-        for &(f, start) in taps {
-            let xs: &[f32; BLOCK] = x[start + done..start + done + BLOCK]
-                .try_into()
-                .expect("a full block");
-            for i in 0..BLOCK {
-                acc[i] += f * xs[i];
+            };
+            for kx in 0..k {
+                let cols = columns(kx, d.w, win);
+                if cols.is_empty() {
+                    continue;
+                }
+                // Input column `first`, then every s-th: in phase first % s, from
+                // index first / s on.
+                let first = cols.start * s + kx - win.pad_left;
+                let start = ((first % s) * d.h + iy) * pw + first / s;
+                let input = start..start + cols.len();
+                f(oy, ky * k + kx, cols, input);
             }
         }
-        block.copy_from_slice(&acc);
-        done += BLOCK;
     }
-    let rest = blocks.into_remainder();
-    let mut acc = [bias; BLOCK];
-    for &(f, start) in taps {
-        let xs = &x[start + done..start + done + rest.len()];
-        for (a, &v) in acc.iter_mut().zip(xs) {
-            *a += f * v;
-        }
-    }
-    let n = rest.len();
-    rest.copy_from_slice(&acc[..n]);
 }
 
-/// One output plane from its (phased) input plane: bias, then each filter tap added in
-/// (ky, kx) order, the interior columns in register blocks ([`blocked_row`]), the edge
-/// columns tap by tap (the same order, so the same bits either way).
+/// One output plane from its (phased) input plane: bias, then each filter tap added over
+/// the output columns it reaches.
 #[inline(always)]
 fn forward_plane_impl(
     x: &[f32],
@@ -198,39 +133,15 @@ fn forward_plane_impl(
     win: &Window,
     out: &mut [f32],
 ) {
+    out.fill(bias);
     let ow = win.out_w;
-    let inner = if d.k * d.k <= MAX_TAPS {
-        interior(d, win)
-    } else {
-        0..0
-    };
-    let mut taps = [(0f32, 0usize); MAX_TAPS];
-    for oy in 0..win.out_h {
+    for_each_tap(d, win, |oy, tap, cols, input| {
+        let f = filter[tap];
         let row = &mut out[oy * ow..(oy + 1) * ow];
-        row[..inner.start].fill(bias);
-        row[inner.end..].fill(bias);
-        let mut n = 0;
-        for_each_tap_of_row(oy, d, win, |tap, cols, input| {
-            let f = filter[tap];
-            let edges = [
-                cols.start..cols.end.min(inner.start),
-                cols.start.max(inner.end)..cols.end,
-            ];
-            for part in edges.into_iter().filter(|p| p.start < p.end) {
-                let from = input.start + part.start - cols.start;
-                for (y, &v) in row[part.clone()].iter_mut().zip(&x[from..]) {
-                    *y += f * v;
-                }
-            }
-            if !inner.is_empty() {
-                taps[n] = (f, input.start + inner.start - cols.start);
-                n += 1;
-            }
-        });
-        if !inner.is_empty() {
-            blocked_row(&mut row[inner.clone()], &taps[..n], x, bias);
+        for (y, &v) in row[cols].iter_mut().zip(&x[input]) {
+            *y += f * v;
         }
-    }
+    });
 }
 
 /// One plane's input gradient, phased: each output gradient spread back over the taps.
@@ -417,9 +328,9 @@ mod tests {
     }
 
     /// The forward equals the direct definition bit for bit (bias, then the taps in
-    /// (ky, kx) order), on planes wide enough for full register blocks plus edges.
+    /// (ky, kx) order), on wide planes, planes narrower than the filter and both strides.
     #[test]
-    fn forward_equals_the_direct_definition_on_wide_planes() {
+    fn forward_equals_the_direct_definition() {
         for (h, w, k, stride, pad_top, pad_left) in [
             (5, 75, 3, 1, 1, 1),
             (6, 80, 5, 2, 1, 2),
