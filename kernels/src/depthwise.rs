@@ -181,49 +181,219 @@ fn bias_grad(g: &[f32], win: &Window) -> f64 {
 /// Lanes of the narrow-plane loops: eight f32 (one AVX2 register).
 const LANES: usize = 8;
 
-/// Output rows up to this wide (times the stride) take the narrow-plane filter gradient:
-/// on B0's 7-, 14- and 28-wide planes the tap-by-tap dot products are mostly tails and
-/// horizontal sums, and strided planes skip the phasing (measured on B0's shapes: 2.3×
-/// faster in all; 56-wide planes at stride 1 are faster tap by tap).
+/// Output rows up to this wide take the narrow-plane loops: on B0's 7-, 14- and 28-wide
+/// planes the tap-by-tap loops are mostly edge cases, tails and horizontal sums, and
+/// strided planes skip the phasing (measured on B0's shapes; 56-wide planes are as fast
+/// or faster tap by tap).
 const NARROW_WIDTH: usize = 32;
 
-/// Whether a plane takes [`filter_grad_narrow_impl`].
+/// The longest row the narrow loops hold, in whole lanes: an output row, or at stride 1
+/// an input row (at most k − 1 more than the output's).
+const MAX_NARROW_ROW: usize = NARROW_WIDTH + LANES;
+
+/// Whether a plane takes the narrow-plane loops ([`forward_narrow_impl`],
+/// [`gather_grad_impl`], [`scatter_grad_impl`], [`filter_grad_narrow_impl`]).
 fn narrow(d: &Plane, win: &Window) -> bool {
-    d.k <= LANES && (1..=NARROW_WIDTH * win.stride).contains(&win.out_w) && win.out_h > 0
+    let rows_fit = win.stride > 1 || whole_lanes(d.w) <= MAX_NARROW_ROW;
+    d.k <= LANES && (1..=NARROW_WIDTH).contains(&win.out_w) && win.out_h > 0 && rows_fit
 }
 
-/// Row length of the zero-padded plane [`pad_plane`] makes: every output column's
-/// window starts in it and eight lanes from there fit.
-fn padded_width(win: &Window) -> usize {
-    (win.out_w - 1) * win.stride + LANES
+/// `n` rounded up to whole lanes.
+fn whole_lanes(n: usize) -> usize {
+    n.div_ceil(LANES) * LANES
 }
 
-/// `x` (an h×w plane) zero-padded into `buf`, unphased: row r, column c hold input pixel
-/// (r − pad_top, c − pad_left) or zero; rows (out_h − 1)·s + k, [`padded_width`] columns.
-fn pad_plane(x: &[f32], d: &Plane, win: &Window, buf: &mut Vec<f32>) {
-    let (rows, wp) = ((win.out_h - 1) * win.stride + d.k, padded_width(win));
-    buf.clear();
-    buf.resize(rows * wp, 0.0);
-    for (r, out) in buf.chunks_exact_mut(wp).enumerate() {
-        let Some(iy) = r.checked_sub(win.pad_top).filter(|&iy| iy < d.h) else {
-            continue;
-        };
-        let row = &x[iy * d.w..(iy + 1) * d.w];
-        // Input columns from (pad_left − c)⁺ on land at c ≥ pad_left.
-        let skip = win.pad_left.min(wp);
-        for (o, &v) in out[skip..].iter_mut().zip(row) {
-            *o = v;
+/// A zero-padded copy of an h×w plane: padded row r, column c hold pixel
+/// (r − top, c − left), or zero outside the plane. Split into `phases` column phases
+/// (phase p holds columns p, p + phases, …, like [`to_phases`]), each row `len` long.
+#[derive(Clone, Copy)]
+struct Padded {
+    phases: usize,
+    rows: usize,
+    len: usize,
+    top: usize,
+    left: usize,
+    h: usize,
+    w: usize,
+}
+
+impl Padded {
+    /// The input of [`filter_grad_narrow_impl`]: unphased, eight lanes from every window's
+    /// start.
+    fn unphased(d: &Plane, win: &Window) -> Self {
+        Padded {
+            phases: 1,
+            rows: (win.out_h - 1) * win.stride + d.k,
+            len: (win.out_w - 1) * win.stride + LANES,
+            top: win.pad_top,
+            left: win.pad_left,
+            h: d.h,
+            w: d.w,
+        }
+    }
+
+    /// The input of [`forward_narrow_impl`], or the input gradient [`scatter_grad_impl`]
+    /// writes: phased by the stride, a whole output row from every tap's first column.
+    fn phased(d: &Plane, win: &Window) -> Self {
+        Padded {
+            phases: win.stride,
+            rows: (win.out_h - 1) * win.stride + d.k,
+            len: whole_lanes(win.out_w) + (d.k - 1) / win.stride,
+            top: win.pad_top,
+            left: win.pad_left,
+            h: d.h,
+            w: d.w,
+        }
+    }
+
+    /// The output gradient (out_h×out_w) for [`gather_grad_impl`] at stride 1, padded by
+    /// k − 1 on the top and left: input pixel (iy, ix) reads tap (ky, kx) at padded row
+    /// iy + pad_top + k − 1 − ky, column ix + pad_left + k − 1 − kx.
+    fn gradient(d: &Plane, win: &Window) -> Self {
+        Padded {
+            phases: 1,
+            rows: d.h + win.pad_top + d.k - 1,
+            len: whole_lanes(d.w) + win.pad_left + d.k - 1,
+            top: d.k - 1,
+            left: d.k - 1,
+            h: win.out_h,
+            w: win.out_w,
+        }
+    }
+
+    fn size(&self) -> usize {
+        self.phases * self.rows * self.len
+    }
+
+    /// Where column `c` (phase c mod phases) of padded row `r` is.
+    fn at(&self, r: usize, c: usize) -> usize {
+        ((c % self.phases) * self.rows + r) * self.len + c / self.phases
+    }
+
+    /// The plane's pixel at position `j` of phase `p`, row `r`, if inside the plane.
+    fn pixel(&self, p: usize, r: usize, j: usize) -> Option<usize> {
+        let iy = r.checked_sub(self.top).filter(|&iy| iy < self.h)?;
+        let ix = (p + self.phases * j)
+            .checked_sub(self.left)
+            .filter(|&ix| ix < self.w)?;
+        Some(iy * self.w + ix)
+    }
+
+    /// Plane `x` padded into `buf`.
+    fn fill(&self, x: &[f32], buf: &mut Vec<f32>) {
+        buf.clear();
+        buf.resize(self.size(), 0.0);
+        for (i, row) in buf.chunks_exact_mut(self.len).enumerate() {
+            let (p, r) = (i / self.rows, i % self.rows);
+            for (j, v) in row.iter_mut().enumerate() {
+                if let Some(at) = self.pixel(p, r, j) {
+                    *v = x[at];
+                }
+            }
+        }
+    }
+
+    /// The inverse of [`Padded::fill`]: the plane's pixels of `buf` into `x`, zero where
+    /// the padded plane does not reach.
+    fn unpad(&self, buf: &[f32], x: &mut [f32]) {
+        x.fill(0.0);
+        for (i, row) in buf.chunks_exact(self.len).enumerate() {
+            let (p, r) = (i / self.rows, i % self.rows);
+            for (j, &v) in row.iter().enumerate() {
+                if let Some(at) = self.pixel(p, r, j) {
+                    x[at] = v;
+                }
+            }
         }
     }
 }
 
-/// The filter gradient of a narrow plane from its padded input ([`pad_plane`]): for each
+/// `row += f · src[start..]` over the row's whole lanes.
+#[inline(always)]
+fn add_scaled(row: &mut [f32], f: f32, src: &[f32], start: usize) {
+    let n = row.len();
+    for (y, &v) in row.iter_mut().zip(&src[start..start + n]) {
+        *y += f * v;
+    }
+}
+
+/// One narrow output plane from its padded input (`Padded::phased`): each row in
+/// registers, bias then every tap in (ky, kx) order over whole lanes (taps on padding add
+/// zero), so the bits of the tap-by-tap loops.
+#[inline(always)]
+fn forward_narrow_impl(
+    xq: &[f32],
+    filter: &[f32],
+    bias: f32,
+    d: &Plane,
+    win: &Window,
+    out: &mut [f32],
+) {
+    let (s, k) = (win.stride, d.k);
+    let pad = Padded::phased(d, win);
+    let mut row = [0f32; MAX_NARROW_ROW];
+    let row = &mut row[..whole_lanes(win.out_w)];
+    for (oy, out_row) in out.chunks_exact_mut(win.out_w).enumerate() {
+        row.fill(bias);
+        for ky in 0..k {
+            for kx in 0..k {
+                add_scaled(row, filter[ky * k + kx], xq, pad.at(oy * s + ky, kx));
+            }
+        }
+        out_row.copy_from_slice(&row[..win.out_w]);
+    }
+}
+
+/// A narrow plane's input gradient at stride 1 from the padded output gradient
+/// (`Padded::gradient`): each input row in registers, its taps gathered with ky falling
+/// and kx rising, the order in which the tap-by-tap loops add them (output row rising),
+/// so the same bits.
+#[inline(always)]
+fn gather_grad_impl(gq: &[f32], filter: &[f32], d: &Plane, win: &Window, dx: &mut [f32]) {
+    let k = d.k;
+    let pad = Padded::gradient(d, win);
+    let mut row = [0f32; MAX_NARROW_ROW];
+    let row = &mut row[..whole_lanes(d.w)];
+    for (iy, dx_row) in dx.chunks_exact_mut(d.w).enumerate() {
+        row.fill(0.0);
+        for ky in (0..k).rev() {
+            let r = iy + win.pad_top + k - 1 - ky;
+            for kx in 0..k {
+                let c = win.pad_left + k - 1 - kx;
+                add_scaled(row, filter[ky * k + kx], gq, pad.at(r, c));
+            }
+        }
+        dx_row.copy_from_slice(&row[..d.w]);
+    }
+}
+
+/// A narrow plane's input gradient at stride > 1, into its padded form `dq`
+/// (`Padded::phased`, zeroed): each output gradient row (zero-padded to whole lanes)
+/// spread over the taps in (oy, ky, kx) order, so the bits of the tap-by-tap loops.
+#[inline(always)]
+fn scatter_grad_impl(g: &[f32], filter: &[f32], d: &Plane, win: &Window, dq: &mut [f32]) {
+    let (s, k, n) = (win.stride, d.k, whole_lanes(win.out_w));
+    let pad = Padded::phased(d, win);
+    let mut row = [0f32; MAX_NARROW_ROW];
+    for (oy, grow) in g.chunks_exact(win.out_w).enumerate() {
+        row[..win.out_w].copy_from_slice(grow);
+        for ky in 0..k {
+            for kx in 0..k {
+                let f = filter[ky * k + kx];
+                let at = pad.at(oy * s + ky, kx);
+                add_scaled(&mut dq[at..at + n], f, &row[..n], 0);
+            }
+        }
+    }
+}
+
+/// The filter gradient of a narrow plane from its padded input (`Padded::unphased`): for each
 /// output pixel and filter row, its gradient times the eight input pixels from its
 /// window's start, so lane kx sums tap (ky, kx) (lanes past k read padding and are
 /// dropped); each row's f32 lanes are added into f64 ones.
 #[inline(always)]
 fn filter_grad_narrow_impl(g: &[f32], xp: &[f32], d: &Plane, win: &Window, acc: &mut [f64]) {
-    let (s, k, wp) = (win.stride, d.k, padded_width(win));
+    let (s, k, wp) = (win.stride, d.k, Padded::unphased(d, win).len);
     acc[k * k] += bias_grad(g, win);
     let mut sums = [[0f64; LANES]; LANES];
     for (oy, grow) in g.chunks_exact(win.out_w).enumerate() {
@@ -250,71 +420,52 @@ fn filter_grad_narrow_impl(g: &[f32], xp: &[f32], d: &Plane, win: &Window, acc: 
     }
 }
 
-/// The plane kernels compiled for AVX2 (eight f32 lanes per instruction), picked at run
-/// time; without FMA they give the baseline build's bits.
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{Plane, Window};
-
-    #[target_feature(enable = "avx2")]
-    pub fn forward(x: &[f32], f: &[f32], b: f32, d: &Plane, w: &Window, out: &mut [f32]) {
-        super::forward_plane_impl(x, f, b, d, w, out)
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub fn input_grad(g: &[f32], f: &[f32], d: &Plane, w: &Window, dx: &mut [f32]) {
-        super::input_grad_plane_impl(g, f, d, w, dx)
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub fn filter_grad(g: &[f32], x: &[f32], d: &Plane, w: &Window, acc: &mut [f64]) {
-        super::filter_grad_plane_impl(g, x, d, w, acc)
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub fn filter_grad_narrow(g: &[f32], xp: &[f32], d: &Plane, w: &Window, acc: &mut [f64]) {
-        super::filter_grad_narrow_impl(g, xp, d, w, acc)
-    }
+/// Each plane loop compiled for AVX2 too (eight f32 lanes per instruction) and that copy
+/// picked at run time; without FMA both give the same bits.
+macro_rules! with_avx2_copies {
+    ($(fn $name:ident($($arg:ident: $ty:ty),*) = $body:ident;)*) => {
+        #[cfg(target_arch = "x86_64")]
+        mod avx2 {
+            use super::{Plane, Window};
+            $(
+                #[target_feature(enable = "avx2")]
+                pub fn $name($($arg: $ty),*) {
+                    super::$body($($arg),*)
+                }
+            )*
+        }
+        $(
+            fn $name($($arg: $ty),*) {
+                #[cfg(target_arch = "x86_64")]
+                if crate::avx2() {
+                    // SAFETY: the CPU has AVX2, checked just above.
+                    return unsafe { avx2::$name($($arg),*) };
+                }
+                $body($($arg),*)
+            }
+        )*
+    };
 }
 
-fn forward_phased(x: &[f32], f: &[f32], b: f32, d: &Plane, w: &Window, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::avx2() {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { avx2::forward(x, f, b, d, w, out) };
-    }
-    forward_plane_impl(x, f, b, d, w, out)
-}
-
-fn input_grad_phased(g: &[f32], f: &[f32], d: &Plane, w: &Window, dx: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::avx2() {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { avx2::input_grad(g, f, d, w, dx) };
-    }
-    input_grad_plane_impl(g, f, d, w, dx)
-}
-
-fn filter_grad_phased(g: &[f32], x: &[f32], d: &Plane, w: &Window, acc: &mut [f64]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::avx2() {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { avx2::filter_grad(g, x, d, w, acc) };
-    }
-    filter_grad_plane_impl(g, x, d, w, acc)
-}
-
-fn filter_grad_narrow(g: &[f32], xp: &[f32], d: &Plane, w: &Window, acc: &mut [f64]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::avx2() {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { avx2::filter_grad_narrow(g, xp, d, w, acc) };
-    }
-    filter_grad_narrow_impl(g, xp, d, w, acc)
+with_avx2_copies! {
+    fn forward_phased(x: &[f32], f: &[f32], b: f32, d: &Plane, w: &Window, out: &mut [f32])
+        = forward_plane_impl;
+    fn forward_narrow(x: &[f32], f: &[f32], b: f32, d: &Plane, w: &Window, out: &mut [f32])
+        = forward_narrow_impl;
+    fn input_grad_phased(g: &[f32], f: &[f32], d: &Plane, w: &Window, dx: &mut [f32])
+        = input_grad_plane_impl;
+    fn gather_grad(gq: &[f32], f: &[f32], d: &Plane, w: &Window, dx: &mut [f32])
+        = gather_grad_impl;
+    fn scatter_grad(g: &[f32], f: &[f32], d: &Plane, w: &Window, dq: &mut [f32])
+        = scatter_grad_impl;
+    fn filter_grad_phased(g: &[f32], x: &[f32], d: &Plane, w: &Window, acc: &mut [f64])
+        = filter_grad_plane_impl;
+    fn filter_grad_narrow(g: &[f32], x: &[f32], d: &Plane, w: &Window, acc: &mut [f64])
+        = filter_grad_narrow_impl;
 }
 
 /// One output plane from input plane `x`, filter `f` and bias `b`; `scratch` holds the
-/// phased input at stride > 1 (reuse it across planes).
+/// phased (or padded) input (reuse it across planes).
 pub fn forward(
     x: &[f32],
     f: &[f32],
@@ -324,12 +475,16 @@ pub fn forward(
     scratch: &mut Vec<f32>,
     out: &mut [f32],
 ) {
+    if narrow(d, w) {
+        Padded::phased(d, w).fill(x, scratch);
+        return forward_narrow(scratch, f, b, d, w, out);
+    }
     let x = phased(x, d, w.stride, scratch);
     forward_phased(x, f, b, d, w, out)
 }
 
 /// One plane's input gradient `dx` for the output gradient `g` and filter `f`; `scratch`
-/// holds it phased at stride > 1.
+/// holds it phased (or padded) before it is written to `dx`.
 pub fn input_grad(
     g: &[f32],
     f: &[f32],
@@ -338,6 +493,17 @@ pub fn input_grad(
     scratch: &mut Vec<f32>,
     dx: &mut [f32],
 ) {
+    if narrow(d, w) && w.stride == 1 {
+        Padded::gradient(d, w).fill(g, scratch);
+        return gather_grad(scratch, f, d, w, dx);
+    }
+    if narrow(d, w) {
+        let pad = Padded::phased(d, w);
+        scratch.clear();
+        scratch.resize(pad.size(), 0.0);
+        scatter_grad(g, f, d, w, scratch);
+        return pad.unpad(scratch, dx);
+    }
     if w.stride == 1 {
         return input_grad_phased(g, f, d, w, dx);
     }
@@ -358,7 +524,7 @@ pub fn filter_grad(
     acc: &mut [f64],
 ) {
     if narrow(d, w) {
-        pad_plane(x, d, w, scratch);
+        Padded::unphased(d, w).fill(x, scratch);
         return filter_grad_narrow(g, scratch, d, w, acc);
     }
     let x = phased(x, d, w.stride, scratch);
@@ -421,29 +587,54 @@ mod tests {
         filter_grad_phased(&g, &xp, &d, &win, &mut a);
         filter_grad_plane_impl(&g, &xp, &d, &win, &mut b);
         assert_eq!(a, b);
+        // The narrow-plane loops (this plane is narrow; at stride 1 too).
         let mut padded = Vec::new();
-        pad_plane(&x, &d, &win, &mut padded);
+        Padded::unphased(&d, &win).fill(&x, &mut padded);
         let (mut a, mut b) = (vec![0f64; 26], vec![0f64; 26]);
         filter_grad_narrow(&g, &padded, &d, &win, &mut a);
         filter_grad_narrow_impl(&g, &padded, &d, &win, &mut b);
         assert_eq!(a, b);
+        Padded::phased(&d, &win).fill(&x, &mut padded);
+        let (mut a, mut b) = (vec![0f32; g.len()], vec![0f32; g.len()]);
+        forward_narrow(&padded, &f, 0.5, &d, &win, &mut a);
+        forward_narrow_impl(&padded, &f, 0.5, &d, &win, &mut b);
+        assert_eq!(a, b);
+        let size = Padded::phased(&d, &win).size();
+        let (mut a, mut b) = (vec![0f32; size], vec![0f32; size]);
+        scatter_grad(&g, &f, &d, &win, &mut a);
+        scatter_grad_impl(&g, &f, &d, &win, &mut b);
+        assert_eq!(a, b);
+        let win = Window {
+            stride: 1,
+            out_h: 13,
+            out_w: 11,
+            ..win
+        };
+        let g: Vec<f32> = (0..13 * 11).map(|i| ((i % 9) as f32 - 4.0) / 3.0).collect();
+        Padded::gradient(&d, &win).fill(&g, &mut padded);
+        let (mut a, mut b) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+        gather_grad(&padded, &f, &d, &win, &mut a);
+        gather_grad_impl(&padded, &f, &d, &win, &mut b);
+        assert_eq!(a, b);
     }
 
-    /// Both filter-gradient loops (narrow planes, tap by tap) against the definition summed
-    /// in f64, within the f32 rounding of the per-row sums; the public entry routes each
-    /// shape to one of them.
-    #[test]
-    fn filter_grad_equals_the_definition() {
-        for (h, w, k, stride, pad_top, pad_left) in [
+    /// Planes with their output windows: both strides, k 3/5/7, asymmetric and no
+    /// padding, planes narrower than the filter, narrow and wide rows.
+    fn shapes() -> Vec<(Plane, Window)> {
+        [
             (7, 7, 5, 1, 2, 2),
             (14, 14, 3, 2, 0, 0),
             (13, 11, 5, 2, 1, 2),
             (6, 80, 3, 1, 1, 1),
             (9, 40, 5, 2, 2, 1),
             (2, 1, 5, 1, 2, 2),
+            (3, 2, 5, 2, 1, 2),
             (4, 9, 7, 1, 3, 3),
-        ] {
-            let d = Plane { h, w, k };
+            (5, 30, 3, 1, 0, 2),
+            (8, 12, 3, 2, 0, 1),
+        ]
+        .into_iter()
+        .map(|(h, w, k, stride, pad_top, pad_left)| {
             let out = |size: usize, pad: usize| (size + 2 * pad - k) / stride + 1;
             let win = Window {
                 stride,
@@ -452,6 +643,39 @@ mod tests {
                 out_h: out(h, pad_top),
                 out_w: out(w, pad_left),
             };
+            (Plane { h, w, k }, win)
+        })
+        .collect()
+    }
+
+    /// The input gradient, whichever loops a shape takes, has the bits of the tap-by-tap
+    /// loops (the narrow ones add the same products in the same order).
+    #[test]
+    fn input_grad_has_the_bits_of_the_tap_by_tap_loops() {
+        for (d, win) in shapes() {
+            let f: Vec<f32> = (0..d.k * d.k).map(|i| (i as f32 - 12.0) / 7.0).collect();
+            let g: Vec<f32> = (0..win.out_h * win.out_w)
+                .map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0)
+                .collect();
+            let mut got = vec![f32::NAN; d.h * d.w];
+            input_grad(&g, &f, &d, &win, &mut Vec::new(), &mut got);
+            let pw = phase_len(d.w, win.stride);
+            let mut phased_dx = vec![0f32; win.stride * d.h * pw];
+            input_grad_plane_impl(&g, &f, &d, &win, &mut phased_dx);
+            let mut want = vec![0f32; d.h * d.w];
+            from_phases(&phased_dx, d.h, d.w, win.stride, &mut want);
+            assert_eq!(got, want, "{d:?} {win:?}");
+        }
+    }
+
+    /// Both filter-gradient loops (narrow planes, tap by tap) against the definition summed
+    /// in f64, within the f32 rounding of the per-row sums; the public entry routes each
+    /// shape to one of them.
+    #[test]
+    fn filter_grad_equals_the_definition() {
+        for (d, win) in shapes() {
+            let (h, w, k, stride) = (d.h, d.w, d.k, win.stride);
+            let (pad_top, pad_left) = (win.pad_top, win.pad_left);
             let x: Vec<f32> = (0..h * w)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
                 .collect();
@@ -483,7 +707,7 @@ mod tests {
             let xp = phased(&x, &d, stride, &mut buf).to_vec();
             let mut tap_by_tap = vec![0f64; k * k + 1];
             filter_grad_plane_impl(&g, &xp, &d, &win, &mut tap_by_tap);
-            pad_plane(&x, &d, &win, &mut buf);
+            Padded::unphased(&d, &win).fill(&x, &mut buf);
             let mut narrow_loop = vec![0f64; k * k + 1];
             filter_grad_narrow_impl(&g, &buf, &d, &win, &mut narrow_loop);
             for got in [&routed, &tap_by_tap, &narrow_loop] {
