@@ -270,25 +270,37 @@ impl Padded {
         ((c % self.phases) * self.rows + r) * self.len + c / self.phases
     }
 
-    /// The plane's pixel at position `j` of phase `p`, row `r`, if inside the plane.
-    fn pixel(&self, p: usize, r: usize, j: usize) -> Option<usize> {
-        let iy = r.checked_sub(self.top).filter(|&iy| iy < self.h)?;
-        let ix = (p + self.phases * j)
-            .checked_sub(self.left)
-            .filter(|&ix| ix < self.w)?;
-        Some(iy * self.w + ix)
+    /// For each padded row inside the plane: its place in the padded buffer, the run
+    /// `j0..j1` of its positions inside the plane, and where in the plane the first of
+    /// them is (the rest follow every `phases` columns).
+    fn runs(&self) -> impl Iterator<Item = (usize, std::ops::Range<usize>, usize)> + '_ {
+        (0..self.phases * self.rows).filter_map(move |i| {
+            let (p, r) = (i / self.rows, i % self.rows);
+            let iy = r.checked_sub(self.top).filter(|&iy| iy < self.h)?;
+            // Position j is column p + phases·j − left.
+            let j0 = self.left.saturating_sub(p).div_ceil(self.phases);
+            let j1 = (self.w + self.left)
+                .saturating_sub(p)
+                .div_ceil(self.phases)
+                .min(self.len);
+            (j0 < j1).then(|| {
+                (
+                    i * self.len,
+                    j0..j1,
+                    iy * self.w + p + self.phases * j0 - self.left,
+                )
+            })
+        })
     }
 
     /// Plane `x` padded into `buf`.
     fn fill(&self, x: &[f32], buf: &mut Vec<f32>) {
         buf.clear();
         buf.resize(self.size(), 0.0);
-        for (i, row) in buf.chunks_exact_mut(self.len).enumerate() {
-            let (p, r) = (i / self.rows, i % self.rows);
-            for (j, v) in row.iter_mut().enumerate() {
-                if let Some(at) = self.pixel(p, r, j) {
-                    *v = x[at];
-                }
+        for (row, js, first) in self.runs() {
+            let dst = &mut buf[row + js.start..row + js.end];
+            for (v, &px) in dst.iter_mut().zip(x[first..].iter().step_by(self.phases)) {
+                *v = px;
             }
         }
     }
@@ -297,12 +309,10 @@ impl Padded {
     /// the padded plane does not reach.
     fn unpad(&self, buf: &[f32], x: &mut [f32]) {
         x.fill(0.0);
-        for (i, row) in buf.chunks_exact(self.len).enumerate() {
-            let (p, r) = (i / self.rows, i % self.rows);
-            for (j, &v) in row.iter().enumerate() {
-                if let Some(at) = self.pixel(p, r, j) {
-                    x[at] = v;
-                }
+        for (row, js, first) in self.runs() {
+            let src = &buf[row + js.start..row + js.end];
+            for (px, &v) in x[first..].iter_mut().step_by(self.phases).zip(src) {
+                *px = v;
             }
         }
     }

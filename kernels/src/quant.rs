@@ -3,6 +3,8 @@
 //! branch-free, so the loops vectorise; compiled for AVX2 too and that copy picked at run
 //! time (no fused multiply-adds: both give the same bits).
 
+use crate::Slot;
+
 /// Eight lanes at a time, so the compiler vectorises the loops.
 const LANES: usize = 8;
 
@@ -80,9 +82,9 @@ fn backward_one(v: f32, g: f32, r: &Range) -> (f32, [f32; 4]) {
 }
 
 #[inline(always)]
-fn forward_portable(x: &[f32], r: &Range, y: &mut [f32]) {
+fn forward_portable<S: Slot>(x: &[f32], r: &Range, y: &mut [S]) {
     for (y, &v) in y.iter_mut().zip(x) {
-        *y = forward_one(v, r);
+        y.set(forward_one(v, r));
     }
 }
 
@@ -92,7 +94,7 @@ fn forward_portable(x: &[f32], r: &Range, y: &mut [f32]) {
 const F32_CHUNKS: usize = 16;
 
 #[inline(always)]
-fn backward_portable(g: &[f32], x: &[f32], r: &Range, dx: &mut [f32]) -> RangeGrads {
+fn backward_portable<S: Slot>(g: &[f32], x: &[f32], r: &Range, dx: &mut [S]) -> RangeGrads {
     // Lane i sums elements i, i + 8, … (in f32 over a block of F32_CHUNKS chunks, then in
     // f64); the lanes are added in order at the end.
     let mut lanes = [[0f64; LANES]; 4];
@@ -111,7 +113,7 @@ fn backward_portable(g: &[f32], x: &[f32], r: &Range, dx: &mut [f32]) -> RangeGr
         {
             for i in 0..LANES {
                 let (d, terms) = backward_one(x[i], g[i], r);
-                dx[i] = d;
+                dx[i].set(d);
                 for k in 0..4 {
                     block_lanes[k][i] += terms[k];
                 }
@@ -126,7 +128,7 @@ fn backward_portable(g: &[f32], x: &[f32], r: &Range, dx: &mut [f32]) -> RangeGr
     let mut sums = lanes.map(|lane| lane.iter().sum::<f64>());
     for ((dx, &v), &g) in dx[full..].iter_mut().zip(&x[full..]).zip(&g[full..]) {
         let (d, terms) = backward_one(v, g, r);
-        *dx = d;
+        dx.set(d);
         for (s, t) in sums.iter_mut().zip(terms) {
             *s += f64::from(t);
         }
@@ -145,20 +147,21 @@ fn backward_portable(g: &[f32], x: &[f32], r: &Range, dx: &mut [f32]) -> RangeGr
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Range, RangeGrads};
+    use crate::Slot;
 
     #[target_feature(enable = "avx2")]
-    pub fn forward(x: &[f32], r: &Range, y: &mut [f32]) {
+    pub fn forward<S: Slot>(x: &[f32], r: &Range, y: &mut [S]) {
         super::forward_portable(x, r, y)
     }
 
     #[target_feature(enable = "avx2")]
-    pub fn backward(g: &[f32], x: &[f32], r: &Range, dx: &mut [f32]) -> RangeGrads {
+    pub fn backward<S: Slot>(g: &[f32], x: &[f32], r: &Range, dx: &mut [S]) -> RangeGrads {
         super::backward_portable(g, x, r, dx)
     }
 }
 
 /// y = (clip(round(x·S) − z, 0, L) + z)·inv for one channel's run `x`.
-pub fn forward(x: &[f32], r: &Range, y: &mut [f32]) {
+pub fn forward<S: Slot>(x: &[f32], r: &Range, y: &mut [S]) {
     assert_eq!(x.len(), y.len(), "quantizer input and output lengths");
     #[cfg(target_arch = "x86_64")]
     if crate::avx2() {
@@ -171,7 +174,7 @@ pub fn forward(x: &[f32], r: &Range, y: &mut [f32]) {
 /// The gradient of one channel's run for the upstream `g`: ∂x into `dx` and the run's
 /// sums ∂S = Σ inside·g·inv·x, ∂z = Σ (1 − inside)·g·inv, ∂L = Σ (u > L)·g·inv and
 /// ∂inv = Σ g·(clip(u) + z), where u = round(x·S) − z and inside = 0 ≤ u ≤ L.
-pub fn backward(g: &[f32], x: &[f32], r: &Range, dx: &mut [f32]) -> RangeGrads {
+pub fn backward<S: Slot>(g: &[f32], x: &[f32], r: &Range, dx: &mut [S]) -> RangeGrads {
     assert!(
         g.len() == x.len() && dx.len() == x.len(),
         "quantizer gradient lengths"

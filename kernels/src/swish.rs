@@ -2,6 +2,8 @@
 //! compiled for AVX2 too and that copy is picked at run time; without fused
 //! multiply-adds both give the same bits.
 
+use crate::Slot;
+
 /// Eight lanes at a time, so the compiler vectorises the loops.
 const LANES: usize = 8;
 
@@ -73,19 +75,19 @@ fn for_each8(x: &[f32], mut f: impl FnMut(usize, &[f32; LANES], &[f32; LANES], u
 }
 
 #[inline(always)]
-fn forward_portable(x: &[f32], y: &mut [f32]) {
+fn forward_portable<S: Slot>(x: &[f32], y: &mut [S]) {
     for_each8(x, |start, x, s, len| {
         for i in 0..len {
-            y[start + i] = x[i] * s[i];
+            y[start + i].set(x[i] * s[i]);
         }
     });
 }
 
 #[inline(always)]
-fn backward_portable(g: &[f32], x: &[f32], dx: &mut [f32]) {
+fn backward_portable<S: Slot>(g: &[f32], x: &[f32], dx: &mut [S]) {
     for_each8(x, |start, x, s, len| {
         for i in 0..len {
-            dx[start + i] = g[start + i] * (s[i] * (1.0 + x[i] * (1.0 - s[i])));
+            dx[start + i].set(g[start + i] * (s[i] * (1.0 + x[i] * (1.0 - s[i]))));
         }
     });
 }
@@ -94,19 +96,21 @@ fn backward_portable(g: &[f32], x: &[f32], dx: &mut [f32]) {
 /// time; without FMA they give the baseline build's bits.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use crate::Slot;
+
     #[target_feature(enable = "avx2")]
-    pub fn forward(x: &[f32], y: &mut [f32]) {
+    pub fn forward<S: Slot>(x: &[f32], y: &mut [S]) {
         super::forward_portable(x, y)
     }
 
     #[target_feature(enable = "avx2")]
-    pub fn backward(g: &[f32], x: &[f32], dx: &mut [f32]) {
+    pub fn backward<S: Slot>(g: &[f32], x: &[f32], dx: &mut [S]) {
         super::backward_portable(g, x, dx)
     }
 }
 
 /// y = x·σ(x), elementwise.
-pub fn forward_slice(x: &[f32], y: &mut [f32]) {
+pub fn forward_slice<S: Slot>(x: &[f32], y: &mut [S]) {
     #[cfg(target_arch = "x86_64")]
     if crate::avx2() {
         // SAFETY: the CPU has AVX2, checked just above.
@@ -116,7 +120,7 @@ pub fn forward_slice(x: &[f32], y: &mut [f32]) {
 }
 
 /// dx = g·σ(x)·(1 + x·(1 − σ(x))), elementwise: swish's gradient for the upstream `g`.
-pub fn backward_slice(g: &[f32], x: &[f32], dx: &mut [f32]) {
+pub fn backward_slice<S: Slot>(g: &[f32], x: &[f32], dx: &mut [S]) {
     #[cfg(target_arch = "x86_64")]
     if crate::avx2() {
         // SAFETY: the CPU has AVX2, checked just above.

@@ -12,7 +12,7 @@
 //! ∂L = Σ (round(x·S) − z > L)·g·inv, ∂inv = Σ g·(clip(..) + z), the sums per channel.
 
 use super::adjustable::Step;
-use crate::model::flex_io::{contiguous_f32, dims, f32s, from_vec, output, zeroed};
+use crate::model::flex_io::{contiguous_f32, dims, f32s, from_vec, output};
 use adjq_kernels::quant::{self as kernels, Range, RangeGrads};
 use burn::backend::autodiff::{
     Autodiff,
@@ -153,14 +153,14 @@ impl AdjQuantOps for Flex {
         let x = contiguous_f32(&x, OP);
         let shape = dims(&x);
         let (run, per_task) = r.runs(&shape, axis);
-        // SAFETY: the runs cover the output and each is zeroed, then written.
+        // SAFETY: the runs cover the output and the kernel writes each element.
         unsafe {
             output(&shape, |out| {
                 out.par_chunks_mut(run)
                     .zip(f32s(&x).par_chunks(run))
                     .with_min_len(per_task)
                     .enumerate()
-                    .for_each(|(i, (ys, xs))| kernels::forward(xs, r.of_run(i), zeroed(ys)))
+                    .for_each(|(i, (ys, xs))| kernels::forward(xs, r.of_run(i), ys))
             })
         }
     }
@@ -181,7 +181,7 @@ impl AdjQuantOps for Flex {
         // Per-run partial sums, added up in run order below: the same result for any
         // thread count (training is deterministic on CPU).
         let mut partial: Vec<RangeGrads> = Vec::new();
-        // SAFETY: the runs cover the output and each is zeroed, then written.
+        // SAFETY: the runs cover the output and the kernel writes each element.
         let grad_x = unsafe {
             output(&shape, |dx| {
                 partial = dx
@@ -189,7 +189,7 @@ impl AdjQuantOps for Flex {
                     .zip(f32s(&x).par_chunks(run).zip(f32s(&grad).par_chunks(run)))
                     .with_min_len(per_task)
                     .enumerate()
-                    .map(|(i, (dxs, (xs, gs)))| kernels::backward(gs, xs, r.of_run(i), zeroed(dxs)))
+                    .map(|(i, (dxs, (xs, gs)))| kernels::backward(gs, xs, r.of_run(i), dxs))
                     .collect();
             })
         };
