@@ -430,33 +430,7 @@ fn filter_grad_narrow_impl(g: &[f32], xp: &[f32], d: &Plane, win: &Window, acc: 
     }
 }
 
-/// Each plane loop compiled for AVX2 too (eight f32 lanes per instruction) and that copy
-/// picked at run time; without FMA both give the same bits.
-macro_rules! with_avx2_copies {
-    ($(fn $name:ident($($arg:ident: $ty:ty),*) = $body:ident;)*) => {
-        #[cfg(target_arch = "x86_64")]
-        mod avx2 {
-            use super::{Plane, Window};
-            $(
-                #[target_feature(enable = "avx2")]
-                pub fn $name($($arg: $ty),*) {
-                    super::$body($($arg),*)
-                }
-            )*
-        }
-        $(
-            fn $name($($arg: $ty),*) {
-                #[cfg(target_arch = "x86_64")]
-                if crate::avx2() {
-                    // SAFETY: the CPU has AVX2, checked just above.
-                    return unsafe { avx2::$name($($arg),*) };
-                }
-                $body($($arg),*)
-            }
-        )*
-    };
-}
-
+// The plane loops' AVX2 copies and their dispatch.
 with_avx2_copies! {
     fn forward_phased(x: &[f32], f: &[f32], b: f32, d: &Plane, w: &Window, out: &mut [f32])
         = forward_plane_impl;

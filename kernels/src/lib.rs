@@ -3,6 +3,37 @@
 //! The burn side (extension ops, autodiff nodes, tests against burn's own ops) is in
 //! `adjq::model` and `adjq::quant::fused`; this crate is apart so that debug and test builds can optimize it.
 
+/// Defines each `fn name(args) = body;` twice: `avx2::name`, `body` compiled for AVX2
+/// (eight f32 lanes per instruction), and `name`, which runs that copy where the CPU has
+/// AVX2 and `body` elsewhere. Without fused multiply-adds both give the same bits.
+macro_rules! with_avx2_copies {
+    ($(
+        fn $name:ident $(<$g:ident: $bound:path>)? ($($arg:ident: $ty:ty),* $(,)?)
+            $(-> $ret:ty)? = $body:ident;
+    )*) => {
+        #[cfg(target_arch = "x86_64")]
+        mod avx2 {
+            use super::*;
+            $(
+                #[target_feature(enable = "avx2")]
+                pub fn $name $(<$g: $bound>)? ($($arg: $ty),*) $(-> $ret)? {
+                    super::$body($($arg),*)
+                }
+            )*
+        }
+        $(
+            fn $name $(<$g: $bound>)? ($($arg: $ty),*) $(-> $ret)? {
+                #[cfg(target_arch = "x86_64")]
+                if crate::avx2() {
+                    // SAFETY: the CPU has AVX2, checked just above.
+                    return unsafe { avx2::$name($($arg),*) };
+                }
+                $body($($arg),*)
+            }
+        )*
+    };
+}
+
 pub mod depthwise;
 pub mod pointwise;
 pub mod quant;

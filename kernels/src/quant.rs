@@ -142,33 +142,16 @@ fn backward_portable<S: Slot>(g: &[f32], x: &[f32], r: &Range, dx: &mut [S]) -> 
     }
 }
 
-/// The loops compiled for AVX2, picked at run time; without FMA they give the baseline
-/// build's bits.
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{Range, RangeGrads};
-    use crate::Slot;
-
-    #[target_feature(enable = "avx2")]
-    pub fn forward<S: Slot>(x: &[f32], r: &Range, y: &mut [S]) {
-        super::forward_portable(x, r, y)
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub fn backward<S: Slot>(g: &[f32], x: &[f32], r: &Range, dx: &mut [S]) -> RangeGrads {
-        super::backward_portable(g, x, r, dx)
-    }
+with_avx2_copies! {
+    fn forward_dispatch<S: Slot>(x: &[f32], r: &Range, y: &mut [S]) = forward_portable;
+    fn backward_dispatch<S: Slot>(g: &[f32], x: &[f32], r: &Range, dx: &mut [S]) -> RangeGrads
+        = backward_portable;
 }
 
 /// y = (clip(round(x·S) − z, 0, L) + z)·inv for one channel's run `x`.
 pub fn forward<S: Slot>(x: &[f32], r: &Range, y: &mut [S]) {
     assert_eq!(x.len(), y.len(), "quantizer input and output lengths");
-    #[cfg(target_arch = "x86_64")]
-    if crate::avx2() {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { avx2::forward(x, r, y) };
-    }
-    forward_portable(x, r, y)
+    forward_dispatch(x, r, y)
 }
 
 /// The gradient of one channel's run for the upstream `g`: ∂x into `dx` and the run's
@@ -179,12 +162,7 @@ pub fn backward<S: Slot>(g: &[f32], x: &[f32], r: &Range, dx: &mut [S]) -> Range
         g.len() == x.len() && dx.len() == x.len(),
         "quantizer gradient lengths"
     );
-    #[cfg(target_arch = "x86_64")]
-    if crate::avx2() {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { avx2::backward(g, x, r, dx) };
-    }
-    backward_portable(g, x, r, dx)
+    backward_dispatch(g, x, r, dx)
 }
 
 #[cfg(test)]

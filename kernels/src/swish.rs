@@ -74,6 +74,12 @@ fn for_each8(x: &[f32], mut f: impl FnMut(usize, &[f32; LANES], &[f32; LANES], u
     }
 }
 
+/// swish's gradient for upstream `g` at `x`, given s = σ(x).
+#[inline(always)]
+fn grad_one(g: f32, x: f32, s: f32) -> f32 {
+    g * (s * (1.0 + x * (1.0 - s)))
+}
+
 #[inline(always)]
 fn forward_portable<S: Slot>(x: &[f32], y: &mut [S]) {
     for_each8(x, |start, x, s, len| {
@@ -84,49 +90,72 @@ fn forward_portable<S: Slot>(x: &[f32], y: &mut [S]) {
 }
 
 #[inline(always)]
-fn backward_portable<S: Slot>(g: &[f32], x: &[f32], dx: &mut [S]) {
+fn forward_keeping_sigmoid_portable<S: Slot>(x: &[f32], y: &mut [S], sigmoid: &mut [S]) {
     for_each8(x, |start, x, s, len| {
         for i in 0..len {
-            dx[start + i].set(g[start + i] * (s[i] * (1.0 + x[i] * (1.0 - s[i]))));
+            y[start + i].set(x[i] * s[i]);
+            sigmoid[start + i].set(s[i]);
         }
     });
 }
 
-/// The same loops compiled for AVX2 (eight f32 lanes per instruction), picked at run
-/// time; without FMA they give the baseline build's bits.
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use crate::Slot;
+#[inline(always)]
+fn backward_portable<S: Slot>(g: &[f32], x: &[f32], dx: &mut [S]) {
+    for_each8(x, |start, x, s, len| {
+        for i in 0..len {
+            dx[start + i].set(grad_one(g[start + i], x[i], s[i]));
+        }
+    });
+}
 
-    #[target_feature(enable = "avx2")]
-    pub fn forward<S: Slot>(x: &[f32], y: &mut [S]) {
-        super::forward_portable(x, y)
+#[inline(always)]
+fn backward_from_sigmoid_portable<S: Slot>(g: &[f32], x: &[f32], sigmoid: &[f32], dx: &mut [S]) {
+    for (((d, &g), &x), &s) in dx.iter_mut().zip(g).zip(x).zip(sigmoid) {
+        d.set(grad_one(g, x, s));
     }
+}
 
-    #[target_feature(enable = "avx2")]
-    pub fn backward<S: Slot>(g: &[f32], x: &[f32], dx: &mut [S]) {
-        super::backward_portable(g, x, dx)
-    }
+with_avx2_copies! {
+    fn forward_dispatch<S: Slot>(x: &[f32], y: &mut [S]) = forward_portable;
+    fn forward_keeping_sigmoid_dispatch<S: Slot>(x: &[f32], y: &mut [S], sigmoid: &mut [S])
+        = forward_keeping_sigmoid_portable;
+    fn backward_dispatch<S: Slot>(g: &[f32], x: &[f32], dx: &mut [S]) = backward_portable;
+    fn backward_from_sigmoid_dispatch<S: Slot>(g: &[f32], x: &[f32], sigmoid: &[f32], dx: &mut [S])
+        = backward_from_sigmoid_portable;
 }
 
 /// y = x·σ(x), elementwise.
 pub fn forward_slice<S: Slot>(x: &[f32], y: &mut [S]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::avx2() {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { avx2::forward(x, y) };
-    }
-    forward_portable(x, y)
+    assert_eq!(x.len(), y.len(), "swish input and output lengths");
+    forward_dispatch(x, y)
+}
+
+/// y = x·σ(x) and σ(x) itself, elementwise, for a backward that follows
+/// ([`backward_from_sigmoid`]) without a second exp.
+pub fn forward_keeping_sigmoid<S: Slot>(x: &[f32], y: &mut [S], sigmoid: &mut [S]) {
+    assert!(
+        y.len() == x.len() && sigmoid.len() == x.len(),
+        "swish input and output lengths"
+    );
+    forward_keeping_sigmoid_dispatch(x, y, sigmoid)
 }
 
 /// dx = g·σ(x)·(1 + x·(1 − σ(x))), elementwise: swish's gradient for the upstream `g`.
 pub fn backward_slice<S: Slot>(g: &[f32], x: &[f32], dx: &mut [S]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::avx2() {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { avx2::backward(g, x, dx) };
-    }
-    backward_portable(g, x, dx)
+    assert!(
+        g.len() == x.len() && dx.len() == x.len(),
+        "swish gradient lengths"
+    );
+    backward_dispatch(g, x, dx)
+}
+
+/// [`backward_slice`] given σ(x) (from [`forward_keeping_sigmoid`]): the same bits.
+pub fn backward_from_sigmoid<S: Slot>(g: &[f32], x: &[f32], sigmoid: &[f32], dx: &mut [S]) {
+    assert!(
+        g.len() == x.len() && sigmoid.len() == x.len() && dx.len() == x.len(),
+        "swish gradient lengths"
+    );
+    backward_from_sigmoid_dispatch(g, x, sigmoid, dx)
 }
 
 #[cfg(test)]
@@ -160,5 +189,26 @@ mod tests {
         backward_slice(&g, &x, &mut a);
         backward_portable(&g, &x, &mut b);
         assert_eq!(a, b);
+    }
+
+    /// Keeping σ(x) from the forward gives the bits of recomputing it, forward and back.
+    #[test]
+    fn the_kept_sigmoid_gives_the_same_bits() {
+        let x: Vec<f32> = (0..1003).map(|i| (i as f32 - 500.0) / 17.0).collect();
+        let g: Vec<f32> = (0..1003).map(|i| ((i % 11) as f32 - 5.0) / 5.0).collect();
+        let n = x.len();
+        let (mut y, mut sigmoid, mut want) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        forward_keeping_sigmoid(&x, &mut y, &mut sigmoid);
+        forward_slice(&x, &mut want);
+        assert_eq!(y, want);
+        let mut fresh = vec![0f32; n];
+        forward_keeping_sigmoid_portable(&x, &mut fresh, &mut want);
+        assert_eq!(sigmoid, want, "AVX2 and baseline σ");
+        let mut dx = vec![0f32; n];
+        backward_from_sigmoid(&g, &x, &sigmoid, &mut dx);
+        backward_slice(&g, &x, &mut want);
+        assert_eq!(dx, want);
+        backward_from_sigmoid_portable(&g, &x, &sigmoid, &mut dx);
+        assert_eq!(dx, want, "baseline");
     }
 }

@@ -162,6 +162,19 @@ impl AdjQuant {
 
     /// Quantizes `x` along `axis` (the channel axis; any axis when per tensor).
     pub fn forward<const D: usize>(&self, x: Tensor<D>, axis: usize) -> Tensor<D> {
+        let step = self.step(&x);
+        quantize(x, step, axis)
+    }
+
+    /// Whether the range is fixed per channel, not the input's own min/max (see
+    /// [`AdjQuant::dynamic`]): then [`AdjQuant::step`] does not read its input.
+    pub fn fixed_range(&self) -> bool {
+        self.init_min.is_some() && self.init_width.is_some()
+    }
+
+    /// The step's constants for input `x` (read only for a dynamic range), tracked to
+    /// the point's parameters.
+    pub fn step<const D: usize>(&self, x: &Tensor<D>) -> Step {
         let (min, width) = match (&self.init_min, &self.init_width) {
             (Some(m), Some(w)) => (m.val(), w.val()),
             _ => {
@@ -190,16 +203,11 @@ impl AdjQuant {
         let step_inv = levels.clone() / w.add_scalar(1e-7);
         let zero = round(lo * step_inv.clone());
         let inv = step_inv.clone().recip();
-        let step = Step {
+        Step {
             step_inv,
             zero,
             levels: clip_levels,
             inv,
-        };
-        if fused::supports(&x) {
-            fused::quantize(x, step, axis)
-        } else {
-            quantize_composed(x, step, axis)
         }
     }
 }
@@ -217,6 +225,16 @@ pub struct Step {
     pub levels: Tensor<1>,
     /// 1 / S.
     pub inv: Tensor<1>,
+}
+
+/// x̂ = (clip(round(x·S) − z, 0, L) + z)·inv: the fused op where it runs, else
+/// [`quantize_composed`].
+pub fn quantize<const D: usize>(x: Tensor<D>, step: Step, axis: usize) -> Tensor<D> {
+    if fused::supports(&x) {
+        fused::quantize(x, step, axis)
+    } else {
+        quantize_composed(x, step, axis)
+    }
 }
 
 /// x̂ = (clip(round(x·S) − z, 0, L) + z)·inv from tensor ops, with S, z, L, inv per channel

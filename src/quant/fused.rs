@@ -85,10 +85,10 @@ pub fn quantize<const D: usize>(x: Tensor<D>, step: Step, axis: usize) -> Tensor
 }
 
 /// Per-channel constants of one quantization point, on the host.
-struct Ranges(Vec<Range>);
+pub(super) struct Ranges(Vec<Range>);
 
 impl Ranges {
-    fn read(
+    pub(super) fn read(
         step_inv: &FlexTensor,
         zero: &FlexTensor,
         levels: &FlexTensor,
@@ -107,13 +107,13 @@ impl Ranges {
         Ranges(ranges)
     }
 
-    fn channels(&self) -> usize {
+    pub(super) fn channels(&self) -> usize {
         self.0.len()
     }
 
     /// Run length and runs per task for `x` of `shape` with channels along `axis`: a run is
     /// one channel's contiguous stretch (per-tensor ranges: a fixed-size piece).
-    fn runs(&self, shape: &[usize], axis: usize) -> (usize, usize) {
+    pub(super) fn runs(&self, shape: &[usize], axis: usize) -> (usize, usize) {
         let len: usize = shape.iter().product();
         let run = if self.channels() == 1 {
             len.clamp(1, 1 << 15)
@@ -130,14 +130,29 @@ impl Ranges {
     }
 
     /// The range of the `run_index`-th run.
-    fn of_run(&self, run_index: usize) -> &Range {
+    pub(super) fn of_run(&self, run_index: usize) -> &Range {
         &self.0[run_index % self.channels()]
     }
-}
 
-fn channel_vector(values: Vec<f32>) -> FlexTensor {
-    let n = values.len();
-    from_vec(values, &[n])
+    /// Per-run partial sums (in run order) added up per channel, as `[C]` tensors of
+    /// ∂S, ∂z, ∂L and ∂inv: the same result for any thread count (training is
+    /// deterministic on CPU).
+    pub(super) fn grads(&self, partial: impl IntoIterator<Item = RangeGrads>) -> [FlexTensor; 4] {
+        let mut sums = vec![RangeGrads::default(); self.channels()];
+        for (i, p) in partial.into_iter().enumerate() {
+            sums[i % self.channels()] += p;
+        }
+        let column = |f: fn(&RangeGrads) -> f64| {
+            let values: Vec<f32> = sums.iter().map(|s| f(s) as f32).collect();
+            from_vec(values, &[self.channels()])
+        };
+        [
+            column(|s| s.step_inv),
+            column(|s| s.zero),
+            column(|s| s.levels),
+            column(|s| s.inv),
+        ]
+    }
 }
 
 impl AdjQuantOps for Flex {
@@ -178,8 +193,7 @@ impl AdjQuantOps for Flex {
         let (x, grad) = (contiguous_f32(&x, OP), contiguous_f32(&grad, OP));
         let shape = dims(&x);
         let (run, per_task) = r.runs(&shape, axis);
-        // Per-run partial sums, added up in run order below: the same result for any
-        // thread count (training is deterministic on CPU).
+        // Per-run partial sums, added up in run order by `Ranges::grads`.
         let mut partial: Vec<RangeGrads> = Vec::new();
         // SAFETY: the runs cover the output and the kernel writes each element.
         let grad_x = unsafe {
@@ -193,18 +207,13 @@ impl AdjQuantOps for Flex {
                     .collect();
             })
         };
-        let mut sums = vec![RangeGrads::default(); r.channels()];
-        for (i, p) in partial.into_iter().enumerate() {
-            sums[i % r.channels()] += p;
-        }
-        let column =
-            |f: fn(&RangeGrads) -> f64| channel_vector(sums.iter().map(|s| f(s) as f32).collect());
+        let [step_inv, zero, levels, inv] = r.grads(partial);
         QuantGrads {
             x: grad_x,
-            step_inv: column(|s| s.step_inv),
-            zero: column(|s| s.zero),
-            levels: column(|s| s.levels),
-            inv: column(|s| s.inv),
+            step_inv,
+            zero,
+            levels,
+            inv,
         }
     }
 }

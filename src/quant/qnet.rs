@@ -18,6 +18,7 @@
 //! There is no dropout: the original's quantized network has none.
 
 use super::adjustable::{AdjQuant, ClipGrad, QuantSpec, RangePreset};
+use super::fused_swish;
 use super::thresholds::Thresholds;
 use crate::model::config::{Activation, EfficientNetConfig, Padding};
 use crate::model::swish::swish;
@@ -166,6 +167,33 @@ pub trait Points {
         x: Tensor<4>,
         axis: usize,
     ) -> Tensor<4>;
+
+    /// The swish of `x` with this action at its input point and, if the layer has one,
+    /// at its output point (channels on axis 1).
+    fn swish(
+        &mut self,
+        layer: &QLayer,
+        swish_q: &AdjQuant,
+        x: Tensor<4>,
+        output_q: Option<&AdjQuant>,
+    ) -> Tensor<4> {
+        swish_between_points(self, layer, swish_q, x, output_q)
+    }
+}
+
+/// [`Points::swish`] as its three steps.
+fn swish_between_points<P: Points + ?Sized>(
+    pts: &mut P,
+    layer: &QLayer,
+    swish_q: &AdjQuant,
+    x: Tensor<4>,
+    output_q: Option<&AdjQuant>,
+) -> Tensor<4> {
+    let y = swish(pts.apply(layer, Point::Swish, swish_q, x, 1));
+    match output_q {
+        Some(q) => pts.apply(layer, Point::Output, q, y, 1),
+        None => y,
+    }
 }
 
 pub struct Quantize;
@@ -180,6 +208,24 @@ impl Points for Quantize {
         axis: usize,
     ) -> Tensor<4> {
         q.forward(x, axis)
+    }
+
+    /// One op for both quantizers and the swish where the output range is fixed (every
+    /// activation's is; see `fused_swish`).
+    fn swish(
+        &mut self,
+        layer: &QLayer,
+        swish_q: &AdjQuant,
+        x: Tensor<4>,
+        output_q: Option<&AdjQuant>,
+    ) -> Tensor<4> {
+        match output_q {
+            Some(out) if out.fixed_range() => {
+                let (pre, post) = (swish_q.step(&x), out.step(&x));
+                fused_swish::quantize_swish_quantize(x, pre, post)
+            }
+            _ => swish_between_points(self, layer, swish_q, x, output_q),
+        }
     }
 }
 
@@ -255,13 +301,14 @@ impl QConv {
         conv2d(x, w, Some(b), opts)
     }
 
-    /// Conv followed by the model's activation (its input quantized), not the output point.
+    /// Conv followed by the model's activation (its input quantized) and the output
+    /// point, where the layer has them.
     fn conv_act(&self, x: Tensor<4>, act: Activation, pts: &mut dyn Points) -> Tensor<4> {
         let y = self.conv(x, pts);
         match (&self.swish_q, act) {
-            (Some(q), _) => swish(pts.apply(&self.layer, Point::Swish, q, y, 1)),
-            (None, Activation::Swish) => swish(y),
-            (None, Activation::Relu6) => relu6(y),
+            (Some(q), _) => pts.swish(&self.layer, q, y, self.output_q.as_ref()),
+            (None, Activation::Swish) => self.output(swish(y), pts),
+            (None, Activation::Relu6) => self.output(relu6(y), pts),
         }
     }
 
@@ -630,19 +677,16 @@ impl QEfficientNet {
     /// The forward pass with a chosen action at every quantization point.
     pub fn forward_with(&self, images: Tensor<4>, pts: &mut dyn Points) -> Tensor<2> {
         let act = self.config.activation;
-        let y = self.stem.conv_act(images, act, pts);
-        let mut x = self.stem.output(y, pts);
+        let mut x = self.stem.conv_act(images, act, pts);
         for b in &self.blocks {
             let input = x.clone();
             if let Some(e) = &b.expand {
-                let y = e.conv_act(x, act, pts);
-                x = e.output(y, pts);
+                x = e.conv_act(x, act, pts);
             }
             x = b.depthwise.conv_act(x, act, pts);
             if let Some(se) = &b.se {
                 let s = x.clone().mean_dim(2).mean_dim(3);
                 let s = se.reduce.conv_act(s, act, pts);
-                let s = se.reduce.output(s, pts);
                 x = x * se.expand.conv_gate(s, pts);
             }
             let y = b.project.conv(x, pts);
