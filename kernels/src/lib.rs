@@ -48,7 +48,7 @@ fn avx2() -> bool {
 /// An output element the elementwise loops (swish, the quantizer) write exactly once,
 /// never read: an `f32`, or an uninitialized one, so callers filling a fresh buffer need
 /// not zero it first (that zeroing was 3% of a training step).
-pub trait Slot {
+trait Slot {
     fn set(&mut self, v: f32);
 }
 

@@ -4,6 +4,7 @@
 //! time (no fused multiply-adds: both give the same bits).
 
 use crate::Slot;
+use std::mem::MaybeUninit;
 
 /// Eight lanes at a time, so the compiler vectorises the loops.
 const LANES: usize = 8;
@@ -148,21 +149,42 @@ with_avx2_copies! {
         = backward_portable;
 }
 
-/// y = (clip(round(x·S) − z, 0, L) + z)·inv for one channel's run `x`.
-pub fn forward<S: Slot>(x: &[f32], r: &Range, y: &mut [S]) {
+// The public entry points are concrete (an f32 or an uninitialized output), so that
+// they are compiled here, optimized, and not instantiated unoptimized in a debug caller.
+
+fn forward_checked<S: Slot>(x: &[f32], r: &Range, y: &mut [S]) {
     assert_eq!(x.len(), y.len(), "quantizer input and output lengths");
     forward_dispatch(x, r, y)
 }
 
-/// The gradient of one channel's run for the upstream `g`: ∂x into `dx` and the run's
-/// sums ∂S = Σ inside·g·inv·x, ∂z = Σ (1 − inside)·g·inv, ∂L = Σ (u > L)·g·inv and
-/// ∂inv = Σ g·(clip(u) + z), where u = round(x·S) − z and inside = 0 ≤ u ≤ L.
-pub fn backward<S: Slot>(g: &[f32], x: &[f32], r: &Range, dx: &mut [S]) -> RangeGrads {
+fn backward_checked<S: Slot>(g: &[f32], x: &[f32], r: &Range, dx: &mut [S]) -> RangeGrads {
     assert!(
         g.len() == x.len() && dx.len() == x.len(),
         "quantizer gradient lengths"
     );
     backward_dispatch(g, x, r, dx)
+}
+
+/// y = (clip(round(x·S) − z, 0, L) + z)·inv for one channel's run `x`.
+pub fn forward(x: &[f32], r: &Range, y: &mut [f32]) {
+    forward_checked(x, r, y)
+}
+
+/// [`forward`] into a fresh buffer.
+pub fn forward_uninit(x: &[f32], r: &Range, y: &mut [MaybeUninit<f32>]) {
+    forward_checked(x, r, y)
+}
+
+/// The gradient of one channel's run for the upstream `g`: ∂x into `dx` and the run's
+/// sums ∂S = Σ inside·g·inv·x, ∂z = Σ (1 − inside)·g·inv, ∂L = Σ (u > L)·g·inv and
+/// ∂inv = Σ g·(clip(u) + z), where u = round(x·S) − z and inside = 0 ≤ u ≤ L.
+pub fn backward(g: &[f32], x: &[f32], r: &Range, dx: &mut [f32]) -> RangeGrads {
+    backward_checked(g, x, r, dx)
+}
+
+/// [`backward`] into a fresh buffer.
+pub fn backward_uninit(g: &[f32], x: &[f32], r: &Range, dx: &mut [MaybeUninit<f32>]) -> RangeGrads {
+    backward_checked(g, x, r, dx)
 }
 
 #[cfg(test)]

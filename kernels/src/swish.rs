@@ -3,6 +3,7 @@
 //! multiply-adds both give the same bits.
 
 use crate::Slot;
+use std::mem::MaybeUninit;
 
 /// Eight lanes at a time, so the compiler vectorises the loops.
 const LANES: usize = 8;
@@ -124,24 +125,15 @@ with_avx2_copies! {
         = backward_from_sigmoid_portable;
 }
 
-/// y = x·σ(x), elementwise.
-pub fn forward_slice<S: Slot>(x: &[f32], y: &mut [S]) {
+// The public entry points are concrete (an f32 or an uninitialized output), so that
+// they are compiled here, optimized, and not instantiated unoptimized in a debug caller.
+
+fn forward<S: Slot>(x: &[f32], y: &mut [S]) {
     assert_eq!(x.len(), y.len(), "swish input and output lengths");
     forward_dispatch(x, y)
 }
 
-/// y = x·σ(x) and σ(x) itself, elementwise, for a backward that follows
-/// ([`backward_from_sigmoid`]) without a second exp.
-pub fn forward_keeping_sigmoid<S: Slot>(x: &[f32], y: &mut [S], sigmoid: &mut [S]) {
-    assert!(
-        y.len() == x.len() && sigmoid.len() == x.len(),
-        "swish input and output lengths"
-    );
-    forward_keeping_sigmoid_dispatch(x, y, sigmoid)
-}
-
-/// dx = g·σ(x)·(1 + x·(1 − σ(x))), elementwise: swish's gradient for the upstream `g`.
-pub fn backward_slice<S: Slot>(g: &[f32], x: &[f32], dx: &mut [S]) {
+fn backward<S: Slot>(g: &[f32], x: &[f32], dx: &mut [S]) {
     assert!(
         g.len() == x.len() && dx.len() == x.len(),
         "swish gradient lengths"
@@ -149,8 +141,35 @@ pub fn backward_slice<S: Slot>(g: &[f32], x: &[f32], dx: &mut [S]) {
     backward_dispatch(g, x, dx)
 }
 
-/// [`backward_slice`] given σ(x) (from [`forward_keeping_sigmoid`]): the same bits.
-pub fn backward_from_sigmoid<S: Slot>(g: &[f32], x: &[f32], sigmoid: &[f32], dx: &mut [S]) {
+/// y = x·σ(x), elementwise.
+pub fn forward_slice(x: &[f32], y: &mut [f32]) {
+    forward(x, y)
+}
+
+/// [`forward_slice`] into a fresh buffer.
+pub fn forward_uninit(x: &[f32], y: &mut [MaybeUninit<f32>]) {
+    forward(x, y)
+}
+
+/// y = x·σ(x) and σ(x) itself, elementwise, for a backward that follows
+/// ([`backward_from_sigmoid`]) without a second exp.
+pub fn forward_keeping_sigmoid(x: &[f32], y: &mut [f32], sigmoid: &mut [f32]) {
+    assert!(
+        y.len() == x.len() && sigmoid.len() == x.len(),
+        "swish input and output lengths"
+    );
+    forward_keeping_sigmoid_dispatch(x, y, sigmoid)
+}
+
+/// dx = g·σ(x)·(1 + x·(1 − σ(x))), elementwise, into a fresh buffer: swish's gradient
+/// for the upstream `g`.
+pub fn backward_uninit(g: &[f32], x: &[f32], dx: &mut [MaybeUninit<f32>]) {
+    backward(g, x, dx)
+}
+
+/// swish's gradient given σ(x) (from [`forward_keeping_sigmoid`]): the bits of
+/// [`backward_uninit`].
+pub fn backward_from_sigmoid(g: &[f32], x: &[f32], sigmoid: &[f32], dx: &mut [f32]) {
     assert!(
         g.len() == x.len() && sigmoid.len() == x.len() && dx.len() == x.len(),
         "swish gradient lengths"
@@ -186,7 +205,7 @@ mod tests {
         forward_slice(&x, &mut a);
         forward_portable(&x, &mut b);
         assert_eq!(a, b);
-        backward_slice(&g, &x, &mut a);
+        backward(&g, &x, &mut a);
         backward_portable(&g, &x, &mut b);
         assert_eq!(a, b);
     }
@@ -206,7 +225,7 @@ mod tests {
         assert_eq!(sigmoid, want, "AVX2 and baseline σ");
         let mut dx = vec![0f32; n];
         backward_from_sigmoid(&g, &x, &sigmoid, &mut dx);
-        backward_slice(&g, &x, &mut want);
+        backward(&g, &x, &mut want);
         assert_eq!(dx, want);
         backward_from_sigmoid_portable(&g, &x, &sigmoid, &mut dx);
         assert_eq!(dx, want, "baseline");

@@ -5,7 +5,7 @@
 //! definition, the test reference and the path of every other backend.
 
 use super::flex_io::{contiguous_f32, dims, f32s, output};
-use adjq_kernels::swish::{backward_slice, forward_slice};
+use adjq_kernels::swish::{backward_uninit, forward_uninit};
 use burn::backend::autodiff::{
     Autodiff,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -51,7 +51,7 @@ impl SwishOps for Flex {
             output(&dims(&x), |out| {
                 out.par_chunks_mut(CHUNK)
                     .zip(f32s(&x).par_chunks(CHUNK))
-                    .for_each(|(y, x)| forward_slice(x, y))
+                    .for_each(|(y, x)| forward_uninit(x, y))
             })
         }
     }
@@ -64,7 +64,7 @@ impl SwishOps for Flex {
             output(&dims(&x), |dx| {
                 dx.par_chunks_mut(CHUNK)
                     .zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
-                    .for_each(|(d, (x, g))| backward_slice(g, x, d))
+                    .for_each(|(d, (x, g))| backward_uninit(g, x, d))
             })
         }
     }

@@ -175,7 +175,7 @@ impl AdjQuantOps for Flex {
                     .zip(f32s(&x).par_chunks(run))
                     .with_min_len(per_task)
                     .enumerate()
-                    .for_each(|(i, (ys, xs))| kernels::forward(xs, r.of_run(i), ys))
+                    .for_each(|(i, (ys, xs))| kernels::forward_uninit(xs, r.of_run(i), ys))
             })
         }
     }
@@ -203,7 +203,7 @@ impl AdjQuantOps for Flex {
                     .zip(f32s(&x).par_chunks(run).zip(f32s(&grad).par_chunks(run)))
                     .with_min_len(per_task)
                     .enumerate()
-                    .map(|(i, (dxs, (xs, gs)))| kernels::backward(gs, xs, r.of_run(i), dxs))
+                    .map(|(i, (dxs, (xs, gs)))| kernels::backward_uninit(gs, xs, r.of_run(i), dxs))
                     .collect();
             })
         };

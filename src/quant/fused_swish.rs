@@ -185,7 +185,7 @@ impl QuantSwishOps for Flex {
                     .enumerate()
                     .for_each_init(Scratch::default, |scratch, (i, (ys, xs))| {
                         scratch.recompute(&plan, i, xs, false);
-                        quant_kernels::forward(&scratch.swished, plan.post.of_run(i), ys);
+                        quant_kernels::forward_uninit(&scratch.swished, plan.post.of_run(i), ys);
                     })
             })
         }
@@ -239,7 +239,7 @@ impl QuantSwishOps for Flex {
                                 &scratch.sigmoid,
                                 grad_quantized,
                             );
-                            let pre = quant_kernels::backward(
+                            let pre = quant_kernels::backward_uninit(
                                 grad_quantized,
                                 xs,
                                 plan.pre.of_run(i),
