@@ -603,7 +603,8 @@ mod tests {
     }
 
     /// Planes with their output windows: both strides, k 3/5/7, asymmetric and no
-    /// padding, planes narrower than the filter, narrow and wide rows.
+    /// padding, planes narrower than the filter, narrow rows and wide ones (full
+    /// register-width runs plus edges).
     fn shapes() -> Vec<(Plane, Window)> {
         [
             (7, 7, 5, 1, 2, 2),
@@ -616,6 +617,11 @@ mod tests {
             (4, 9, 7, 1, 3, 3),
             (5, 30, 3, 1, 0, 2),
             (8, 12, 3, 2, 0, 1),
+            (5, 75, 3, 1, 1, 1),
+            (6, 80, 5, 2, 1, 2),
+            (7, 70, 5, 1, 2, 2),
+            (4, 33, 3, 2, 0, 0),
+            (3, 130, 3, 1, 0, 1),
         ]
         .into_iter()
         .map(|(h, w, k, stride, pad_top, pad_left)| {
@@ -652,110 +658,92 @@ mod tests {
         }
     }
 
+    /// The direct definition's indexing: `f(tap, input index)` for every tap of output
+    /// (oy, ox) that reads inside the plane, taps in (ky, kx) order.
+    fn direct_taps(d: &Plane, win: &Window, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
+        for ky in 0..d.k {
+            for kx in 0..d.k {
+                let iy = (oy * win.stride + ky).checked_sub(win.pad_top);
+                let ix = (ox * win.stride + kx).checked_sub(win.pad_left);
+                if let (Some(iy), Some(ix)) = (iy.filter(|&v| v < d.h), ix.filter(|&v| v < d.w)) {
+                    f(ky * d.k + kx, iy * d.w + ix);
+                }
+            }
+        }
+    }
+
+    /// A test plane's input pixels.
+    fn plane_values(d: &Plane) -> Vec<f32> {
+        (0..d.h * d.w)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect()
+    }
+
     /// Both filter-gradient loops (narrow planes, tap by tap) against the definition summed
     /// in f64, within the f32 rounding of the per-row sums; the public entry routes each
     /// shape to one of them.
     #[test]
     fn filter_grad_equals_the_definition() {
         for (d, win) in shapes() {
-            let (h, w, k, stride) = (d.h, d.w, d.k, win.stride);
-            let (pad_top, pad_left) = (win.pad_top, win.pad_left);
-            let x: Vec<f32> = (0..h * w)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
-                .collect();
+            let kk = d.k * d.k;
+            let x = plane_values(&d);
             let g: Vec<f32> = (0..win.out_h * win.out_w)
                 .map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0)
                 .collect();
-            let (mut want, mut magnitude) = (vec![0f64; k * k + 1], vec![0f64; k * k + 1]);
+            let (mut want, mut magnitude) = (vec![0f64; kk + 1], vec![0f64; kk + 1]);
             for oy in 0..win.out_h {
                 for ox in 0..win.out_w {
                     let gv = f64::from(g[oy * win.out_w + ox]);
-                    want[k * k] += gv;
-                    magnitude[k * k] += gv.abs();
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            let iy = (oy * stride + ky).checked_sub(pad_top).filter(|&v| v < h);
-                            let ix = (ox * stride + kx).checked_sub(pad_left).filter(|&v| v < w);
-                            if let (Some(iy), Some(ix)) = (iy, ix) {
-                                let t = gv * f64::from(x[iy * w + ix]);
-                                want[ky * k + kx] += t;
-                                magnitude[ky * k + kx] += t.abs();
-                            }
-                        }
-                    }
+                    want[kk] += gv;
+                    magnitude[kk] += gv.abs();
+                    direct_taps(&d, &win, oy, ox, |tap, at| {
+                        let t = gv * f64::from(x[at]);
+                        want[tap] += t;
+                        magnitude[tap] += t.abs();
+                    });
                 }
             }
             let mut buf = Vec::new();
-            let mut routed = vec![0f64; k * k + 1];
+            let mut routed = vec![0f64; kk + 1];
             filter_grad(&g, &x, &d, &win, &mut buf, &mut routed);
-            let xp = phased(&x, &d, stride, &mut buf).to_vec();
-            let mut tap_by_tap = vec![0f64; k * k + 1];
+            let xp = phased(&x, &d, win.stride, &mut buf).to_vec();
+            let mut tap_by_tap = vec![0f64; kk + 1];
             filter_grad_plane_impl(&g, &xp, &d, &win, &mut tap_by_tap);
             Padded::unphased(&d, &win).fill(&x, &mut buf);
-            let mut narrow_loop = vec![0f64; k * k + 1];
+            let mut narrow_loop = vec![0f64; kk + 1];
             filter_grad_narrow_impl(&g, &buf, &d, &win, &mut narrow_loop);
             for got in [&routed, &tap_by_tap, &narrow_loop] {
                 for ((a, b), m) in got.iter().zip(&want).zip(&magnitude) {
                     let bound = 64.0 * f64::from(f32::EPSILON) * m;
-                    assert!(
-                        (a - b).abs() <= bound,
-                        "{h}x{w}, k {k}, stride {stride}: {a} vs {b}"
-                    );
+                    assert!((a - b).abs() <= bound, "{d:?} {win:?}: {a} vs {b}");
                 }
             }
         }
     }
 
     /// The forward equals the direct definition bit for bit (bias, then the taps in
-    /// (ky, kx) order), on wide planes, planes narrower than the filter and both strides.
+    /// (ky, kx) order), through the routed loops and the tap-by-tap ones.
     #[test]
     fn forward_equals_the_direct_definition() {
-        for (h, w, k, stride, pad_top, pad_left) in [
-            (5, 75, 3, 1, 1, 1),
-            (6, 80, 5, 2, 1, 2),
-            (7, 70, 5, 1, 2, 2),
-            (4, 33, 3, 2, 0, 0),
-            (3, 130, 3, 1, 0, 1),
-            (2, 1, 5, 1, 2, 2),
-            (3, 2, 5, 2, 1, 2),
-        ] {
-            let d = Plane { h, w, k };
-            let out = |size: usize, pad: usize| (size + 2 * pad - k) / stride + 1;
-            let win = Window {
-                stride,
-                pad_top,
-                pad_left,
-                out_h: out(h, pad_top),
-                out_w: out(w, pad_left),
-            };
-            let x: Vec<f32> = (0..h * w)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
-                .collect();
-            let f: Vec<f32> = (0..k * k).map(|i| (i as f32 - 12.0) / 7.0).collect();
+        for (d, win) in shapes() {
+            let x = plane_values(&d);
+            let f: Vec<f32> = (0..d.k * d.k).map(|i| (i as f32 - 12.0) / 7.0).collect();
             let mut want = vec![0f32; win.out_h * win.out_w];
             for oy in 0..win.out_h {
                 for ox in 0..win.out_w {
                     let mut acc = 0.25f32;
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            let iy = (oy * stride + ky).checked_sub(pad_top).filter(|&v| v < h);
-                            let ix = (ox * stride + kx).checked_sub(pad_left).filter(|&v| v < w);
-                            if let (Some(iy), Some(ix)) = (iy, ix) {
-                                acc += f[ky * k + kx] * x[iy * w + ix];
-                            }
-                        }
-                    }
+                    direct_taps(&d, &win, oy, ox, |tap, at| acc += f[tap] * x[at]);
                     want[oy * win.out_w + ox] = acc;
                 }
             }
             let mut got = vec![f32::NAN; want.len()];
             forward(&x, &f, 0.25, &d, &win, &mut Vec::new(), &mut got);
-            assert_eq!(got, want, "{h}x{w}, k {k}, stride {stride}");
-            // The baseline (non-AVX2) loops too.
+            assert_eq!(got, want, "{d:?} {win:?}");
+            // The tap-by-tap (baseline, non-AVX2) loops too.
             let mut buf = Vec::new();
-            let xp = phased(&x, &d, stride, &mut buf);
+            let xp = phased(&x, &d, win.stride, &mut buf);
             forward_plane_impl(xp, &f, 0.25, &d, &win, &mut got);
-            assert_eq!(got, want, "{h}x{w}, k {k}, stride {stride}, baseline");
+            assert_eq!(got, want, "{d:?} {win:?}, tap by tap");
         }
     }
 }
