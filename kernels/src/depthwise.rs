@@ -477,24 +477,26 @@ pub fn input_grad(
     scratch: &mut Vec<f32>,
     dx: &mut [f32],
 ) {
-    if narrow(d, w) && w.stride == 1 {
-        Padded::gradient(d, w).fill(g, scratch);
-        return gather_grad(scratch, f, d, w, dx);
+    match (narrow(d, w), w.stride) {
+        (true, 1) => {
+            Padded::gradient(d, w).fill(g, scratch);
+            gather_grad(scratch, f, d, w, dx);
+        }
+        (true, _) => {
+            let pad = Padded::phased(d, w);
+            scratch.clear();
+            scratch.resize(pad.size(), 0.0);
+            scatter_grad(g, f, d, w, scratch);
+            pad.unpad(scratch, dx);
+        }
+        (false, 1) => input_grad_phased(g, f, d, w, dx),
+        (false, s) => {
+            scratch.clear();
+            scratch.resize(s * d.h * phase_len(d.w, s), 0.0);
+            input_grad_phased(g, f, d, w, scratch);
+            from_phases(scratch, d.h, d.w, s, dx);
+        }
     }
-    if narrow(d, w) {
-        let pad = Padded::phased(d, w);
-        scratch.clear();
-        scratch.resize(pad.size(), 0.0);
-        scatter_grad(g, f, d, w, scratch);
-        return pad.unpad(scratch, dx);
-    }
-    if w.stride == 1 {
-        return input_grad_phased(g, f, d, w, dx);
-    }
-    scratch.clear();
-    scratch.resize(w.stride * d.h * phase_len(d.w, w.stride), 0.0);
-    input_grad_phased(g, f, d, w, scratch);
-    from_phases(scratch, d.h, d.w, w.stride, dx);
 }
 
 /// Adds one plane's filter gradient (k·k sums) and bias gradient (the last of `acc`) for

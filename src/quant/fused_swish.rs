@@ -108,20 +108,7 @@ struct Plan {
 }
 
 impl Plan {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        shape: &[usize],
-        s1: &FlexTensor,
-        z1: &FlexTensor,
-        l1: &FlexTensor,
-        i1: &FlexTensor,
-        s2: &FlexTensor,
-        z2: &FlexTensor,
-        l2: &FlexTensor,
-        i2: &FlexTensor,
-    ) -> Self {
-        let pre = Ranges::read(s1, z1, l1, i1);
-        let post = Ranges::read(s2, z2, l2, i2);
+    fn new(shape: &[usize], pre: Ranges, post: Ranges) -> Self {
         let (run, per_task) = pre.runs(shape, AXIS);
         assert_eq!(
             (run, per_task),
@@ -175,7 +162,8 @@ impl QuantSwishOps for Flex {
     ) -> FlexTensor {
         let x = contiguous_f32(&x, OP);
         let shape = dims(&x);
-        let plan = Plan::new(&shape, &s1, &z1, &l1, &i1, &s2, &z2, &l2, &i2);
+        let pre = Ranges::read(&s1, &z1, &l1, &i1);
+        let plan = Plan::new(&shape, pre, Ranges::read(&s2, &z2, &l2, &i2));
         // SAFETY: the runs cover the output and the kernel writes each element.
         unsafe {
             output(&shape, |out| {
@@ -205,7 +193,8 @@ impl QuantSwishOps for Flex {
     ) -> QuantSwishGrads<Flex> {
         let (x, grad) = (contiguous_f32(&x, OP), contiguous_f32(&grad, OP));
         let shape = dims(&x);
-        let plan = Plan::new(&shape, &s1, &z1, &l1, &i1, &s2, &z2, &l2, &i2);
+        let pre = Ranges::read(&s1, &z1, &l1, &i1);
+        let plan = Plan::new(&shape, pre, Ranges::read(&s2, &z2, &l2, &i2));
         let mut partial: Vec<(RangeGrads, RangeGrads)> = Vec::new();
         // SAFETY: the runs cover the output and the kernel writes each element.
         let grad_x = unsafe {
