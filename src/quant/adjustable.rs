@@ -10,8 +10,8 @@
 //! gradient of the elements above it, as the original ran ([`ClipGrad`]). So a, s and k
 //! learn through S, z and L (and k also through the metric).
 
-use super::fused;
 use super::ste::{clip_scalar, clip_tf, round};
+use super::{fused, fused_range};
 use burn::module::Param;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -172,19 +172,38 @@ impl AdjQuant {
         self.init_min.is_some() && self.init_width.is_some()
     }
 
+    /// What the point was built with.
+    pub fn spec(&self) -> QuantSpec {
+        QuantSpec {
+            bits: self.base_bits,
+            trainable_bits: self.bit_scale.is_some(),
+            limits: self.limits,
+            clip_grad: self.clip_grad,
+        }
+    }
+
     /// The step's constants for input `x` (read only for a dynamic range), tracked to
-    /// the point's parameters.
+    /// the point's parameters: one op where it runs ([`fused_range`]), else
+    /// [`AdjQuant::step_composed`].
     pub fn step<const D: usize>(&self, x: &Tensor<D>) -> Step {
-        let (min, width) = match (&self.init_min, &self.init_width) {
-            (Some(m), Some(w)) => (m.val(), w.val()),
-            _ => {
-                // Per-tensor range of the current values, trained through.
-                let flat = x.clone().flatten::<1>(0, D - 1);
-                let lo = flat.clone().min();
-                let hi = flat.max();
-                (lo.clone(), hi - lo)
-            }
+        let (min, width) = self.initial_range(x);
+        let bit_scale = match &self.bit_scale {
+            Some(k) => k.val(),
+            // Unread: the bits are b0 (an untracked stand-in of the right shape).
+            None => Tensor::ones([self.channels()], &min.device()),
         };
+        let (scale, shift) = (self.scale.val(), self.shift.val());
+        if fused_range::supports(&min) {
+            fused_range::step(min, width, scale, shift, bit_scale, self.spec())
+        } else {
+            self.step_composed(x)
+        }
+    }
+
+    /// [`AdjQuant::step`] from tensor ops: the definition (module doc) that the fused op
+    /// is tested against and other backends run.
+    pub fn step_composed<const D: usize>(&self, x: &Tensor<D>) -> Step {
+        let (min, width) = self.initial_range(x);
         let a = limit(self.scale.val(), self.limits.scale);
         let s = limit(self.shift.val(), self.limits.shift);
         let lo = min + width.clone() * s;
@@ -203,28 +222,71 @@ impl AdjQuant {
         let step_inv = levels.clone() / w.add_scalar(1e-7);
         let zero = round(lo * step_inv.clone());
         let inv = step_inv.clone().recip();
-        Step {
-            step_inv,
-            zero,
-            levels: clip_levels,
-            inv,
+        Step::from_columns(step_inv, zero, clip_levels, inv)
+    }
+
+    /// (m, w): the fixed initial range, or the per-tensor range of `x`'s current values,
+    /// trained through (a dynamic point).
+    fn initial_range<const D: usize>(&self, x: &Tensor<D>) -> (Tensor<1>, Tensor<1>) {
+        match (&self.init_min, &self.init_width) {
+            (Some(m), Some(w)) => (m.val(), w.val()),
+            _ => {
+                let flat = x.clone().flatten::<1>(0, D - 1);
+                let lo = flat.clone().min();
+                let hi = flat.max();
+                (lo.clone(), hi - lo)
+            }
         }
     }
 }
 
-/// The per-channel constants of one quantizer step, `[C]` along the channel axis (`[1]`:
-/// one range for the whole tensor).
+/// The per-channel constants of one quantizer step as one `[C, 4]` tensor (`C` = 1: one
+/// range for the whole tensor), each channel's row [`Column`] by column. One tensor, so
+/// that a fused op takes a point's constants as one input and hands back their gradient
+/// as one (four tensors each were four autodiff parents and four gradient buffers).
 #[derive(Clone, Debug)]
-pub struct Step {
+pub struct Step(pub Tensor<2>);
+
+/// The columns of a [`Step`], in order (the layout of `adjq_kernels::quant::Range`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Column {
     /// S = L / W.
-    pub step_inv: Tensor<1>,
+    StepInv,
     /// z = round(lo·S).
-    pub zero: Tensor<1>,
+    Zero,
     /// L = 2^b − 1, the clip's upper bound: it takes the gradient of the elements above
-    /// it (detach it for a constant bound, [`ClipGrad::Detached`]).
-    pub levels: Tensor<1>,
+    /// it (detached for a constant bound, [`ClipGrad::Detached`]).
+    Levels,
     /// 1 / S.
-    pub inv: Tensor<1>,
+    Inv,
+}
+
+impl Step {
+    /// Number of columns.
+    pub const COLUMNS: usize = 4;
+
+    /// The step of columns `[C]` each.
+    pub fn from_columns(
+        step_inv: Tensor<1>,
+        zero: Tensor<1>,
+        levels: Tensor<1>,
+        inv: Tensor<1>,
+    ) -> Self {
+        Step(Tensor::stack(vec![step_inv, zero, levels, inv], 1))
+    }
+
+    pub fn channels(&self) -> usize {
+        self.0.dims()[0]
+    }
+
+    /// One column, `[C]`.
+    pub fn column(&self, column: Column) -> Tensor<1> {
+        let k = column as usize;
+        self.0
+            .clone()
+            .slice([0..self.channels(), k..k + 1])
+            .reshape([self.channels()])
+    }
 }
 
 /// x̂ = (clip(round(x·S) − z, 0, L) + z)·inv: the fused op where it runs, else
@@ -241,17 +303,9 @@ pub fn quantize<const D: usize>(x: Tensor<D>, step: Step, axis: usize) -> Tensor
 /// along `axis` (`[1]`: per tensor). The definition of the quantizer's step; backends
 /// without the fused op (`fused`) run this.
 pub fn quantize_composed<const D: usize>(x: Tensor<D>, step: Step, axis: usize) -> Tensor<D> {
-    let Step {
-        step_inv,
-        zero,
-        levels,
-        inv,
-    } = step;
-    let shape = broadcast_shape::<D>(step_inv.dims()[0], axis);
-    let sb = step_inv.reshape(shape);
-    let zb = zero.reshape(shape);
-    let lb = levels.reshape(shape);
-    let ib = inv.reshape(shape);
+    let shape = broadcast_shape::<D>(step.channels(), axis);
+    let [sb, zb, lb, ib] = [Column::StepInv, Column::Zero, Column::Levels, Column::Inv]
+        .map(|c| step.column(c).reshape(shape));
     let u = round(x * sb) - zb.clone();
     let zeros = Tensor::zeros(shape, &lb.device());
     (clip_tf(u, zeros, lb) + zb) * ib

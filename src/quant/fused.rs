@@ -11,7 +11,7 @@
 //! ∂x = inside·g·inv·S, ∂S = Σ inside·g·inv·x, ∂z = Σ (1 − inside)·g·inv,
 //! ∂L = Σ (round(x·S) − z > L)·g·inv, ∂inv = Σ g·(clip(..) + z), the sums per channel.
 
-use super::adjustable::Step;
+use super::adjustable::{Column, Step};
 use crate::model::flex_io::{contiguous_f32, dims, f32s, from_vec, output};
 use adjq_kernels::quant::{self as kernels, Range, RangeGrads};
 use burn::backend::autodiff::{
@@ -33,38 +33,24 @@ const OP: &str = "fused quantizer";
 
 #[backend_extension(Flex, Autodiff)]
 pub trait AdjQuantOps: BackendOps {
-    /// y = (clip(round(x·S) − z, 0, L) + z)·inv; S, z, L, inv are `[C]` along `axis`
-    /// (`[1]`: one range for the whole tensor).
-    fn adj_quant(
-        x: FloatTensor<Self>,
-        step_inv: FloatTensor<Self>,
-        zero: FloatTensor<Self>,
-        levels: FloatTensor<Self>,
-        inv: FloatTensor<Self>,
-        axis: usize,
-    ) -> FloatTensor<Self>;
+    /// y = (clip(round(x·S) − z, 0, L) + z)·inv; `step` holds the `[C, 4]` rows (S, z, L,
+    /// inv) of the channels along `axis` (`[1, 4]`: one range for the whole tensor).
+    fn adj_quant(x: FloatTensor<Self>, step: FloatTensor<Self>, axis: usize) -> FloatTensor<Self>;
 
-    /// Gradients of x, S, z, L and inv for the upstream gradient `grad`.
+    /// Gradients of x and of the step's rows for the upstream gradient `grad`.
     fn adj_quant_backward(
         grad: FloatTensor<Self>,
         x: FloatTensor<Self>,
-        step_inv: FloatTensor<Self>,
-        zero: FloatTensor<Self>,
-        levels: FloatTensor<Self>,
-        inv: FloatTensor<Self>,
+        step: FloatTensor<Self>,
         axis: usize,
     ) -> QuantGrads<Self>;
 }
 
-/// The gradients of the fused step's inputs (a struct: the extension glue maps tuples of
-/// at most four tensors).
+/// The gradients of the fused step's inputs.
 #[derive(ExtensionType)]
 pub struct QuantGrads<B: BackendOps> {
     pub x: FloatTensor<B>,
-    pub step_inv: FloatTensor<B>,
-    pub zero: FloatTensor<B>,
-    pub levels: FloatTensor<B>,
-    pub inv: FloatTensor<B>,
+    pub step: FloatTensor<B>,
 }
 
 /// Whether `x` can take the fused op: f32 on the CPU backend (with or without autodiff).
@@ -76,10 +62,7 @@ pub fn supports<const D: usize>(x: &Tensor<D>) -> bool {
 pub fn quantize<const D: usize>(x: Tensor<D>, step: Step, axis: usize) -> Tensor<D> {
     Tensor::from_dispatch(<burn::backend::Dispatch as AdjQuantOps>::adj_quant(
         x.into_dispatch(),
-        step.step_inv.into_dispatch(),
-        step.zero.into_dispatch(),
-        step.levels.into_dispatch(),
-        step.inv.into_dispatch(),
+        step.0.into_dispatch(),
         axis,
     ))
 }
@@ -88,20 +71,21 @@ pub fn quantize<const D: usize>(x: Tensor<D>, step: Step, axis: usize) -> Tensor
 pub(super) struct Ranges(Vec<Range>);
 
 impl Ranges {
-    pub(super) fn read(
-        step_inv: &FlexTensor,
-        zero: &FlexTensor,
-        levels: &FlexTensor,
-        inv: &FlexTensor,
-    ) -> Self {
-        let [s, z, l, i] = [step_inv, zero, levels, inv].map(|t| contiguous_f32(t, OP));
-        let ranges = (f32s(&s).iter().zip(f32s(&z)))
-            .zip(f32s(&l).iter().zip(f32s(&i)))
-            .map(|((&step_inv, &zero), (&levels, &inv))| Range {
-                step_inv,
-                zero,
-                levels,
-                inv,
+    /// The rows of a [`Step`]'s tensor.
+    pub(super) fn read(step: &FlexTensor) -> Self {
+        let step = contiguous_f32(step, OP);
+        assert_eq!(
+            dims(&step)[1..],
+            [Step::COLUMNS],
+            "{OP}: a step has one row of four per channel"
+        );
+        let ranges = f32s(&step)
+            .chunks_exact(Step::COLUMNS)
+            .map(|row| Range {
+                step_inv: row[Column::StepInv as usize],
+                zero: row[Column::Zero as usize],
+                levels: row[Column::Levels as usize],
+                inv: row[Column::Inv as usize],
             })
             .collect();
         Ranges(ranges)
@@ -134,37 +118,25 @@ impl Ranges {
         &self.0[run_index % self.channels()]
     }
 
-    /// Per-run partial sums (in run order) added up per channel, as `[C]` tensors of
-    /// ∂S, ∂z, ∂L and ∂inv: the same result for any thread count (training is
-    /// deterministic on CPU).
-    pub(super) fn grads(&self, partial: impl IntoIterator<Item = RangeGrads>) -> [FlexTensor; 4] {
+    /// Per-run partial sums (in run order) added up per channel, as the `[C, 4]` rows
+    /// (∂S, ∂z, ∂L, ∂inv) of the step's gradient: the same result for any thread count
+    /// (training is deterministic on CPU).
+    pub(super) fn grads(&self, partial: impl IntoIterator<Item = RangeGrads>) -> FlexTensor {
         let mut sums = vec![RangeGrads::default(); self.channels()];
         for (i, p) in partial.into_iter().enumerate() {
             sums[i % self.channels()] += p;
         }
-        let column = |f: fn(&RangeGrads) -> f64| {
-            let values: Vec<f32> = sums.iter().map(|s| f(s) as f32).collect();
-            from_vec(values, &[self.channels()])
-        };
-        [
-            column(|s| s.step_inv),
-            column(|s| s.zero),
-            column(|s| s.levels),
-            column(|s| s.inv),
-        ]
+        let rows: Vec<f32> = sums
+            .iter()
+            .flat_map(|s| [s.step_inv, s.zero, s.levels, s.inv].map(|v| v as f32))
+            .collect();
+        from_vec(rows, &[self.channels(), Step::COLUMNS])
     }
 }
 
 impl AdjQuantOps for Flex {
-    fn adj_quant(
-        x: FlexTensor,
-        step_inv: FlexTensor,
-        zero: FlexTensor,
-        levels: FlexTensor,
-        inv: FlexTensor,
-        axis: usize,
-    ) -> FlexTensor {
-        let r = Ranges::read(&step_inv, &zero, &levels, &inv);
+    fn adj_quant(x: FlexTensor, step: FlexTensor, axis: usize) -> FlexTensor {
+        let r = Ranges::read(&step);
         let x = contiguous_f32(&x, OP);
         let shape = dims(&x);
         let (run, per_task) = r.runs(&shape, axis);
@@ -183,13 +155,10 @@ impl AdjQuantOps for Flex {
     fn adj_quant_backward(
         grad: FlexTensor,
         x: FlexTensor,
-        step_inv: FlexTensor,
-        zero: FlexTensor,
-        levels: FlexTensor,
-        inv: FlexTensor,
+        step: FlexTensor,
         axis: usize,
     ) -> QuantGrads<Flex> {
-        let r = Ranges::read(&step_inv, &zero, &levels, &inv);
+        let r = Ranges::read(&step);
         let (x, grad) = (contiguous_f32(&x, OP), contiguous_f32(&grad, OP));
         let shape = dims(&x);
         let (run, per_task) = r.runs(&shape, axis);
@@ -207,13 +176,9 @@ impl AdjQuantOps for Flex {
                     .collect();
             })
         };
-        let [step_inv, zero, levels, inv] = r.grads(partial);
         QuantGrads {
             x: grad_x,
-            step_inv,
-            zero,
-            levels,
-            inv,
+            step: r.grads(partial),
         }
     }
 }
@@ -221,38 +186,23 @@ impl AdjQuantOps for Flex {
 /// The autodiff node: forward on the inner backend, backward through its
 /// `adj_quant_backward`.
 impl<B: BackendOps + AdjQuantOps, C: CheckpointStrategy> AdjQuantOps for Autodiff<B, C> {
-    fn adj_quant(
-        x: FloatTensor<Self>,
-        step_inv: FloatTensor<Self>,
-        zero: FloatTensor<Self>,
-        levels: FloatTensor<Self>,
-        inv: FloatTensor<Self>,
-        axis: usize,
-    ) -> FloatTensor<Self> {
+    fn adj_quant(x: FloatTensor<Self>, step: FloatTensor<Self>, axis: usize) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct QuantizeBackward;
 
-        impl<B: BackendOps + AdjQuantOps> Backward<B, 5> for QuantizeBackward {
-            type State = (
-                FloatTensor<B>,
-                FloatTensor<B>,
-                FloatTensor<B>,
-                FloatTensor<B>,
-                FloatTensor<B>,
-                usize,
-            );
+        impl<B: BackendOps + AdjQuantOps> Backward<B, 2> for QuantizeBackward {
+            type State = (FloatTensor<B>, FloatTensor<B>, usize);
 
             fn backward(
                 self,
-                ops: Ops<Self::State, 5>,
+                ops: Ops<Self::State, 2>,
                 grads: &mut Gradients,
                 _checkpointer: &mut Checkpointer,
             ) {
-                let (x, step_inv, zero, levels, inv, axis) = ops.state;
+                let (x, step, axis) = ops.state;
                 let grad = grads.consume::<B>(&ops.node);
-                let g = B::adj_quant_backward(grad, x, step_inv, zero, levels, inv, axis);
-                let inputs = [g.x, g.step_inv, g.zero, g.levels, g.inv];
-                for (parent, g) in ops.parents.into_iter().zip(inputs) {
+                let g = B::adj_quant_backward(grad, x, step, axis);
+                for (parent, g) in ops.parents.into_iter().zip([g.x, g.step]) {
                     if let Some(parent) = parent {
                         grads.register::<B>(parent.id, g);
                     }
@@ -260,34 +210,15 @@ impl<B: BackendOps + AdjQuantOps, C: CheckpointStrategy> AdjQuantOps for Autodif
             }
         }
 
-        let parents = [
-            x.node(),
-            step_inv.node(),
-            zero.node(),
-            levels.node(),
-            inv.node(),
-        ];
-        let (x, step_inv, zero, levels, inv) = (
-            x.into_primitive(),
-            step_inv.into_primitive(),
-            zero.into_primitive(),
-            levels.into_primitive(),
-            inv.into_primitive(),
-        );
-        let y = B::adj_quant(
-            x.clone(),
-            step_inv.clone(),
-            zero.clone(),
-            levels.clone(),
-            inv.clone(),
-            axis,
-        );
+        let parents = [x.node(), step.node()];
+        let (x, step) = (x.into_primitive(), step.into_primitive());
+        let y = B::adj_quant(x.clone(), step.clone(), axis);
         match QuantizeBackward
             .prepare::<C>(parents)
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish((x, step_inv, zero, levels, inv, axis), y),
+            OpsKind::Tracked(prep) => prep.finish((x, step, axis), y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }
@@ -295,10 +226,7 @@ impl<B: BackendOps + AdjQuantOps, C: CheckpointStrategy> AdjQuantOps for Autodif
     fn adj_quant_backward(
         _grad: FloatTensor<Self>,
         _x: FloatTensor<Self>,
-        _step_inv: FloatTensor<Self>,
-        _zero: FloatTensor<Self>,
-        _levels: FloatTensor<Self>,
-        _inv: FloatTensor<Self>,
+        _step: FloatTensor<Self>,
         _axis: usize,
     ) -> QuantGrads<Self> {
         unreachable!("the quantizer's backward is not itself differentiated")
@@ -346,12 +274,7 @@ mod tests {
         let step_inv = levels.clone() / width.clone();
         let zero = round(lo.clone() * step_inv.clone());
         let inv = step_inv.clone().recip();
-        let step = Step {
-            step_inv,
-            zero,
-            levels: levels.clone(),
-            inv,
-        };
+        let step = Step::from_columns(step_inv, zero, levels.clone(), inv);
         let y = if fused {
             assert!(supports(&x));
             quantize(x.clone(), step, axis)
@@ -419,12 +342,7 @@ mod tests {
         let s = Tensor::<1>::from_floats([2.0, 3.0, 4.0, 5.0], &device);
         let z = Tensor::<1>::from_floats([-3.0, -7.0, 0.0, -1.0], &device);
         let l = Tensor::<1>::from_floats([3.0, 15.0, 7.0, 255.0], &device);
-        let step = Step {
-            inv: s.clone().recip(),
-            step_inv: s,
-            zero: z,
-            levels: l,
-        };
+        let step = Step::from_columns(s.clone(), z, l, s.recip());
         let fused = quantize(x.clone(), step.clone(), 1);
         let composed = quantize_composed(x, step, 1);
         assert_eq!(host_f32(fused), host_f32(composed));

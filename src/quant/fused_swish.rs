@@ -32,53 +32,33 @@ const AXIS: usize = 1;
 
 #[backend_extension(Flex, Autodiff)]
 pub trait QuantSwishOps: BackendOps {
-    /// q₂(swish(q₁(x))): q₁ with constants (s1, z1, l1, i1), q₂ with (s2, z2, l2, i2),
-    /// each `[C]` along axis 1 (see `fused::AdjQuantOps::adj_quant`).
-    #[allow(clippy::too_many_arguments)]
+    /// q₂(swish(q₁(x))): q₁ with the step rows `pre`, q₂ with `post`, each `[C, 4]` for
+    /// the channels on axis 1 (see `fused::AdjQuantOps::adj_quant`).
     fn quant_swish_quant(
         x: FloatTensor<Self>,
-        s1: FloatTensor<Self>,
-        z1: FloatTensor<Self>,
-        l1: FloatTensor<Self>,
-        i1: FloatTensor<Self>,
-        s2: FloatTensor<Self>,
-        z2: FloatTensor<Self>,
-        l2: FloatTensor<Self>,
-        i2: FloatTensor<Self>,
+        pre: FloatTensor<Self>,
+        post: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 
-    /// Gradients of x and of both quantizers' constants for the upstream `grad`.
-    #[allow(clippy::too_many_arguments)]
+    /// Gradients of x and of both quantizers' steps for the upstream `grad`.
     fn quant_swish_quant_backward(
         grad: FloatTensor<Self>,
         x: FloatTensor<Self>,
-        s1: FloatTensor<Self>,
-        z1: FloatTensor<Self>,
-        l1: FloatTensor<Self>,
-        i1: FloatTensor<Self>,
-        s2: FloatTensor<Self>,
-        z2: FloatTensor<Self>,
-        l2: FloatTensor<Self>,
-        i2: FloatTensor<Self>,
+        pre: FloatTensor<Self>,
+        post: FloatTensor<Self>,
     ) -> QuantSwishGrads<Self>;
 }
 
-/// The gradients of the op's nine inputs, in their order.
+/// The gradients of the op's inputs.
 #[derive(ExtensionType)]
 pub struct QuantSwishGrads<B: BackendOps> {
     pub x: FloatTensor<B>,
-    pub s1: FloatTensor<B>,
-    pub z1: FloatTensor<B>,
-    pub l1: FloatTensor<B>,
-    pub i1: FloatTensor<B>,
-    pub s2: FloatTensor<B>,
-    pub z2: FloatTensor<B>,
-    pub l2: FloatTensor<B>,
-    pub i2: FloatTensor<B>,
+    pub pre: FloatTensor<B>,
+    pub post: FloatTensor<B>,
 }
 
-/// q₂(swish(q₁(x))) for an NCHW activation `x`, as one op where [`supports`] holds; the
-/// two fused quantizers and the swish op elsewhere.
+/// q₂(swish(q₁(x))) for x `[N, C, H, W]` (see the module doc): the fused op where it
+/// runs, else the three ops.
 pub fn quantize_swish_quantize(x: Tensor<4>, pre: Step, post: Step) -> Tensor<4> {
     if !supports(&x) {
         let y = crate::model::swish::swish(quantize(x, pre, AXIS));
@@ -87,14 +67,8 @@ pub fn quantize_swish_quantize(x: Tensor<4>, pre: Step, post: Step) -> Tensor<4>
     Tensor::from_dispatch(
         <burn::backend::Dispatch as QuantSwishOps>::quant_swish_quant(
             x.into_dispatch(),
-            pre.step_inv.into_dispatch(),
-            pre.zero.into_dispatch(),
-            pre.levels.into_dispatch(),
-            pre.inv.into_dispatch(),
-            post.step_inv.into_dispatch(),
-            post.zero.into_dispatch(),
-            post.levels.into_dispatch(),
-            post.inv.into_dispatch(),
+            pre.0.into_dispatch(),
+            post.0.into_dispatch(),
         ),
     )
 }
@@ -149,21 +123,10 @@ impl Scratch {
 }
 
 impl QuantSwishOps for Flex {
-    fn quant_swish_quant(
-        x: FlexTensor,
-        s1: FlexTensor,
-        z1: FlexTensor,
-        l1: FlexTensor,
-        i1: FlexTensor,
-        s2: FlexTensor,
-        z2: FlexTensor,
-        l2: FlexTensor,
-        i2: FlexTensor,
-    ) -> FlexTensor {
+    fn quant_swish_quant(x: FlexTensor, pre: FlexTensor, post: FlexTensor) -> FlexTensor {
         let x = contiguous_f32(&x, OP);
         let shape = dims(&x);
-        let pre = Ranges::read(&s1, &z1, &l1, &i1);
-        let plan = Plan::new(&shape, pre, Ranges::read(&s2, &z2, &l2, &i2));
+        let plan = Plan::new(&shape, Ranges::read(&pre), Ranges::read(&post));
         // SAFETY: the runs cover the output and the kernel writes each element.
         unsafe {
             output(&shape, |out| {
@@ -182,19 +145,12 @@ impl QuantSwishOps for Flex {
     fn quant_swish_quant_backward(
         grad: FlexTensor,
         x: FlexTensor,
-        s1: FlexTensor,
-        z1: FlexTensor,
-        l1: FlexTensor,
-        i1: FlexTensor,
-        s2: FlexTensor,
-        z2: FlexTensor,
-        l2: FlexTensor,
-        i2: FlexTensor,
+        pre: FlexTensor,
+        post: FlexTensor,
     ) -> QuantSwishGrads<Flex> {
         let (x, grad) = (contiguous_f32(&x, OP), contiguous_f32(&grad, OP));
         let shape = dims(&x);
-        let pre = Ranges::read(&s1, &z1, &l1, &i1);
-        let plan = Plan::new(&shape, pre, Ranges::read(&s2, &z2, &l2, &i2));
+        let plan = Plan::new(&shape, Ranges::read(&pre), Ranges::read(&post));
         let mut partial: Vec<(RangeGrads, RangeGrads)> = Vec::new();
         // SAFETY: the runs cover the output and the kernel writes each element.
         let grad_x = unsafe {
@@ -241,18 +197,10 @@ impl QuantSwishOps for Flex {
             })
         };
         let (pre, post): (Vec<_>, Vec<_>) = partial.into_iter().unzip();
-        let [s1, z1, l1, i1] = plan.pre.grads(pre);
-        let [s2, z2, l2, i2] = plan.post.grads(post);
         QuantSwishGrads {
             x: grad_x,
-            s1,
-            z1,
-            l1,
-            i1,
-            s2,
-            z2,
-            l2,
-            i2,
+            pre: plan.pre.grads(pre),
+            post: plan.post.grads(post),
         }
     }
 }
@@ -262,32 +210,25 @@ impl QuantSwishOps for Flex {
 impl<B: BackendOps + QuantSwishOps, C: CheckpointStrategy> QuantSwishOps for Autodiff<B, C> {
     fn quant_swish_quant(
         x: FloatTensor<Self>,
-        s1: FloatTensor<Self>,
-        z1: FloatTensor<Self>,
-        l1: FloatTensor<Self>,
-        i1: FloatTensor<Self>,
-        s2: FloatTensor<Self>,
-        z2: FloatTensor<Self>,
-        l2: FloatTensor<Self>,
-        i2: FloatTensor<Self>,
+        pre: FloatTensor<Self>,
+        post: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct QuantSwishBackward;
 
-        impl<B: BackendOps + QuantSwishOps> Backward<B, 9> for QuantSwishBackward {
-            type State = [FloatTensor<B>; 9];
+        impl<B: BackendOps + QuantSwishOps> Backward<B, 3> for QuantSwishBackward {
+            type State = [FloatTensor<B>; 3];
 
             fn backward(
                 self,
-                ops: Ops<Self::State, 9>,
+                ops: Ops<Self::State, 3>,
                 grads: &mut Gradients,
                 _checkpointer: &mut Checkpointer,
             ) {
-                let [x, s1, z1, l1, i1, s2, z2, l2, i2] = ops.state;
+                let [x, pre, post] = ops.state;
                 let grad = grads.consume::<B>(&ops.node);
-                let g = B::quant_swish_quant_backward(grad, x, s1, z1, l1, i1, s2, z2, l2, i2);
-                let inputs = [g.x, g.s1, g.z1, g.l1, g.i1, g.s2, g.z2, g.l2, g.i2];
-                for (parent, g) in ops.parents.into_iter().zip(inputs) {
+                let g = B::quant_swish_quant_backward(grad, x, pre, post);
+                for (parent, g) in ops.parents.into_iter().zip([g.x, g.pre, g.post]) {
                     if let Some(parent) = parent {
                         grads.register::<B>(parent.id, g);
                     }
@@ -295,26 +236,17 @@ impl<B: BackendOps + QuantSwishOps, C: CheckpointStrategy> QuantSwishOps for Aut
             }
         }
 
-        let inputs = [x, s1, z1, l1, i1, s2, z2, l2, i2];
+        let inputs = [x, pre, post];
         let parents = inputs.each_ref().map(|t| t.node());
-        let [x, s1, z1, l1, i1, s2, z2, l2, i2] = inputs.map(|t| t.into_primitive());
-        let y = B::quant_swish_quant(
-            x.clone(),
-            s1.clone(),
-            z1.clone(),
-            l1.clone(),
-            i1.clone(),
-            s2.clone(),
-            z2.clone(),
-            l2.clone(),
-            i2.clone(),
-        );
+        let inputs = inputs.map(|t| t.into_primitive());
+        let [x, pre, post] = inputs.clone();
+        let y = B::quant_swish_quant(x, pre, post);
         match QuantSwishBackward
             .prepare::<C>(parents)
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish([x, s1, z1, l1, i1, s2, z2, l2, i2], y),
+            OpsKind::Tracked(prep) => prep.finish(inputs, y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }
@@ -322,14 +254,8 @@ impl<B: BackendOps + QuantSwishOps, C: CheckpointStrategy> QuantSwishOps for Aut
     fn quant_swish_quant_backward(
         _grad: FloatTensor<Self>,
         _x: FloatTensor<Self>,
-        _s1: FloatTensor<Self>,
-        _z1: FloatTensor<Self>,
-        _l1: FloatTensor<Self>,
-        _i1: FloatTensor<Self>,
-        _s2: FloatTensor<Self>,
-        _z2: FloatTensor<Self>,
-        _l2: FloatTensor<Self>,
-        _i2: FloatTensor<Self>,
+        _pre: FloatTensor<Self>,
+        _post: FloatTensor<Self>,
     ) -> QuantSwishGrads<Self> {
         unreachable!("the quantized swish's backward is not itself differentiated")
     }
@@ -360,12 +286,12 @@ mod tests {
         // 2, 4 and 8 bits across channels: many values land on and beyond the bounds.
         let levels = leaf((0..channels).map(|c| [3.0, 15.0, 255.0][c % 3]).collect());
         let step_inv = levels.clone() / width.clone();
-        let step = Step {
-            zero: round(lo.clone() * step_inv.clone()),
-            inv: step_inv.clone().recip(),
-            step_inv,
-            levels: levels.clone(),
-        };
+        let step = Step::from_columns(
+            step_inv.clone(),
+            round(lo.clone() * step_inv.clone()),
+            levels.clone(),
+            step_inv.recip(),
+        );
         (step, [lo, width, levels])
     }
 
