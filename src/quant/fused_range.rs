@@ -203,7 +203,7 @@ impl Forward {
 fn channels(tensors: [&FlexTensor; 5]) -> Vec<Inputs> {
     let [min, width, scale, shift, bit_scale] = tensors.map(|t| contiguous_f32(t, OP));
     let [min, width, scale, shift, bit_scale] =
-        [&min, &width, &scale, &shift, &bit_scale].map(|t| f32s(t));
+        [&min, &width, &scale, &shift, &bit_scale].map(f32s);
     assert!(
         [width, scale, shift, bit_scale]
             .iter()
