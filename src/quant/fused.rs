@@ -71,7 +71,7 @@ pub fn quantize<const D: usize>(x: Tensor<D>, step: Step, axis: usize) -> Tensor
 pub(super) struct Ranges(Vec<Range>);
 
 impl Ranges {
-    /// The rows of a [`Step`]'s tensor.
+    /// The rows of a [`Step`]'s tensor, `[C, 4]`.
     pub(super) fn read(step: &FlexTensor) -> Self {
         let step = contiguous_f32(step, OP);
         assert_eq!(
@@ -79,7 +79,25 @@ impl Ranges {
             [Step::COLUMNS],
             "{OP}: a step has one row of four per channel"
         );
-        let ranges = f32s(&step)
+        Self::from_rows(f32s(&step))
+    }
+
+    /// Each step of stacked steps `[P, C, 4]`.
+    pub(super) fn read_stacked(steps: &FlexTensor) -> Vec<Self> {
+        let steps = contiguous_f32(steps, OP);
+        let shape = dims(&steps);
+        assert!(
+            shape.len() == 3 && shape[2] == Step::COLUMNS,
+            "{OP}: stacked steps have one row of four per channel"
+        );
+        f32s(&steps)
+            .chunks_exact(shape[1] * Step::COLUMNS)
+            .map(Self::from_rows)
+            .collect()
+    }
+
+    fn from_rows(rows: &[f32]) -> Self {
+        let ranges = rows
             .chunks_exact(Step::COLUMNS)
             .map(|row| Range {
                 step_inv: row[Column::StepInv as usize],
@@ -122,15 +140,18 @@ impl Ranges {
     /// (∂S, ∂z, ∂L, ∂inv) of the step's gradient: the same result for any thread count
     /// (training is deterministic on CPU).
     pub(super) fn grads(&self, partial: impl IntoIterator<Item = RangeGrads>) -> FlexTensor {
+        from_vec(self.grad_rows(partial), &[self.channels(), Step::COLUMNS])
+    }
+
+    /// [`Ranges::grads`]'s values, row by row.
+    pub(super) fn grad_rows(&self, partial: impl IntoIterator<Item = RangeGrads>) -> Vec<f32> {
         let mut sums = vec![RangeGrads::default(); self.channels()];
         for (i, p) in partial.into_iter().enumerate() {
             sums[i % self.channels()] += p;
         }
-        let rows: Vec<f32> = sums
-            .iter()
+        sums.iter()
             .flat_map(|s| [s.step_inv, s.zero, s.levels, s.inv].map(|v| v as f32))
-            .collect();
-        from_vec(rows, &[self.channels(), Step::COLUMNS])
+            .collect()
     }
 }
 

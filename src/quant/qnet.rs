@@ -210,8 +210,8 @@ impl Points for Quantize {
         q.forward(x, axis)
     }
 
-    /// One op for both quantizers and the swish where the output range is fixed (every
-    /// activation's is; see `fused_swish`).
+    /// One op for the quantizers and the swish where the output range, if any, is fixed
+    /// (every activation's is; see `fused_swish`).
     fn swish(
         &mut self,
         layer: &QLayer,
@@ -219,13 +219,15 @@ impl Points for Quantize {
         x: Tensor<4>,
         output_q: Option<&AdjQuant>,
     ) -> Tensor<4> {
-        match output_q {
-            Some(out) if out.fixed_range() => {
-                let (pre, post) = (swish_q.step(&x), out.step(&x));
-                fused_swish::quantize_swish_quantize(x, pre, post)
+        let post = match output_q {
+            Some(out) if !out.fixed_range() => {
+                return swish_between_points(self, layer, swish_q, x, output_q);
             }
-            _ => swish_between_points(self, layer, swish_q, x, output_q),
-        }
+            Some(out) => Some(out.step(&x)),
+            None => None,
+        };
+        let pre = swish_q.step(&x);
+        fused_swish::quantize_swish(x, pre, post)
     }
 }
 
