@@ -36,16 +36,37 @@ impl std::ops::AddAssign for RangeGrads {
     }
 }
 
-/// Round half to even, like burn's `round`, without the libm call that
-/// `f32::round_ties_even` becomes on baseline x86-64 (no SSE4.1): adding and removing
-/// 2^23 (with v's sign) leaves the nearest integer under the default rounding mode;
-/// from 2^23 up every f32 is an integer already.
-#[inline(always)]
-fn round_even(v: f32) -> f32 {
-    const TWO_23: f32 = 8_388_608.0;
-    let m = TWO_23.copysign(v);
-    let r = (v + m) - m;
-    if v.abs() >= TWO_23 { v } else { r }
+/// Round half to even, like burn's `round`: how one copy of the loops does it.
+trait RoundEven {
+    fn round(v: f32) -> f32;
+}
+
+/// Without the libm call that `f32::round_ties_even` becomes on baseline x86-64 (no
+/// SSE4.1): adding and removing 2^23 (with v's sign) leaves the nearest integer under the
+/// default rounding mode; from 2^23 up every f32 is an integer already.
+struct ByMagicNumber;
+
+impl RoundEven for ByMagicNumber {
+    #[inline(always)]
+    fn round(v: f32) -> f32 {
+        const TWO_23: f32 = 8_388_608.0;
+        let m = TWO_23.copysign(v);
+        let r = (v + m) - m;
+        if v.abs() >= TWO_23 { v } else { r }
+    }
+}
+
+/// SSE4.1's `roundps` where the forward is compiled for AVX2: one instruction for the
+/// seven above, the same result (forward 0.41 -> 0.31 ns per element on 14×14 planes).
+/// The backward keeps [`ByMagicNumber`]: with this, the compiler left most of its loop
+/// scalar (three times slower).
+struct ByInstruction;
+
+impl RoundEven for ByInstruction {
+    #[inline(always)]
+    fn round(v: f32) -> f32 {
+        v.round_ties_even()
+    }
 }
 
 /// u clipped to [0, l], as `u.clamp(0.0, l)` for every finite u and l ≥ 0, but without
@@ -58,20 +79,20 @@ fn clip(u: f32, l: f32) -> f32 {
 
 /// round(x·S) − z: the element's level before the clip.
 #[inline(always)]
-fn level(v: f32, r: &Range) -> f32 {
-    round_even(v * r.step_inv) - r.zero
+fn level<R: RoundEven>(v: f32, r: &Range) -> f32 {
+    R::round(v * r.step_inv) - r.zero
 }
 
 #[inline(always)]
-fn forward_one(v: f32, r: &Range) -> f32 {
-    (clip(level(v, r), r.levels) + r.zero) * r.inv
+fn forward_one<R: RoundEven>(v: f32, r: &Range) -> f32 {
+    (clip(level::<R>(v, r), r.levels) + r.zero) * r.inv
 }
 
 /// One element's input gradient and its terms of the four sums, for upstream g. Inside
 /// 0 ≤ u ≤ L the gradient goes to x and S; outside, to z (and to L above it).
 #[inline(always)]
-fn backward_one(v: f32, g: f32, r: &Range) -> (f32, [f32; 4]) {
-    let u = level(v, r);
+fn backward_one<R: RoundEven>(v: f32, g: f32, r: &Range) -> (f32, [f32; 4]) {
+    let u = level::<R>(v, r);
     let gi = g * r.inv;
     let inside = u >= 0.0 && u <= r.levels;
     let dx = if inside { gi * r.step_inv } else { 0.0 };
@@ -83,9 +104,9 @@ fn backward_one(v: f32, g: f32, r: &Range) -> (f32, [f32; 4]) {
 }
 
 #[inline(always)]
-fn forward_portable<S: Slot>(x: &[f32], r: &Range, y: &mut [S]) {
+fn forward_portable<S: Slot, R: RoundEven>(x: &[f32], r: &Range, y: &mut [S]) {
     for (y, &v) in y.iter_mut().zip(x) {
-        y.set(forward_one(v, r));
+        y.set(forward_one::<R>(v, r));
     }
 }
 
@@ -95,7 +116,12 @@ fn forward_portable<S: Slot>(x: &[f32], r: &Range, y: &mut [S]) {
 const F32_CHUNKS: usize = 16;
 
 #[inline(always)]
-fn backward_portable<S: Slot>(g: &[f32], x: &[f32], r: &Range, dx: &mut [S]) -> RangeGrads {
+fn backward_portable<S: Slot, R: RoundEven>(
+    g: &[f32],
+    x: &[f32],
+    r: &Range,
+    dx: &mut [S],
+) -> RangeGrads {
     // Lane i sums elements i, i + 8, … (in f32 over a block of F32_CHUNKS chunks, then in
     // f64); the lanes are added in order at the end.
     let mut lanes = [[0f64; LANES]; 4];
@@ -113,7 +139,7 @@ fn backward_portable<S: Slot>(g: &[f32], x: &[f32], r: &Range, dx: &mut [S]) -> 
             .zip(g.chunks_exact(LANES))
         {
             for i in 0..LANES {
-                let (d, terms) = backward_one(x[i], g[i], r);
+                let (d, terms) = backward_one::<R>(x[i], g[i], r);
                 dx[i].set(d);
                 for k in 0..4 {
                     block_lanes[k][i] += terms[k];
@@ -128,7 +154,7 @@ fn backward_portable<S: Slot>(g: &[f32], x: &[f32], r: &Range, dx: &mut [S]) -> 
     }
     let mut sums = lanes.map(|lane| lane.iter().sum::<f64>());
     for ((dx, &v), &g) in dx[full..].iter_mut().zip(&x[full..]).zip(&g[full..]) {
-        let (d, terms) = backward_one(v, g, r);
+        let (d, terms) = backward_one::<R>(v, g, r);
         dx.set(d);
         for (s, t) in sums.iter_mut().zip(terms) {
             *s += f64::from(t);
@@ -143,10 +169,39 @@ fn backward_portable<S: Slot>(g: &[f32], x: &[f32], r: &Range, dx: &mut [S]) -> 
     }
 }
 
-with_avx2_copies! {
-    fn forward_dispatch<S: Slot>(x: &[f32], r: &Range, y: &mut [S]) = forward_portable;
-    fn backward_dispatch<S: Slot>(g: &[f32], x: &[f32], r: &Range, dx: &mut [S]) -> RangeGrads
-        = backward_portable;
+// The loops twice, as `with_avx2_copies!` makes them elsewhere, but with the rounding
+// chosen per copy (a type argument the macro does not pass).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+
+    #[target_feature(enable = "avx2")]
+    pub fn forward<S: Slot>(x: &[f32], r: &Range, y: &mut [S]) {
+        forward_portable::<S, ByInstruction>(x, r, y)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub fn backward<S: Slot>(g: &[f32], x: &[f32], r: &Range, dx: &mut [S]) -> RangeGrads {
+        backward_portable::<S, ByMagicNumber>(g, x, r, dx)
+    }
+}
+
+fn forward_dispatch<S: Slot>(x: &[f32], r: &Range, y: &mut [S]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2::forward(x, r, y) };
+    }
+    forward_portable::<S, ByMagicNumber>(x, r, y)
+}
+
+fn backward_dispatch<S: Slot>(g: &[f32], x: &[f32], r: &Range, dx: &mut [S]) -> RangeGrads {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2::backward(g, x, r, dx) };
+    }
+    backward_portable::<S, ByMagicNumber>(g, x, r, dx)
 }
 
 // The public entry points are concrete (an f32 or an uninitialized output), so that
@@ -245,9 +300,9 @@ mod tests {
             -0.0,
             f32::INFINITY,
         ] {
-            assert_eq!(round_even(v), v.round_ties_even(), "{v}");
+            assert_eq!(ByMagicNumber::round(v), v.round_ties_even(), "{v}");
         }
-        assert!(round_even(f32::NAN).is_nan());
+        assert!(ByMagicNumber::round(f32::NAN).is_nan());
     }
 
     /// A NaN bound (after a non-finite update) is no panic: nothing is clipped above it,
@@ -277,7 +332,7 @@ mod tests {
         let s = backward(&g, &x, &R, &mut dx);
         let (mut want, mut magnitude) = ([0f64; 4], [0f64; 4]);
         for (i, (&v, &gv)) in x.iter().zip(&g).enumerate() {
-            let (d, terms) = backward_one(v, gv, &R);
+            let (d, terms) = backward_one::<ByMagicNumber>(v, gv, &R);
             assert_eq!(dx[i], d);
             for ((w, m), t) in want.iter_mut().zip(&mut magnitude).zip(terms) {
                 *w += f64::from(t);
@@ -300,10 +355,10 @@ mod tests {
         let (x, g) = inputs(1003);
         let (mut a, mut b) = (vec![0f32; x.len()], vec![0f32; x.len()]);
         forward(&x, &R, &mut a);
-        forward_portable(&x, &R, &mut b);
+        forward_portable::<_, ByMagicNumber>(&x, &R, &mut b);
         assert_eq!(a, b);
         let sa = backward(&g, &x, &R, &mut a);
-        let sb = backward_portable(&g, &x, &R, &mut b);
+        let sb = backward_portable::<_, ByMagicNumber>(&g, &x, &R, &mut b);
         assert_eq!(a, b);
         assert_eq!(sa, sb);
     }
