@@ -103,9 +103,16 @@ fn backward_one<R: RoundEven>(v: f32, g: f32, r: &Range) -> (f32, [f32; 4]) {
     (dx, [ds, dz, dl, dinv])
 }
 
+/// y = q(x) or, `SCALED`, y = q(x·scale).
 #[inline(always)]
-fn forward_portable<S: Slot, R: RoundEven>(x: &[f32], r: &Range, y: &mut [S]) {
+fn forward_portable<S: Slot, R: RoundEven, const SCALED: bool>(
+    x: &[f32],
+    scale: f32,
+    r: &Range,
+    y: &mut [S],
+) {
     for (y, &v) in y.iter_mut().zip(x) {
+        let v = if SCALED { v * scale } else { v };
         y.set(forward_one::<R>(v, r));
     }
 }
@@ -115,16 +122,19 @@ fn forward_portable<S: Slot, R: RoundEven>(x: &[f32], r: &Range, y: &mut [S]) {
 /// forward's cost; 16 f32 terms per lane lose at most a few ulp of f32.
 const F32_CHUNKS: usize = 16;
 
+/// The backward of y = q(x) or, `SCALED`, of y = q(x·scale): ∂x, the range's sums and
+/// (`SCALED`) ∂scale = Σ ∂(x·scale)·x.
 #[inline(always)]
-fn backward_portable<S: Slot, R: RoundEven>(
+fn backward_portable<S: Slot, R: RoundEven, const SCALED: bool>(
     g: &[f32],
     x: &[f32],
+    scale: f32,
     r: &Range,
     dx: &mut [S],
-) -> RangeGrads {
+) -> (RangeGrads, f64) {
     // Lane i sums elements i, i + 8, … (in f32 over a block of F32_CHUNKS chunks, then in
     // f64); the lanes are added in order at the end.
-    let mut lanes = [[0f64; LANES]; 4];
+    let mut lanes = [[0f64; LANES]; 5];
     let full = x.len() / LANES * LANES;
     let block = LANES * F32_CHUNKS;
     for ((dx, x), g) in dx[..full]
@@ -132,17 +142,21 @@ fn backward_portable<S: Slot, R: RoundEven>(
         .zip(x[..full].chunks(block))
         .zip(g[..full].chunks(block))
     {
-        let mut block_lanes = [[0f32; LANES]; 4];
+        let mut block_lanes = [[0f32; LANES]; 5];
         for ((dx, x), g) in dx
             .chunks_exact_mut(LANES)
             .zip(x.chunks_exact(LANES))
             .zip(g.chunks_exact(LANES))
         {
             for i in 0..LANES {
-                let (d, terms) = backward_one::<R>(x[i], g[i], r);
-                dx[i].set(d);
+                let v = if SCALED { x[i] * scale } else { x[i] };
+                let (d, terms) = backward_one::<R>(v, g[i], r);
+                dx[i].set(if SCALED { d * scale } else { d });
                 for k in 0..4 {
                     block_lanes[k][i] += terms[k];
+                }
+                if SCALED {
+                    block_lanes[4][i] += d * x[i];
                 }
             }
         }
@@ -153,20 +167,25 @@ fn backward_portable<S: Slot, R: RoundEven>(
         }
     }
     let mut sums = lanes.map(|lane| lane.iter().sum::<f64>());
-    for ((dx, &v), &g) in dx[full..].iter_mut().zip(&x[full..]).zip(&g[full..]) {
+    for ((dx, &x), &g) in dx[full..].iter_mut().zip(&x[full..]).zip(&g[full..]) {
+        let v = if SCALED { x * scale } else { x };
         let (d, terms) = backward_one::<R>(v, g, r);
-        dx.set(d);
+        dx.set(if SCALED { d * scale } else { d });
         for (s, t) in sums.iter_mut().zip(terms) {
             *s += f64::from(t);
         }
+        if SCALED {
+            sums[4] += f64::from(d * x);
+        }
     }
-    let [step_inv, zero, levels, inv] = sums;
-    RangeGrads {
+    let [step_inv, zero, levels, inv, scale] = sums;
+    let range = RangeGrads {
         step_inv,
         zero,
         levels,
         inv,
-    }
+    };
+    (range, scale)
 }
 
 // The loops twice, as `with_avx2_copies!` makes them elsewhere, but with the rounding
@@ -176,70 +195,91 @@ mod avx2 {
     use super::*;
 
     #[target_feature(enable = "avx2")]
-    pub fn forward<S: Slot>(x: &[f32], r: &Range, y: &mut [S]) {
-        forward_portable::<S, ByInstruction>(x, r, y)
+    pub fn forward<S: Slot, const SCALED: bool>(x: &[f32], scale: f32, r: &Range, y: &mut [S]) {
+        forward_portable::<S, ByInstruction, SCALED>(x, scale, r, y)
     }
 
     #[target_feature(enable = "avx2")]
-    pub fn backward<S: Slot>(g: &[f32], x: &[f32], r: &Range, dx: &mut [S]) -> RangeGrads {
-        backward_portable::<S, ByMagicNumber>(g, x, r, dx)
+    pub fn backward<S: Slot, const SCALED: bool>(
+        g: &[f32],
+        x: &[f32],
+        scale: f32,
+        r: &Range,
+        dx: &mut [S],
+    ) -> (RangeGrads, f64) {
+        backward_portable::<S, ByMagicNumber, SCALED>(g, x, scale, r, dx)
     }
 }
 
-fn forward_dispatch<S: Slot>(x: &[f32], r: &Range, y: &mut [S]) {
+fn forward_dispatch<S: Slot, const SCALED: bool>(x: &[f32], scale: f32, r: &Range, y: &mut [S]) {
+    assert_eq!(x.len(), y.len(), "quantizer input and output lengths");
     #[cfg(target_arch = "x86_64")]
     if crate::avx2() {
         // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { avx2::forward(x, r, y) };
+        return unsafe { avx2::forward::<S, SCALED>(x, scale, r, y) };
     }
-    forward_portable::<S, ByMagicNumber>(x, r, y)
+    forward_portable::<S, ByMagicNumber, SCALED>(x, scale, r, y)
 }
 
-fn backward_dispatch<S: Slot>(g: &[f32], x: &[f32], r: &Range, dx: &mut [S]) -> RangeGrads {
+fn backward_dispatch<S: Slot, const SCALED: bool>(
+    g: &[f32],
+    x: &[f32],
+    scale: f32,
+    r: &Range,
+    dx: &mut [S],
+) -> (RangeGrads, f64) {
+    assert!(
+        g.len() == x.len() && dx.len() == x.len(),
+        "quantizer gradient lengths"
+    );
     #[cfg(target_arch = "x86_64")]
     if crate::avx2() {
         // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { avx2::backward(g, x, r, dx) };
+        return unsafe { avx2::backward::<S, SCALED>(g, x, scale, r, dx) };
     }
-    backward_portable::<S, ByMagicNumber>(g, x, r, dx)
+    backward_portable::<S, ByMagicNumber, SCALED>(g, x, scale, r, dx)
 }
 
 // The public entry points are concrete (an f32 or an uninitialized output), so that
 // they are compiled here, optimized, and not instantiated unoptimized in a debug caller.
 
-fn forward_checked<S: Slot>(x: &[f32], r: &Range, y: &mut [S]) {
-    assert_eq!(x.len(), y.len(), "quantizer input and output lengths");
-    forward_dispatch(x, r, y)
-}
-
-fn backward_checked<S: Slot>(g: &[f32], x: &[f32], r: &Range, dx: &mut [S]) -> RangeGrads {
-    assert!(
-        g.len() == x.len() && dx.len() == x.len(),
-        "quantizer gradient lengths"
-    );
-    backward_dispatch(g, x, r, dx)
-}
-
 /// y = (clip(round(x·S) − z, 0, L) + z)·inv for one channel's run `x`.
 pub fn forward(x: &[f32], r: &Range, y: &mut [f32]) {
-    forward_checked(x, r, y)
+    forward_dispatch::<_, false>(x, 1.0, r, y)
 }
 
 /// [`forward`] into a fresh buffer.
 pub fn forward_uninit(x: &[f32], r: &Range, y: &mut [MaybeUninit<f32>]) {
-    forward_checked(x, r, y)
+    forward_dispatch::<_, false>(x, 1.0, r, y)
+}
+
+/// [`forward`] of x·`scale`, into a fresh buffer (an SE gate's product quantized).
+pub fn forward_scaled_uninit(x: &[f32], scale: f32, r: &Range, y: &mut [MaybeUninit<f32>]) {
+    forward_dispatch::<_, true>(x, scale, r, y)
 }
 
 /// The gradient of one channel's run for the upstream `g`: ∂x into `dx` and the run's
 /// sums ∂S = Σ inside·g·inv·x, ∂z = Σ (1 − inside)·g·inv, ∂L = Σ (u > L)·g·inv and
 /// ∂inv = Σ g·(clip(u) + z), where u = round(x·S) − z and inside = 0 ≤ u ≤ L.
 pub fn backward(g: &[f32], x: &[f32], r: &Range, dx: &mut [f32]) -> RangeGrads {
-    backward_checked(g, x, r, dx)
+    backward_dispatch::<_, false>(g, x, 1.0, r, dx).0
 }
 
 /// [`backward`] into a fresh buffer.
 pub fn backward_uninit(g: &[f32], x: &[f32], r: &Range, dx: &mut [MaybeUninit<f32>]) -> RangeGrads {
-    backward_checked(g, x, r, dx)
+    backward_dispatch::<_, false>(g, x, 1.0, r, dx).0
+}
+
+/// The gradient of [`forward_scaled_uninit`]: with d the quantizer's input gradient at
+/// x·`scale`, ∂x = d·scale into `dx`, the range's sums at x·scale, and ∂scale = Σ d·x.
+pub fn backward_scaled_uninit(
+    g: &[f32],
+    x: &[f32],
+    scale: f32,
+    r: &Range,
+    dx: &mut [MaybeUninit<f32>],
+) -> (RangeGrads, f64) {
+    backward_dispatch::<_, true>(g, x, scale, r, dx)
 }
 
 #[cfg(test)]
@@ -355,11 +395,43 @@ mod tests {
         let (x, g) = inputs(1003);
         let (mut a, mut b) = (vec![0f32; x.len()], vec![0f32; x.len()]);
         forward(&x, &R, &mut a);
-        forward_portable::<_, ByMagicNumber>(&x, &R, &mut b);
+        forward_portable::<_, ByMagicNumber, false>(&x, 1.0, &R, &mut b);
         assert_eq!(a, b);
         let sa = backward(&g, &x, &R, &mut a);
-        let sb = backward_portable::<_, ByMagicNumber>(&g, &x, &R, &mut b);
+        let sb = backward_portable::<_, ByMagicNumber, false>(&g, &x, 1.0, &R, &mut b).0;
         assert_eq!(a, b);
         assert_eq!(sa, sb);
+    }
+
+    /// The scaled loops are the plain ones on x·scale: the same bits for y, ∂x (times
+    /// the scale) and the range's sums, and ∂scale the sum of the input gradient times x.
+    #[test]
+    fn scaled_runs_are_the_plain_ones_on_the_product() {
+        let (x, g) = inputs(1003);
+        let scale = 0.37;
+        let product: Vec<f32> = x.iter().map(|v| v * scale).collect();
+        let uninit = |n: usize| vec![MaybeUninit::<f32>::uninit(); n];
+        // SAFETY (both reads): the kernels write every element.
+        let read = |v: Vec<MaybeUninit<f32>>| -> Vec<f32> {
+            v.into_iter().map(|e| unsafe { e.assume_init() }).collect()
+        };
+        let (mut y, mut want) = (uninit(x.len()), vec![0f32; x.len()]);
+        forward_scaled_uninit(&x, scale, &R, &mut y);
+        forward(&product, &R, &mut want);
+        assert_eq!(read(y), want);
+        let mut dx = uninit(x.len());
+        let (sums, dscale) = backward_scaled_uninit(&g, &x, scale, &R, &mut dx);
+        let mut d = vec![0f32; x.len()];
+        assert_eq!(sums, backward(&g, &product, &R, &mut d));
+        let want_dx: Vec<f32> = d.iter().map(|d| d * scale).collect();
+        assert_eq!(read(dx), want_dx);
+        let exact: f64 = d.iter().zip(&x).map(|(d, x)| f64::from(d * x)).sum();
+        let magnitude: f64 = d
+            .iter()
+            .zip(&x)
+            .map(|(d, x)| f64::from((d * x).abs()))
+            .sum();
+        assert!((dscale - exact).abs() <= 16.0 * f64::from(f32::EPSILON) * magnitude);
+        assert_ne!(dscale, 0.0);
     }
 }

@@ -80,9 +80,8 @@ fn map_runs<F: Lanes<I, K>, S: Slot, const I: usize, const K: usize, const L: us
     mut start: usize,
 ) -> usize {
     while start + L <= outs[0].len() {
-        let xs = inputs.map(|x| -> [f32; L] {
-            x[start..start + L].try_into().expect("a full run")
-        });
+        let xs =
+            inputs.map(|x| -> [f32; L] { x[start..start + L].try_into().expect("a full run") });
         for (out, y) in outs.iter_mut().zip(F::lanes(xs)) {
             for (o, v) in out[start..start + L].iter_mut().zip(y) {
                 o.set(v);

@@ -4,6 +4,7 @@
 pub mod adjustable;
 pub mod fake_quant;
 pub mod fused;
+pub mod fused_gate;
 pub mod fused_range;
 pub mod fused_swish;
 pub mod info;

@@ -18,8 +18,8 @@
 //! There is no dropout: the original's quantized network has none.
 
 use super::adjustable::{AdjQuant, ClipGrad, QuantSpec, RangePreset};
-use super::fused_swish;
 use super::thresholds::Thresholds;
+use super::{fused_gate, fused_swish};
 use crate::model::config::{Activation, EfficientNetConfig, Padding};
 use crate::model::swish::swish;
 use crate::model::{ConvBn, EfficientNet, MbConv};
@@ -179,6 +179,12 @@ pub trait Points {
     ) -> Tensor<4> {
         swish_between_points(self, layer, swish_q, x, output_q)
     }
+
+    /// `x` scaled per channel by the SE gate (`[N, C, 1, 1]`), with this action at the
+    /// input point `q` of the layer it feeds.
+    fn gated(&mut self, layer: &QLayer, q: &AdjQuant, x: Tensor<4>, gate: Tensor<4>) -> Tensor<4> {
+        self.apply(layer, Point::Input, q, x * gate, 1)
+    }
 }
 
 /// [`Points::swish`] as its three steps.
@@ -228,6 +234,16 @@ impl Points for Quantize {
         };
         let pre = swish_q.step(&x);
         fused_swish::quantize_swish(x, pre, post)
+    }
+
+    /// One op for the gate's product and the quantizer where the range is fixed (every
+    /// activation's is; see `fused_gate`).
+    fn gated(&mut self, layer: &QLayer, q: &AdjQuant, x: Tensor<4>, gate: Tensor<4>) -> Tensor<4> {
+        if !q.fixed_range() {
+            return self.apply(layer, Point::Input, q, x * gate, 1);
+        }
+        let step = q.step(&x);
+        fused_gate::quantize_gated(x, gate, step)
     }
 }
 
@@ -281,8 +297,22 @@ pub struct QConv {
 impl QConv {
     /// Conv output (before any activation), quantizing input, weight and bias.
     fn conv(&self, x: Tensor<4>, pts: &mut dyn Points) -> Tensor<4> {
-        let l = &self.layer;
         let x = self.at(Point::Input, &self.input_q, x, pts);
+        self.conv_of_input(x, pts)
+    }
+
+    /// [`QConv::conv`] of `x` scaled per channel by an SE gate `[N, C, 1, 1]` first.
+    fn gated_conv(&self, x: Tensor<4>, gate: Tensor<4>, pts: &mut dyn Points) -> Tensor<4> {
+        let x = match &self.input_q {
+            Some(q) => pts.gated(&self.layer, q, x, gate),
+            None => x * gate,
+        };
+        self.conv_of_input(x, pts)
+    }
+
+    /// The conv of its (quantized) input, quantizing weight and bias.
+    fn conv_of_input(&self, x: Tensor<4>, pts: &mut dyn Points) -> Tensor<4> {
+        let l = &self.layer;
         let w = pts.apply(l, Point::Weight, &self.weight_q, self.weight.val(), 0);
         let b = self.bias.val().reshape([l.cout, 1, 1, 1]);
         let b = pts
@@ -686,12 +716,15 @@ impl QEfficientNet {
                 x = e.conv_act(x, act, pts);
             }
             x = b.depthwise.conv_act(x, act, pts);
-            if let Some(se) = &b.se {
-                let s = x.clone().mean_dim(2).mean_dim(3);
-                let s = se.reduce.conv_act(s, act, pts);
-                x = x * se.expand.conv_gate(s, pts);
-            }
-            let y = b.project.conv(x, pts);
+            let y = match &b.se {
+                Some(se) => {
+                    let s = x.clone().mean_dim(2).mean_dim(3);
+                    let s = se.reduce.conv_act(s, act, pts);
+                    let gate = se.expand.conv_gate(s, pts);
+                    b.project.gated_conv(x, gate, pts)
+                }
+                None => b.project.conv(x, pts),
+            };
             x = b.project.output(y, pts);
             if b.skip {
                 x = x + input;
