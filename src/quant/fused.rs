@@ -254,14 +254,58 @@ impl<B: BackendOps + AdjQuantOps, C: CheckpointStrategy> AdjQuantOps for Autodif
     }
 }
 
+/// What the fused ops' tests share: tensors from values, and steps built from tracked
+/// leaves so that every constant carries gradient.
+#[cfg(test)]
+pub(super) mod testing {
+    use super::Step;
+    use crate::model::testing::spread;
+    use crate::quant::ste::round;
+    use burn::prelude::*;
+    use burn::tensor::TensorData;
+
+    pub fn tensor<const D: usize>(
+        values: Vec<f32>,
+        shape: [usize; D],
+        device: &Device,
+    ) -> Tensor<D> {
+        Tensor::from_data(TensorData::new(values, shape), device)
+    }
+
+    /// A step from leaves (lo, width, L) of `channels` (tracked if `tracked`): lo in
+    /// [−1.5, −0.2], width in [1, 4], L at 2, 4 and 8 bits in turn (so values land on and
+    /// beyond the bounds); returns the step and the leaves.
+    pub fn leaf_step(
+        channels: usize,
+        salt: f32,
+        device: &Device,
+        tracked: bool,
+    ) -> (Step, [Tensor<1>; 3]) {
+        let leaf = |values: Vec<f32>| {
+            let t = tensor(values, [channels], device);
+            if tracked { t.require_grad() } else { t }
+        };
+        let lo = leaf(spread(channels, salt, -1.5, -0.2));
+        let width = leaf(spread(channels, salt + 4.0, 1.0, 4.0));
+        let levels = leaf((0..channels).map(|c| [3.0, 15.0, 255.0][c % 3]).collect());
+        let step_inv = levels.clone() / width.clone();
+        let step = Step::from_columns(
+            step_inv.clone(),
+            round(lo.clone() * step_inv.clone()),
+            levels.clone(),
+            step_inv.recip(),
+        );
+        (step, [lo, width, levels])
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::{leaf_step, tensor};
     use super::*;
     use crate::model::testing::{rel_diff, spread};
     use crate::quant::adjustable::quantize_composed;
     use crate::quant::host_f32;
-    use crate::quant::ste::round;
-    use burn::tensor::TensorData;
 
     struct Outcome {
         y: Vec<f32>,
@@ -271,12 +315,8 @@ mod tests {
         dlevels: Vec<f32>,
     }
 
-    fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
-        Tensor::from_data(TensorData::new(values, shape), device)
-    }
-
-    /// Quantizes x with ranges built from tracked leaves (lo, width), so S, z and inv all
-    /// carry gradient, and returns y and the gradients of a fixed projection of y.
+    /// Quantizes x with ranges built from tracked leaves (lo, width, L), so S, z and inv
+    /// all carry gradient, and returns y and the gradients of a fixed projection of y.
     fn run<const D: usize>(
         shape: [usize; D],
         axis: usize,
@@ -287,15 +327,7 @@ mod tests {
         let n = shape.iter().product();
         let x = tensor(spread(n, 0.5, -8.0, 8.0), shape, &device).require_grad();
         let probe = tensor(spread(n, 7.25, -1.0, 1.0), shape, &device);
-        let lo = tensor(spread(channels, 3.5, -4.0, -1.0), [channels], &device).require_grad();
-        let width = tensor(spread(channels, 9.5, 2.0, 8.0), [channels], &device).require_grad();
-        // 2, 4 and 8 bits across channels: many values land on and beyond the bounds.
-        let levels: Vec<f32> = (0..channels).map(|c| [3.0, 15.0, 255.0][c % 3]).collect();
-        let levels = tensor(levels, [channels], &device).require_grad();
-        let step_inv = levels.clone() / width.clone();
-        let zero = round(lo.clone() * step_inv.clone());
-        let inv = step_inv.clone().recip();
-        let step = Step::from_columns(step_inv, zero, levels.clone(), inv);
+        let (step, [lo, width, levels]) = leaf_step(channels, 3.5, &device, true);
         let y = if fused {
             assert!(supports(&x));
             quantize(x.clone(), step, axis)

@@ -221,13 +221,8 @@ impl<B: BackendOps + GateQuantOps, C: CheckpointStrategy> GateQuantOps for Autod
 mod tests {
     use super::*;
     use crate::model::testing::{rel_diff, spread};
+    use crate::quant::fused::testing::{leaf_step, tensor};
     use crate::quant::host_f32;
-    use crate::quant::ste::round;
-    use burn::tensor::TensorData;
-
-    fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
-        Tensor::from_data(TensorData::new(values, shape), device)
-    }
 
     /// y and the gradients of x, the gate and the range's leaves (lo, width, L) for a
     /// fixed projection of y; by the fused op or by the two ops.
@@ -239,18 +234,7 @@ mod tests {
         let gates = shape[0] * shape[1];
         let gate = tensor(spread(gates, 2.5, 0.05, 1.0), gate_shape, &device).require_grad();
         let probe = tensor(spread(n, 7.25, -1.0, 1.0), shape, &device);
-        let leaf = |values: Vec<f32>| tensor(values, [channels], &device).require_grad();
-        let lo = leaf(spread(channels, 3.5, -1.5, -0.2));
-        let width = leaf(spread(channels, 9.5, 1.0, 3.0));
-        // 2, 4 and 8 bits across channels: many values land on and beyond the bounds.
-        let levels = leaf((0..channels).map(|c| [3.0, 15.0, 255.0][c % 3]).collect());
-        let step_inv = levels.clone() / width.clone();
-        let step = Step::from_columns(
-            step_inv.clone(),
-            round(lo.clone() * step_inv.clone()),
-            levels.clone(),
-            step_inv.recip(),
-        );
+        let (step, [lo, width, levels]) = leaf_step(channels, 3.5, &device, true);
         let y = if fused {
             assert!(supports(&x));
             quantize_gated(x.clone(), gate.clone(), step)

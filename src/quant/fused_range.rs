@@ -337,15 +337,11 @@ mod tests {
     use super::*;
     use crate::model::testing::{rel_diff, spread};
     use crate::quant::adjustable::{AdjQuant, RangePreset};
+    use crate::quant::fused::testing::tensor;
     use crate::quant::host_f32;
     use burn::module::Param;
-    use burn::tensor::TensorData;
 
     const CHANNELS: usize = 24;
-
-    fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
-        Tensor::from_data(TensorData::new(values, shape), device)
-    }
 
     /// A point whose parameters reach past every bound: a and s outside the preset's
     /// limits on some channels, k·b0 rounding below 2 and above 8 bits on others.

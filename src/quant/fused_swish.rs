@@ -297,34 +297,8 @@ impl<B: BackendOps + QuantSwishOps, C: CheckpointStrategy> QuantSwishOps for Aut
 mod tests {
     use super::*;
     use crate::model::testing::spread;
+    use crate::quant::fused::testing::{leaf_step, tensor};
     use crate::quant::host_f32;
-    use crate::quant::ste::round;
-    use burn::tensor::TensorData;
-
-    fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
-        Tensor::from_data(TensorData::new(values, shape), device)
-    }
-
-    /// A quantizer step from leaves (lo, width, L), tracked if `tracked`, so every
-    /// constant carries gradient; returns the step and the leaves.
-    fn step(channels: usize, salt: f32, device: &Device, tracked: bool) -> (Step, [Tensor<1>; 3]) {
-        let leaf = |values: Vec<f32>| {
-            let t = tensor(values, [channels], device);
-            if tracked { t.require_grad() } else { t }
-        };
-        let lo = leaf(spread(channels, salt, -1.5, -0.2));
-        let width = leaf(spread(channels, salt + 4.0, 1.0, 4.0));
-        // 2, 4 and 8 bits across channels: many values land on and beyond the bounds.
-        let levels = leaf((0..channels).map(|c| [3.0, 15.0, 255.0][c % 3]).collect());
-        let step_inv = levels.clone() / width.clone();
-        let step = Step::from_columns(
-            step_inv.clone(),
-            round(lo.clone() * step_inv.clone()),
-            levels.clone(),
-            step_inv.recip(),
-        );
-        (step, [lo, width, levels])
-    }
 
     /// y and the gradients of x and of the quantizers' leaves, for a fixed projection
     /// of y; by the fused op or by the separate ops; with or without the second quantizer.
@@ -333,8 +307,8 @@ mod tests {
         let n = shape.iter().product();
         let x = tensor(spread(n, 0.5, -4.0, 4.0), shape, &device).require_grad();
         let probe = tensor(spread(n, 7.25, -1.0, 1.0), shape, &device);
-        let (pre, pre_leaves) = step(shape[1], 3.5, &device, true);
-        let (post, post_leaves) = step(shape[1], 9.5, &device, true);
+        let (pre, pre_leaves) = leaf_step(shape[1], 3.5, &device, true);
+        let (post, post_leaves) = leaf_step(shape[1], 9.5, &device, true);
         let post = with_post.then_some(post);
         let y = if fused {
             assert!(supports(&x));
@@ -379,8 +353,8 @@ mod tests {
     fn without_autodiff_gives_the_same_values() {
         let device = Device::flex();
         let x = tensor(spread(2 * 3 * 4 * 5, 1.5, -3.0, 3.0), [2, 3, 4, 5], &device);
-        let (pre, _) = step(3, 1.0, &device, false);
-        let (post, _) = step(3, 2.0, &device, false);
+        let (pre, _) = leaf_step(3, 1.0, &device, false);
+        let (post, _) = leaf_step(3, 2.0, &device, false);
         let fused = quantize_swish(x.clone(), pre.clone(), Some(post.clone()));
         let swished = swish(quantize(x.clone(), pre.clone(), AXIS));
         assert_eq!(
