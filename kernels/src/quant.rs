@@ -122,10 +122,50 @@ fn forward_portable<S: Slot, R: RoundEven, const SCALED: bool>(
 /// forward's cost; 16 f32 terms per lane lose at most a few ulp of f32.
 const F32_CHUNKS: usize = 16;
 
+/// How a copy of the backward does one chunk of [`LANES`] elements: ∂x into `dx`, and
+/// each lane's terms (∂S, ∂z, ∂L, ∂inv and, `SCALED`, ∂scale) added to `block`.
+trait BackwardChunk {
+    fn chunk<S: Slot, const SCALED: bool>(
+        x: &[f32],
+        g: &[f32],
+        scale: f32,
+        r: &Range,
+        dx: &mut [S],
+        block: &mut [[f32; LANES]; 5],
+    );
+}
+
+/// Lane by lane, rounding with the magic number: the compiler vectorises this.
+struct LaneByLane;
+
+impl BackwardChunk for LaneByLane {
+    #[inline(always)]
+    fn chunk<S: Slot, const SCALED: bool>(
+        x: &[f32],
+        g: &[f32],
+        scale: f32,
+        r: &Range,
+        dx: &mut [S],
+        block: &mut [[f32; LANES]; 5],
+    ) {
+        for i in 0..LANES {
+            let v = if SCALED { x[i] * scale } else { x[i] };
+            let (d, terms) = backward_one::<ByMagicNumber>(v, g[i], r);
+            dx[i].set(if SCALED { d * scale } else { d });
+            for k in 0..4 {
+                block[k][i] += terms[k];
+            }
+            if SCALED {
+                block[4][i] += d * x[i];
+            }
+        }
+    }
+}
+
 /// The backward of y = q(x) or, `SCALED`, of y = q(x·scale): ∂x, the range's sums and
 /// (`SCALED`) ∂scale = Σ ∂(x·scale)·x.
 #[inline(always)]
-fn backward_portable<S: Slot, R: RoundEven, const SCALED: bool>(
+fn backward_portable<S: Slot, C: BackwardChunk, const SCALED: bool>(
     g: &[f32],
     x: &[f32],
     scale: f32,
@@ -148,17 +188,7 @@ fn backward_portable<S: Slot, R: RoundEven, const SCALED: bool>(
             .zip(x.chunks_exact(LANES))
             .zip(g.chunks_exact(LANES))
         {
-            for i in 0..LANES {
-                let v = if SCALED { x[i] * scale } else { x[i] };
-                let (d, terms) = backward_one::<R>(v, g[i], r);
-                dx[i].set(if SCALED { d * scale } else { d });
-                for k in 0..4 {
-                    block_lanes[k][i] += terms[k];
-                }
-                if SCALED {
-                    block_lanes[4][i] += d * x[i];
-                }
-            }
+            C::chunk::<S, SCALED>(x, g, scale, r, dx, &mut block_lanes);
         }
         for (lane, block_lane) in lanes.iter_mut().zip(block_lanes) {
             for i in 0..LANES {
@@ -169,7 +199,7 @@ fn backward_portable<S: Slot, R: RoundEven, const SCALED: bool>(
     let mut sums = lanes.map(|lane| lane.iter().sum::<f64>());
     for ((dx, &x), &g) in dx[full..].iter_mut().zip(&x[full..]).zip(&g[full..]) {
         let v = if SCALED { x * scale } else { x };
-        let (d, terms) = backward_one::<R>(v, g, r);
+        let (d, terms) = backward_one::<ByMagicNumber>(v, g, r);
         dx.set(if SCALED { d * scale } else { d });
         for (s, t) in sums.iter_mut().zip(terms) {
             *s += f64::from(t);
@@ -207,7 +237,66 @@ mod avx2 {
         r: &Range,
         dx: &mut [S],
     ) -> (RangeGrads, f64) {
-        backward_portable::<S, ByMagicNumber, SCALED>(g, x, scale, r, dx)
+        backward_portable::<S, Intrinsics, SCALED>(g, x, scale, r, dx)
+    }
+
+    /// [`LaneByLane`] in AVX2 instructions, rounding with `roundps`: the compiler's own
+    /// vector code for the lanes with that rounding went scalar. The same operations per
+    /// lane in the same order, so the same bits (a −0 from `roundps` where the magic
+    /// number gives +0 changes no result: it only reaches them through u − z and clip(u) + z).
+    struct Intrinsics;
+
+    impl BackwardChunk for Intrinsics {
+        #[inline(always)]
+        fn chunk<S: Slot, const SCALED: bool>(
+            x: &[f32],
+            g: &[f32],
+            scale: f32,
+            r: &Range,
+            dx: &mut [S],
+            block: &mut [[f32; LANES]; 5],
+        ) {
+            use std::arch::x86_64::*;
+            assert!(x.len() == LANES && g.len() == LANES && dx.len() == LANES);
+            // SAFETY: only `backward` above, compiled for AVX2 and run where the CPU has
+            // it, instantiates this; every load and store is of LANES elements of slices
+            // of that length (checked just above); an `S` is an f32 in memory.
+            unsafe {
+                let xv = _mm256_loadu_ps(x.as_ptr());
+                let gv = _mm256_loadu_ps(g.as_ptr());
+                let sc = _mm256_set1_ps(scale);
+                let (s, z) = (_mm256_set1_ps(r.step_inv), _mm256_set1_ps(r.zero));
+                let (l, inv) = (_mm256_set1_ps(r.levels), _mm256_set1_ps(r.inv));
+                let zero = _mm256_setzero_ps();
+                let v = if SCALED { _mm256_mul_ps(xv, sc) } else { xv };
+                let rounded = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                    _mm256_mul_ps(v, s),
+                );
+                let u = _mm256_sub_ps(rounded, z);
+                let gi = _mm256_mul_ps(gv, inv);
+                let inside = _mm256_and_ps(
+                    _mm256_cmp_ps::<_CMP_GE_OQ>(u, zero),
+                    _mm256_cmp_ps::<_CMP_LE_OQ>(u, l),
+                );
+                let above = _mm256_cmp_ps::<_CMP_GT_OQ>(u, l);
+                let d = _mm256_and_ps(inside, _mm256_mul_ps(gi, s));
+                let ds = _mm256_and_ps(inside, _mm256_mul_ps(gi, v));
+                let dz = _mm256_andnot_ps(inside, gi);
+                let dl = _mm256_and_ps(above, gi);
+                // clip(u, L): L above it, 0 below 0 (a NaN u stays NaN).
+                let capped = _mm256_blendv_ps(u, l, above);
+                let clipped = _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(u, zero), capped);
+                let dinv = _mm256_mul_ps(gv, _mm256_add_ps(clipped, z));
+                let out = if SCALED { _mm256_mul_ps(d, sc) } else { d };
+                _mm256_storeu_ps(dx.as_mut_ptr().cast::<f32>(), out);
+                let terms = [ds, dz, dl, dinv, _mm256_mul_ps(d, xv)];
+                let count = if SCALED { 5 } else { 4 };
+                for (lane, t) in block.iter_mut().zip(terms).take(count) {
+                    let sum = _mm256_add_ps(_mm256_loadu_ps(lane.as_ptr()), t);
+                    _mm256_storeu_ps(lane.as_mut_ptr(), sum);
+                }
+            }
+        }
     }
 }
 
@@ -237,7 +326,7 @@ fn backward_dispatch<S: Slot, const SCALED: bool>(
         // SAFETY: the CPU has AVX2, checked just above.
         return unsafe { avx2::backward::<S, SCALED>(g, x, scale, r, dx) };
     }
-    backward_portable::<S, ByMagicNumber, SCALED>(g, x, scale, r, dx)
+    backward_portable::<S, LaneByLane, SCALED>(g, x, scale, r, dx)
 }
 
 // The public entry points are concrete (an f32 or an uninitialized output), so that
@@ -392,15 +481,39 @@ mod tests {
     /// The AVX2 copy and the baseline loops give the same bits.
     #[test]
     fn every_simd_width_gives_the_same_bits() {
-        let (x, g) = inputs(1003);
-        let (mut a, mut b) = (vec![0f32; x.len()], vec![0f32; x.len()]);
-        forward(&x, &R, &mut a);
-        forward_portable::<_, ByMagicNumber, false>(&x, 1.0, &R, &mut b);
-        assert_eq!(a, b);
-        let sa = backward(&g, &x, &R, &mut a);
-        let sb = backward_portable::<_, ByMagicNumber, false>(&g, &x, 1.0, &R, &mut b).0;
-        assert_eq!(a, b);
-        assert_eq!(sa, sb);
+        let (mut x, g) = inputs(1003);
+        // Products in (−0.5, 0), which `roundps` takes to −0 and the magic number to +0.
+        x[..40]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = -0.001 * i as f32);
+        // With z = +0 and −0 besides R's, unscaled and scaled.
+        for zero in [R.zero, 0.0, -0.0] {
+            let r = Range { zero, ..R };
+            let (mut a, mut b) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+            forward(&x, &r, &mut a);
+            forward_portable::<_, ByMagicNumber, false>(&x, 1.0, &r, &mut b);
+            assert_eq!(bits(&a), bits(&b), "forward, z = {zero}");
+            for scale in [None, Some(0.37)] {
+                let (sa, sb) = match scale {
+                    None => (
+                        (backward(&g, &x, &r, &mut a), 0.0),
+                        backward_portable::<_, LaneByLane, false>(&g, &x, 1.0, &r, &mut b),
+                    ),
+                    Some(c) => (
+                        backward_dispatch::<_, true>(&g, &x, c, &r, &mut a),
+                        backward_portable::<_, LaneByLane, true>(&g, &x, c, &r, &mut b),
+                    ),
+                };
+                assert_eq!(bits(&a), bits(&b), "∂x, z = {zero}, scale {scale:?}");
+                assert_eq!(sa, sb, "sums, z = {zero}, scale {scale:?}");
+            }
+        }
+    }
+
+    /// Bit patterns, so that −0 and +0 differ.
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|v| v.to_bits()).collect()
     }
 
     /// The scaled loops are the plain ones on x·scale: the same bits for y, ∂x (times
