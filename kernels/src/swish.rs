@@ -82,11 +82,7 @@ fn map_runs<F: Lanes<I, K>, S: Slot, const I: usize, const K: usize, const L: us
     while start + L <= outs[0].len() {
         let xs =
             inputs.map(|x| -> [f32; L] { x[start..start + L].try_into().expect("a full run") });
-        for (out, y) in outs.iter_mut().zip(F::lanes(xs)) {
-            for (o, v) in out[start..start + L].iter_mut().zip(y) {
-                o.set(v);
-            }
-        }
+        store(outs, start, L, F::lanes(xs));
         start += L;
     }
     start
@@ -109,10 +105,22 @@ fn map_lanes<F: Lanes<I, K>, S: Slot, const I: usize, const K: usize>(
             run[..len].copy_from_slice(&x[full..]);
             run
         });
-        for (out, y) in outs.iter_mut().zip(F::lanes(xs)) {
-            for (o, v) in out[full..].iter_mut().zip(y) {
-                o.set(v);
-            }
+        store(&mut outs, full, len, F::lanes(xs));
+    }
+}
+
+/// The first `len` lanes of each result into its output from `start` (`len` is `L` but
+/// for the last run: a constant length keeps the stores vectorised).
+#[inline(always)]
+fn store<S: Slot, const K: usize, const L: usize>(
+    outs: &mut [&mut [S]; K],
+    start: usize,
+    len: usize,
+    ys: [[f32; L]; K],
+) {
+    for (out, y) in outs.iter_mut().zip(ys) {
+        for (o, v) in out[start..start + len].iter_mut().zip(y) {
+            o.set(v);
         }
     }
 }

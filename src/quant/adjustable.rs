@@ -186,18 +186,17 @@ impl AdjQuant {
     /// the point's parameters: one op where it runs ([`fused_range`]), else
     /// [`AdjQuant::step_composed`].
     pub fn step<const D: usize>(&self, x: &Tensor<D>) -> Step {
+        let scale = self.scale.val();
+        if !fused_range::supports(&scale) {
+            return self.step_composed(x);
+        }
         let (min, width) = self.initial_range(x);
         let bit_scale = match &self.bit_scale {
             Some(k) => k.val(),
             // Unread: the bits are b0 (an untracked stand-in of the right shape).
-            None => Tensor::ones([self.channels()], &min.device()),
+            None => Tensor::ones([self.channels()], &scale.device()),
         };
-        let (scale, shift) = (self.scale.val(), self.shift.val());
-        if fused_range::supports(&min) {
-            fused_range::step(min, width, scale, shift, bit_scale, self.spec())
-        } else {
-            self.step_composed(x)
-        }
+        fused_range::step(min, width, scale, self.shift.val(), bit_scale, self.spec())
     }
 
     /// [`AdjQuant::step`] from tensor ops: the definition (module doc) that the fused op

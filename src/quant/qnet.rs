@@ -183,8 +183,19 @@ pub trait Points {
     /// `x` scaled per channel by the SE gate (`[N, C, 1, 1]`), with this action at the
     /// input point `q` of the layer it feeds.
     fn gated(&mut self, layer: &QLayer, q: &AdjQuant, x: Tensor<4>, gate: Tensor<4>) -> Tensor<4> {
-        self.apply(layer, Point::Input, q, x * gate, 1)
+        gate_then_point(self, layer, q, x, gate)
     }
+}
+
+/// [`Points::gated`] as its two steps.
+fn gate_then_point<P: Points + ?Sized>(
+    pts: &mut P,
+    layer: &QLayer,
+    q: &AdjQuant,
+    x: Tensor<4>,
+    gate: Tensor<4>,
+) -> Tensor<4> {
+    pts.apply(layer, Point::Input, q, x * gate, 1)
 }
 
 /// [`Points::swish`] as its three steps.
@@ -240,7 +251,7 @@ impl Points for Quantize {
     /// activation's is; see `fused_gate`).
     fn gated(&mut self, layer: &QLayer, q: &AdjQuant, x: Tensor<4>, gate: Tensor<4>) -> Tensor<4> {
         if !q.fixed_range() {
-            return self.apply(layer, Point::Input, q, x * gate, 1);
+            return gate_then_point(self, layer, q, x, gate);
         }
         let step = q.step(&x);
         fused_gate::quantize_gated(x, gate, step)
